@@ -1,0 +1,102 @@
+//! The storage key layout shared by RocksDB and the in-memory store.
+//!
+//! One byte of kind comes first, then the user key, so each kind of a partition `[start, end)`
+//! is one contiguous range: `kind + start .. kind + end`. That keeps scans, splits and snapshots
+//! to a handful of range operations.
+//!
+//! ```text
+//!  b'k' key                 current record of a key (or its tombstone)
+//!  b'h' key !revision(be)   an older revision; inverted so a forward scan is newest first
+//!  b'l' resource            lock record
+//!  b's' name                sequence: the last value handed out
+//! ```
+//! Bytes below `KIND_MIN` are reserved for the server's own per-partition metadata.
+
+pub const KV: u8 = b'k';
+pub const HISTORY: u8 = b'h';
+pub const LOCK: u8 = b'l';
+pub const SEQ: u8 = b's';
+/// Every data kind is at or above this byte; the server keeps its metadata below it.
+pub const KIND_MIN: u8 = b'a';
+pub const DATA_KINDS: [u8; 4] = [KV, HISTORY, LOCK, SEQ];
+
+pub fn data_key(kind: u8, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(kind);
+    k.extend_from_slice(key);
+    k
+}
+
+pub fn history_key(key: &[u8], revision: u64) -> Vec<u8> {
+    let mut k = history_prefix(key);
+    k.extend_from_slice(&(!revision).to_be_bytes());
+    k
+}
+
+pub fn history_prefix(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len() + 8);
+    k.push(HISTORY);
+    k.extend_from_slice(key);
+    k
+}
+
+/// The revision of a history key written for a user key of `key_len` bytes, if it is one.
+pub fn history_revision(storage_key: &[u8], key_len: usize) -> Option<u64> {
+    if storage_key.len() != 1 + key_len + 8 {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&storage_key[1 + key_len..]);
+    Some(!u64::from_be_bytes(b))
+}
+
+/// The smallest key greater than every key that starts with `prefix`; `None` when there is
+/// none (an empty prefix or one of only 0xff bytes).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The storage range `[lo, hi)` of one kind for the user range `[start, end)` (`end` empty = to
+/// the end of the key space).
+pub fn kind_range(kind: u8, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let lo = data_key(kind, start);
+    let hi = if end.is_empty() { vec![kind + 1] } else { data_key(kind, end) };
+    (lo, hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_cases() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[b'a', 0xff]), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn history_keys_sort_newest_first_and_decode() {
+        let a = history_key(b"x", 1);
+        let b = history_key(b"x", 2);
+        assert!(b < a);
+        assert_eq!(history_revision(&b, 1), Some(2));
+        assert_eq!(history_revision(&b, 2), None);
+    }
+
+    #[test]
+    fn kind_ranges_cover_the_user_range() {
+        let (lo, hi) = kind_range(KV, b"a", b"");
+        assert!(lo.as_slice() <= data_key(KV, b"zzz").as_slice());
+        assert!(data_key(KV, &[0xff; 4]) < hi);
+        assert!(data_key(LOCK, b"a") >= hi);
+    }
+}

@@ -1,0 +1,219 @@
+//! Request limits, checked before anything is proposed, with a typed error naming the limit.
+
+use kahuna_protocol::{ErrorCode, Op, SetCondition, WireError};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_owner_bytes: usize,
+    pub max_lease_ms: u64,
+    pub max_ttl_ms: u64,
+    pub max_seq_count: u64,
+    pub max_scan_limit: u32,
+    pub default_scan_limit: u32,
+    /// A scan page stops early once its values add up to this many bytes.
+    pub max_scan_bytes: usize,
+    /// How many older revisions of a key are kept for get-at-revision and history.
+    pub history_retention: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+            max_owner_bytes: 256,
+            max_lease_ms: 24 * 3600 * 1000,
+            max_ttl_ms: 10 * 365 * 24 * 3600 * 1000,
+            max_seq_count: 1_000_000,
+            max_scan_limit: 10_000,
+            default_scan_limit: 100,
+            max_scan_bytes: 2 << 20,
+            history_retention: 32,
+        }
+    }
+}
+
+fn too_large(what: &str, size: usize, limit: usize) -> WireError {
+    WireError::new(
+        ErrorCode::TooLarge,
+        format!("{what} of {size} bytes is over the limit of {limit} bytes"),
+    )
+}
+
+fn invalid(msg: impl Into<String>) -> WireError {
+    WireError::new(ErrorCode::Invalid, msg)
+}
+
+impl Limits {
+    fn key(&self, what: &str, key: &[u8], may_be_empty: bool) -> Result<(), WireError> {
+        if key.is_empty() && !may_be_empty {
+            return Err(invalid(format!("{what} must not be empty")));
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(too_large(what, key.len(), self.max_key_bytes));
+        }
+        Ok(())
+    }
+
+    fn owner(&self, owner: &[u8]) -> Result<(), WireError> {
+        if owner.is_empty() {
+            return Err(invalid("owner must not be empty"));
+        }
+        if owner.len() > self.max_owner_bytes {
+            return Err(too_large("owner", owner.len(), self.max_owner_bytes));
+        }
+        Ok(())
+    }
+
+    fn lease(&self, lease_ms: u64) -> Result<(), WireError> {
+        if lease_ms == 0 || lease_ms > self.max_lease_ms {
+            return Err(invalid(format!(
+                "lease_ms must be between 1 and {}, not {lease_ms}",
+                self.max_lease_ms
+            )));
+        }
+        Ok(())
+    }
+
+    fn ttl(&self, ttl_ms: u64) -> Result<(), WireError> {
+        if ttl_ms > self.max_ttl_ms {
+            return Err(invalid(format!(
+                "ttl_ms {ttl_ms} is over the limit of {}",
+                self.max_ttl_ms
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks every size and range of a request.
+    pub fn validate(&self, op: &Op) -> Result<(), WireError> {
+        match op {
+            Op::KvSet { key, value, ttl_ms, condition, .. } => {
+                self.key("key", key, false)?;
+                if value.len() > self.max_value_bytes {
+                    return Err(too_large("value", value.len(), self.max_value_bytes));
+                }
+                if let SetCondition::IfValue(v) = condition {
+                    if v.len() > self.max_value_bytes {
+                        return Err(too_large("expected value", v.len(), self.max_value_bytes));
+                    }
+                }
+                self.ttl(*ttl_ms)
+            }
+            Op::KvGet { key, .. } | Op::KvDelete { key, .. } | Op::KvExists { key, .. } => {
+                self.key("key", key, false)
+            }
+            Op::KvExtend { key, ttl_ms, .. } => {
+                self.key("key", key, false)?;
+                self.ttl(*ttl_ms)
+            }
+            Op::KvScan { prefix, start_after, limit, .. } => {
+                self.key("prefix", prefix, true)?;
+                if let Some(s) = start_after {
+                    self.key("cursor", s, true)?;
+                }
+                if *limit > self.max_scan_limit {
+                    return Err(invalid(format!(
+                        "limit {limit} is over the maximum of {}",
+                        self.max_scan_limit
+                    )));
+                }
+                Ok(())
+            }
+            Op::KvHistory { key, limit, .. } => {
+                self.key("key", key, false)?;
+                if *limit > self.max_scan_limit {
+                    return Err(invalid(format!(
+                        "limit {limit} is over the maximum of {}",
+                        self.max_scan_limit
+                    )));
+                }
+                Ok(())
+            }
+            Op::LockAcquire { resource, owner, lease_ms, .. }
+            | Op::LockExtend { resource, owner, lease_ms, .. } => {
+                self.key("resource", resource, false)?;
+                self.owner(owner)?;
+                self.lease(*lease_ms)
+            }
+            Op::LockRelease { resource, owner, .. } => {
+                self.key("resource", resource, false)?;
+                self.owner(owner)
+            }
+            Op::LockGet { resource, .. } => self.key("resource", resource, false),
+            Op::SeqNext { name, count } => {
+                self.key("sequence name", name, false)?;
+                if *count == 0 || *count > self.max_seq_count {
+                    return Err(invalid(format!(
+                        "count must be between 1 and {}, not {count}",
+                        self.max_seq_count
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kahuna_protocol::Durability::Persistent;
+
+    #[test]
+    fn table_of_limits() {
+        let l = Limits::default();
+        let set = |k: usize, v: usize| Op::KvSet {
+            key: vec![b'a'; k],
+            value: vec![0; v],
+            durability: Persistent,
+            ttl_ms: 0,
+            condition: SetCondition::None,
+        };
+        let cases: Vec<(Op, Option<ErrorCode>)> = vec![
+            (set(1, 0), None),
+            (set(1024, 1 << 20), None),
+            (set(1025, 1), Some(ErrorCode::TooLarge)),
+            (set(1, (1 << 20) + 1), Some(ErrorCode::TooLarge)),
+            (set(0, 1), Some(ErrorCode::Invalid)),
+            (Op::SeqNext { name: b"s".to_vec(), count: 0 }, Some(ErrorCode::Invalid)),
+            (Op::SeqNext { name: b"s".to_vec(), count: 1_000_001 }, Some(ErrorCode::Invalid)),
+            (
+                Op::LockAcquire {
+                    resource: b"r".to_vec(),
+                    owner: vec![],
+                    lease_ms: 5,
+                    durability: Persistent,
+                },
+                Some(ErrorCode::Invalid),
+            ),
+            (
+                Op::LockAcquire {
+                    resource: b"r".to_vec(),
+                    owner: b"o".to_vec(),
+                    lease_ms: 0,
+                    durability: Persistent,
+                },
+                Some(ErrorCode::Invalid),
+            ),
+            (
+                Op::KvScan {
+                    prefix: vec![],
+                    durability: Persistent,
+                    start_after: None,
+                    limit: 10_001,
+                },
+                Some(ErrorCode::Invalid),
+            ),
+            (
+                Op::KvScan { prefix: vec![], durability: Persistent, start_after: None, limit: 0 },
+                None,
+            ),
+        ];
+        for (op, want) in cases {
+            assert_eq!(l.validate(&op).err().map(|e| e.code), want, "{op:?}");
+        }
+    }
+}

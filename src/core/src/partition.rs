@@ -1,0 +1,110 @@
+//! The partition map: contiguous key ranges `[start, end)` that together cover the key space,
+//! each owned by one shard of the node. Pure data and lookups; who holds the map and how it
+//! changes (splits, the meta partition) belong to the server.
+
+use crate::keys::prefix_end;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub id: u64,
+    /// Inclusive start; empty = the beginning of the key space.
+    pub start: Vec<u8>,
+    /// Exclusive end; empty = the end of the key space.
+    pub end: Vec<u8>,
+    /// The shard (core) of this node that owns the partition.
+    pub shard: usize,
+}
+
+impl PartitionInfo {
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionMap {
+    /// Sorted by `start`; the first starts at the empty key, each ends where the next starts.
+    parts: Vec<PartitionInfo>,
+}
+
+impl PartitionMap {
+    /// The initial map of a new node: `count` partitions with split points spread over the
+    /// printable first bytes (where most keys start), dealt round-robin to `shards` shards.
+    pub fn initial(count: usize, shards: usize) -> PartitionMap {
+        assert!(count >= 1 && shards >= 1, "a map needs a partition and a shard");
+        let (lo, hi) = (0x21u32, 0x7fu32);
+        let mut parts = Vec::with_capacity(count);
+        for i in 0..count {
+            let start = if i == 0 {
+                vec![]
+            } else {
+                vec![(lo + (hi - lo) * i as u32 / count as u32) as u8]
+            };
+            parts.push(PartitionInfo { id: i as u64 + 1, start, end: vec![], shard: i % shards });
+        }
+        for i in 0..count.saturating_sub(1) {
+            parts[i].end = parts[i + 1].start.clone();
+        }
+        PartitionMap { parts }
+    }
+
+    pub fn partitions(&self) -> &[PartitionInfo] {
+        &self.parts
+    }
+
+    pub fn get(&self, id: u64) -> Option<&PartitionInfo> {
+        self.parts.iter().find(|p| p.id == id)
+    }
+
+    /// The partition that owns `key`.
+    pub fn locate(&self, key: &[u8]) -> &PartitionInfo {
+        let idx = self.parts.partition_point(|p| p.start.as_slice() <= key);
+        // The first partition starts at the empty key, so idx >= 1.
+        &self.parts[idx - 1]
+    }
+
+    /// The partitions, in key order, that may hold keys with `prefix` at or after `from`.
+    pub fn covering(&self, prefix: &[u8], from: &[u8]) -> impl Iterator<Item = &PartitionInfo> {
+        let start = if from > prefix { from } else { prefix };
+        let end = prefix_end(prefix);
+        let first = self.parts.partition_point(|p| p.start.as_slice() <= start) - 1;
+        self.parts[first..]
+            .iter()
+            .take_while(move |p| end.as_ref().is_none_or(|e| p.start.as_slice() < e.as_slice()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_map_covers_everything_without_gaps() {
+        let m = PartitionMap::initial(8, 2);
+        let ps = m.partitions();
+        assert_eq!(ps.len(), 8);
+        assert!(ps[0].start.is_empty() && ps[7].end.is_empty());
+        for w in ps.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+            assert!(w[0].start < w[1].start);
+        }
+        assert_eq!(ps.iter().filter(|p| p.shard == 1).count(), 4);
+        for key in [&b""[..], b"\x00", b"a", b"orders/1", b"zzz", &[0xff, 0xff]] {
+            let p = m.locate(key);
+            assert!(p.contains(key), "{key:?} in {p:?}");
+        }
+    }
+
+    #[test]
+    fn covering_lists_exactly_the_overlapping_partitions() {
+        let m = PartitionMap::initial(4, 1);
+        let all: Vec<u64> = m.covering(b"", b"").map(|p| p.id).collect();
+        assert_eq!(all, vec![1, 2, 3, 4]);
+        let one: Vec<u64> = m.covering(b"orders/", b"").map(|p| p.id).collect();
+        assert_eq!(one, vec![m.locate(b"orders/").id]);
+        let from_cursor: Vec<u64> = m.covering(b"", b"zz").map(|p| p.id).collect();
+        assert_eq!(from_cursor, vec![4]);
+        let single = PartitionMap::initial(1, 1);
+        assert_eq!(single.covering(b"x", b"").count(), 1);
+    }
+}

@@ -1,0 +1,140 @@
+//! The state machines: what a committed write does to a partition's state, and what a read
+//! sees. Deterministic: the same store, command and `now_ms` always give the same writes and
+//! the same reply, on every replica.
+//!
+//! Lifecycle of a write:
+//! 1. the leader validates the request ([`crate::Limits`]) and stamps it with its HLC;
+//! 2. persistent: the [`crate::LogCommand`] is replicated, then [`apply`] runs on each replica
+//!    over a [`crate::store::WriteBuffer`]; ephemeral: [`apply`] runs on the leader's
+//!    [`crate::store::MemStore`] at once;
+//! 3. the reply goes back to the client only after the writes are durable (persistent) or
+//!    applied (ephemeral).
+
+mod kv;
+mod locks;
+mod sequences;
+
+use kahuna_protocol::{ErrorCode, Op, Reply, WireError};
+
+use crate::command::WriteOp;
+use crate::limits::Limits;
+use crate::records::CorruptRecord;
+use crate::store::{Scan, Txn};
+
+/// What an apply may depend on besides the store and the command.
+#[derive(Clone, Debug)]
+pub struct ApplyCtx {
+    /// The proposing leader's HLC, in milliseconds.
+    pub now_ms: u64,
+    /// The smallest fencing token a new grant may take. Persistent state uses 0 (tokens count
+    /// 1, 2, 3 per resource). Ephemeral state, which a new leader starts empty, uses
+    /// `term << 40 | grants`, above every token any earlier leader could have handed out.
+    pub token_floor: u64,
+    /// Keep a released lock's record (and so its last token). Ephemeral state drops it, since
+    /// its floor already guarantees growth.
+    pub keep_released_locks: bool,
+    /// Older revisions kept per key.
+    pub history_retention: u64,
+}
+
+impl ApplyCtx {
+    pub fn persistent(now_ms: u64, limits: &Limits) -> ApplyCtx {
+        ApplyCtx {
+            now_ms,
+            token_floor: 0,
+            keep_released_locks: true,
+            history_retention: limits.history_retention,
+        }
+    }
+}
+
+/// The key range of the partition a read runs in: `[start, end)`, `end` empty = unbounded.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds<'a> {
+    pub start: &'a [u8],
+    pub end: &'a [u8],
+}
+
+impl Bounds<'_> {
+    pub const ALL: Bounds<'static> = Bounds { start: b"", end: b"" };
+}
+
+pub(crate) fn corrupt(e: CorruptRecord) -> WireError {
+    WireError::new(ErrorCode::Internal, e.to_string())
+}
+
+pub(crate) fn conflict(msg: impl Into<String>) -> WireError {
+    WireError::new(ErrorCode::Conflict, msg)
+}
+
+pub(crate) fn not_found(msg: impl Into<String>) -> WireError {
+    WireError::new(ErrorCode::NotFound, msg)
+}
+
+pub(crate) fn deadline(now_ms: u64, span_ms: u64) -> u64 {
+    if span_ms == 0 {
+        0
+    } else {
+        now_ms.saturating_add(span_ms)
+    }
+}
+
+/// Applies one write. Writes go into `txn`; a failed condition writes nothing.
+pub fn apply<T: Txn>(txn: &mut T, op: &WriteOp, ctx: &ApplyCtx) -> Result<Reply, WireError> {
+    match op {
+        WriteOp::KvSet { key, value, ttl_ms, cond } => kv::set(txn, key, value, *ttl_ms, cond, ctx),
+        WriteOp::KvDelete { key, expected_revision } => {
+            kv::delete(txn, key, *expected_revision, ctx)
+        }
+        WriteOp::KvExtend { key, ttl_ms } => kv::extend(txn, key, *ttl_ms, ctx),
+        WriteOp::LockAcquire { resource, owner, lease_ms } => {
+            locks::acquire(txn, resource, owner, *lease_ms, ctx)
+        }
+        WriteOp::LockExtend { resource, owner, lease_ms, fencing_token } => {
+            locks::extend(txn, resource, owner, *lease_ms, *fencing_token, ctx)
+        }
+        WriteOp::LockRelease { resource, owner, fencing_token } => {
+            locks::release(txn, resource, owner, *fencing_token, ctx)
+        }
+        WriteOp::SeqNext { name, count } => sequences::next(txn, name, *count),
+    }
+}
+
+/// Serves one read at `now_ms` within the partition `bounds`. A write handed here is an error.
+pub fn read<S: Scan>(
+    store: &S,
+    op: &Op,
+    now_ms: u64,
+    bounds: Bounds<'_>,
+    limits: &Limits,
+) -> Result<Reply, WireError> {
+    match op {
+        Op::KvGet { key, revision, .. } => kv::get(store, key, *revision, now_ms),
+        Op::KvExists { key, .. } => kv::exists(store, key, now_ms),
+        Op::KvScan { prefix, start_after, limit, .. } => {
+            kv::scan(store, prefix, start_after.as_deref(), *limit, now_ms, bounds, limits)
+        }
+        Op::KvHistory { key, limit, .. } => kv::history(store, key, *limit, limits),
+        Op::LockGet { resource, .. } => locks::get(store, resource, now_ms),
+        other => {
+            Err(WireError::new(ErrorCode::Internal, format!("{} is not a read", other.name())))
+        }
+    }
+}
+
+/// True when the stored record at `storage_key` is dead at `now_ms` (an expired key or lock):
+/// the ephemeral sweeper uses this to free memory.
+pub fn is_dead(storage_key: &[u8], value: &[u8], now_ms: u64) -> bool {
+    match storage_key.first() {
+        Some(&crate::keys::KV) => {
+            crate::records::peek_kv(value, now_ms).map(|(_, live)| !live).unwrap_or(true)
+        }
+        Some(&crate::keys::LOCK) => {
+            crate::records::decode_lock(value).map(|l| !l.is_held(now_ms)).unwrap_or(true)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

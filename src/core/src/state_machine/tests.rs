@@ -1,0 +1,305 @@
+//! Unit tests of the state machines over the in-memory store, at explicit HLC times.
+
+use kahuna_protocol::{Durability::Persistent, ErrorCode, LockState, Op, Reply};
+
+use super::*;
+use crate::command::Cond;
+use crate::store::{Get, MemStore, Txn};
+
+fn ctx(now_ms: u64) -> ApplyCtx {
+    ApplyCtx::persistent(now_ms, &Limits::default())
+}
+
+fn set(
+    s: &mut MemStore,
+    key: &str,
+    val: &str,
+    ttl_ms: u64,
+    cond: Cond,
+    now: u64,
+) -> Result<u64, ErrorCode> {
+    let op = WriteOp::KvSet { key: key.into(), value: val.into(), ttl_ms, cond };
+    match apply(s, &op, &ctx(now)) {
+        Ok(Reply::KvSet { revision }) => Ok(revision),
+        Ok(other) => panic!("unexpected {other:?}"),
+        Err(e) => Err(e.code),
+    }
+}
+
+fn get(s: &MemStore, key: &str, revision: u64, now: u64) -> Result<(String, u64), ErrorCode> {
+    let op = Op::KvGet { key: key.into(), durability: Persistent, revision };
+    match read(s, &op, now, Bounds::ALL, &Limits::default()) {
+        Ok(Reply::KvGet(it)) => Ok((String::from_utf8(it.value).unwrap(), it.revision)),
+        Ok(other) => panic!("unexpected {other:?}"),
+        Err(e) => Err(e.code),
+    }
+}
+
+#[test]
+fn revisions_count_up_per_key_and_survive_delete() {
+    let mut s = MemStore::default();
+    assert_eq!(set(&mut s, "a", "1", 0, Cond::None, 10), Ok(1));
+    assert_eq!(set(&mut s, "a", "2", 0, Cond::None, 11), Ok(2));
+    assert_eq!(set(&mut s, "b", "x", 0, Cond::None, 12), Ok(1));
+    let del = apply(&mut s, &WriteOp::KvDelete { key: "a".into(), expected_revision: 0 }, &ctx(13));
+    assert_eq!(del, Ok(Reply::KvDelete { deleted: true, revision: 3 }));
+    assert_eq!(get(&s, "a", 0, 14), Err(ErrorCode::NotFound));
+    // Re-created: the count goes on, so a stale if-revision can never match again (no ABA).
+    assert_eq!(set(&mut s, "a", "3", 0, Cond::None, 15), Ok(4));
+    let again =
+        apply(&mut s, &WriteOp::KvDelete { key: "zz".into(), expected_revision: 0 }, &ctx(16));
+    assert_eq!(again, Ok(Reply::KvDelete { deleted: false, revision: 0 }));
+}
+
+#[test]
+fn each_set_condition() {
+    let mut s = MemStore::default();
+    assert_eq!(set(&mut s, "k", "v", 0, Cond::IfExists, 1), Err(ErrorCode::Conflict));
+    assert_eq!(set(&mut s, "k", "v", 0, Cond::IfRevision(1), 1), Err(ErrorCode::Conflict));
+    assert_eq!(set(&mut s, "k", "v", 0, Cond::IfRevision(0), 1), Ok(1));
+    assert_eq!(set(&mut s, "k", "w", 0, Cond::IfNotExists, 2), Err(ErrorCode::Conflict));
+    assert_eq!(set(&mut s, "k", "w", 0, Cond::IfExists, 2), Ok(2));
+    assert_eq!(set(&mut s, "k", "x", 0, Cond::IfRevision(1), 3), Err(ErrorCode::Conflict));
+    assert_eq!(set(&mut s, "k", "x", 0, Cond::IfRevision(2), 3), Ok(3));
+    assert_eq!(
+        set(&mut s, "k", "y", 0, Cond::IfValue(b"nope".to_vec()), 4),
+        Err(ErrorCode::Conflict)
+    );
+    assert_eq!(set(&mut s, "k", "y", 0, Cond::IfValue(b"x".to_vec()), 4), Ok(4));
+    assert_eq!(set(&mut s, "n", "1", 0, Cond::IfNotExists, 5), Ok(1));
+    // A failed condition changes nothing.
+    assert_eq!(get(&s, "k", 0, 6), Ok(("y".into(), 4)));
+    let del = WriteOp::KvDelete { key: "k".into(), expected_revision: 3 };
+    assert_eq!(apply(&mut s, &del, &ctx(7)).unwrap_err().code, ErrorCode::Conflict);
+}
+
+#[test]
+fn ttl_expires_at_the_given_hlc_time() {
+    let mut s = MemStore::default();
+    assert_eq!(set(&mut s, "t", "v", 100, Cond::None, 1_000), Ok(1));
+    assert_eq!(get(&s, "t", 0, 1_099), Ok(("v".into(), 1)));
+    assert_eq!(get(&s, "t", 0, 1_100), Err(ErrorCode::NotFound));
+    let ex = read(
+        &s,
+        &Op::KvExists { key: "t".into(), durability: Persistent },
+        1_100,
+        Bounds::ALL,
+        &Limits::default(),
+    );
+    assert_eq!(ex, Ok(Reply::KvExists { exists: false, revision: 0 }));
+    // Expired counts as absent for conditions, but the revision count goes on.
+    assert_eq!(set(&mut s, "t", "w", 0, Cond::IfNotExists, 1_200), Ok(2));
+    // Extend moves the deadline and keeps the revision.
+    assert_eq!(set(&mut s, "e", "v", 50, Cond::None, 2_000), Ok(1));
+    let ext = apply(&mut s, &WriteOp::KvExtend { key: "e".into(), ttl_ms: 500 }, &ctx(2_040));
+    assert_eq!(ext, Ok(Reply::KvExtend { revision: 1, expires_at_ms: 2_540 }));
+    assert_eq!(get(&s, "e", 0, 2_539), Ok(("v".into(), 1)));
+    let late = apply(&mut s, &WriteOp::KvExtend { key: "e".into(), ttl_ms: 500 }, &ctx(2_540));
+    assert_eq!(late.unwrap_err().code, ErrorCode::NotFound);
+    assert!(super::is_dead(
+        &crate::keys::data_key(crate::keys::KV, b"e"),
+        &s.get(b"ke").unwrap(),
+        2_540
+    ));
+}
+
+#[test]
+fn get_at_revision_and_retention() {
+    let mut s = MemStore::default();
+    for i in 1..=40u64 {
+        assert_eq!(set(&mut s, "h", &format!("v{i}"), 0, Cond::None, i), Ok(i));
+    }
+    assert_eq!(get(&s, "h", 40, 50), Ok(("v40".into(), 40)));
+    assert_eq!(get(&s, "h", 39, 50), Ok(("v39".into(), 39)));
+    assert_eq!(get(&s, "h", 8, 50), Ok(("v8".into(), 8)));
+    // Retention is 32 older revisions: 7 and below are gone.
+    assert_eq!(get(&s, "h", 7, 50), Err(ErrorCode::NotFound));
+    assert_eq!(get(&s, "h", 41, 50), Err(ErrorCode::NotFound));
+    let hist = read(
+        &s,
+        &Op::KvHistory { key: "h".into(), durability: Persistent, limit: 3 },
+        50,
+        Bounds::ALL,
+        &Limits::default(),
+    );
+    let Ok(Reply::KvHistory { items }) = hist else { panic!("{hist:?}") };
+    assert_eq!(items.iter().map(|i| i.revision).collect::<Vec<_>>(), vec![40, 39, 38]);
+    let del =
+        apply(&mut s, &WriteOp::KvDelete { key: "h".into(), expected_revision: 40 }, &ctx(60));
+    assert!(del.is_ok());
+    assert_eq!(get(&s, "h", 41, 61), Err(ErrorCode::NotFound));
+    assert_eq!(get(&s, "h", 40, 61), Ok(("v40".into(), 40)));
+}
+
+fn scan_page(
+    s: &MemStore,
+    prefix: &str,
+    after: Option<&[u8]>,
+    limit: u32,
+    bounds: Bounds<'_>,
+) -> (Vec<String>, Option<Vec<u8>>) {
+    let op = Op::KvScan {
+        prefix: prefix.into(),
+        durability: Persistent,
+        start_after: after.map(|a| a.to_vec()),
+        limit,
+    };
+    match read(s, &op, 100, bounds, &Limits::default()) {
+        Ok(Reply::KvScan { items, next }) => {
+            (items.into_iter().map(|i| String::from_utf8(i.key).unwrap()).collect(), next)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn scan_pages_in_order_and_skips_dead_keys() {
+    let mut s = MemStore::default();
+    for k in ["o/1", "o/2", "o/3", "o/4", "o/5", "p/1", "o"] {
+        set(&mut s, k, "v", 0, Cond::None, 1).unwrap();
+    }
+    set(&mut s, "o/3", "v", 10, Cond::None, 1).unwrap(); // expires at 11
+    apply(&mut s, &WriteOp::KvDelete { key: "o/4".into(), expected_revision: 0 }, &ctx(2)).unwrap();
+    let (p1, next) = scan_page(&s, "o/", None, 2, Bounds::ALL);
+    assert_eq!(p1, vec!["o/1", "o/2"]);
+    let (p2, next) = scan_page(&s, "o/", next.as_deref(), 2, Bounds::ALL);
+    assert_eq!(p2, vec!["o/5"]);
+    assert_eq!(next, None);
+    // Within a partition's bounds only.
+    let (b, _) = scan_page(&s, "", None, 10, Bounds { start: b"o/2", end: b"o/5" });
+    assert_eq!(b, vec!["o/2"]);
+}
+
+fn lock(s: &mut MemStore, op: WriteOp, now: u64, floor: u64) -> Result<Reply, ErrorCode> {
+    let mut c = ctx(now);
+    c.token_floor = floor;
+    apply(s, &op, &c).map_err(|e| e.code)
+}
+
+fn acquire(owner: &str, lease_ms: u64) -> WriteOp {
+    WriteOp::LockAcquire { resource: "r".into(), owner: owner.into(), lease_ms }
+}
+
+fn granted(r: Result<Reply, ErrorCode>) -> (bool, u64) {
+    match r {
+        Ok(Reply::Lock(LockState { acquired, fencing_token, .. })) => (acquired, fencing_token),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn locks_grant_extend_release_expire_and_steal_with_growing_tokens() {
+    let mut s = MemStore::default();
+    assert_eq!(granted(lock(&mut s, acquire("a", 100), 0, 0)), (true, 1));
+    // Another owner waits; the holder's retry keeps its grant.
+    assert_eq!(granted(lock(&mut s, acquire("b", 100), 10, 0)), (false, 1));
+    assert_eq!(granted(lock(&mut s, acquire("a", 100), 20, 0)), (true, 1));
+    // Extend by the owner only, and only with the current token.
+    let ext = WriteOp::LockExtend {
+        resource: "r".into(),
+        owner: "a".into(),
+        lease_ms: 100,
+        fencing_token: 1,
+    };
+    assert_eq!(
+        lock(&mut s, ext, 50, 0),
+        Ok(Reply::LockAck { fencing_token: 1, expires_at_ms: 150 })
+    );
+    let ext_b = WriteOp::LockExtend {
+        resource: "r".into(),
+        owner: "b".into(),
+        lease_ms: 100,
+        fencing_token: 0,
+    };
+    assert_eq!(lock(&mut s, ext_b, 60, 0), Err(ErrorCode::NotHeld));
+    let stale = WriteOp::LockExtend {
+        resource: "r".into(),
+        owner: "a".into(),
+        lease_ms: 100,
+        fencing_token: 7,
+    };
+    assert_eq!(lock(&mut s, stale, 60, 0), Err(ErrorCode::NotHeld));
+    // Release by the owner; the next grant's token continues.
+    let rel_b = WriteOp::LockRelease { resource: "r".into(), owner: "b".into(), fencing_token: 0 };
+    assert_eq!(lock(&mut s, rel_b, 70, 0), Err(ErrorCode::NotHeld));
+    let rel = WriteOp::LockRelease { resource: "r".into(), owner: "a".into(), fencing_token: 0 };
+    assert_eq!(
+        lock(&mut s, rel.clone(), 70, 0),
+        Ok(Reply::LockAck { fencing_token: 1, expires_at_ms: 0 })
+    );
+    assert_eq!(lock(&mut s, rel, 71, 0), Err(ErrorCode::NotHeld));
+    assert_eq!(granted(lock(&mut s, acquire("b", 100), 80, 0)), (true, 2));
+    // b's lease runs out at 180: a steals it, with a larger token, and b can no longer extend.
+    assert_eq!(granted(lock(&mut s, acquire("a", 100), 179, 0)), (false, 2));
+    assert_eq!(granted(lock(&mut s, acquire("a", 100), 180, 0)), (true, 3));
+    let ext_b = WriteOp::LockExtend {
+        resource: "r".into(),
+        owner: "b".into(),
+        lease_ms: 100,
+        fencing_token: 2,
+    };
+    assert_eq!(lock(&mut s, ext_b, 181, 0), Err(ErrorCode::NotHeld));
+    let got = read(
+        &s,
+        &Op::LockGet { resource: "r".into(), durability: Persistent },
+        200,
+        Bounds::ALL,
+        &Limits::default(),
+    );
+    assert_eq!(
+        got,
+        Ok(Reply::Lock(LockState {
+            acquired: true,
+            fencing_token: 3,
+            owner: Some(b"a".to_vec()),
+            expires_at_ms: 280
+        }))
+    );
+    let free = read(
+        &s,
+        &Op::LockGet { resource: "r".into(), durability: Persistent },
+        280,
+        Bounds::ALL,
+        &Limits::default(),
+    );
+    assert_eq!(
+        free,
+        Ok(Reply::Lock(LockState {
+            acquired: false,
+            fencing_token: 3,
+            owner: None,
+            expires_at_ms: 0
+        }))
+    );
+}
+
+#[test]
+fn ephemeral_floor_lifts_tokens_above_any_earlier_leader() {
+    let mut s = MemStore::default();
+    let floor = 5u64 << 40;
+    assert_eq!(granted(lock(&mut s, acquire("a", 10), 0, floor)), (true, floor));
+    let mut c = ctx(1);
+    c.keep_released_locks = false;
+    let rel =
+        WriteOp::LockRelease { resource: "r".into(), owner: "a".into(), fencing_token: floor };
+    apply(&mut s, &rel, &c).unwrap();
+    assert!(s.is_empty(), "ephemeral release frees the record");
+    assert_eq!(granted(lock(&mut s, acquire("b", 10), 2, floor + 1)), (true, floor + 1));
+}
+
+#[test]
+fn sequence_blocks_never_overlap() {
+    let mut s = MemStore::default();
+    let mut next =
+        |count| match apply(&mut s, &WriteOp::SeqNext { name: "ids".into(), count }, &ctx(0)) {
+            Ok(Reply::Seq { first, count }) => (first, count),
+            other => panic!("{other:?}"),
+        };
+    assert_eq!(next(100), (1, 100));
+    assert_eq!(next(1), (101, 1));
+    assert_eq!(next(5), (102, 5));
+    let mut s2 = MemStore::default();
+    s2.put(crate::keys::data_key(crate::keys::SEQ, b"x"), crate::records::encode_seq(u64::MAX - 1));
+    let over = apply(&mut s2, &WriteOp::SeqNext { name: "x".into(), count: 2 }, &ctx(0));
+    assert_eq!(over.unwrap_err().code, ErrorCode::Invalid);
+}

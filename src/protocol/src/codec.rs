@@ -1,0 +1,805 @@
+//! Conversion between the owned types of [`crate::types`] and flatbuffers frames.
+//!
+//! Decoding runs the flatbuffers verifier first, so a hostile buffer is rejected with a
+//! [`DecodeError`] and never read out of bounds. The request id is recovered whenever the buffer
+//! verifies, so even an unknown operation is answered on the right id.
+
+use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, VerifierOptions, WIPOffset};
+use thiserror::Error;
+
+use crate::frame::write_frame;
+use crate::types::{Durability, ErrorCode, KvItem, LockState, Op, Reply, SetCondition, WireError};
+use crate::wire;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("invalid flatbuffer: {0}")]
+    Invalid(String),
+    #[error("request {request_id}: invalid flatbuffer: {detail}")]
+    Broken { request_id: u64, detail: String },
+    #[error("request {request_id}: unknown operation (union tag {tag})")]
+    UnknownOp { request_id: u64, tag: u8 },
+    #[error("request {request_id}: {what}")]
+    Missing { request_id: u64, what: &'static str },
+}
+
+impl DecodeError {
+    /// The request id, when the buffer verified far enough to read it.
+    pub fn request_id(&self) -> Option<u64> {
+        match self {
+            DecodeError::Invalid(_) => None,
+            DecodeError::UnknownOp { request_id, .. }
+            | DecodeError::Missing { request_id, .. }
+            | DecodeError::Broken { request_id, .. } => Some(*request_id),
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::UnknownOp { .. } => ErrorCode::UnknownOp,
+            _ => ErrorCode::Invalid,
+        }
+    }
+}
+
+fn verifier_options() -> VerifierOptions {
+    // Our tables nest at most four deep; a scan page holds at most a few thousand tables.
+    VerifierOptions { max_depth: 16, max_tables: 100_000, ..VerifierOptions::default() }
+}
+
+fn bytes<'a>(v: Option<Vector<'a, u8>>) -> Vec<u8> {
+    v.map(|v| v.bytes().to_vec()).unwrap_or_default()
+}
+
+fn durability_from(d: wire::Durability) -> Durability {
+    if d == wire::Durability::Ephemeral {
+        Durability::Ephemeral
+    } else {
+        Durability::Persistent
+    }
+}
+
+fn durability_to(d: Durability) -> wire::Durability {
+    match d {
+        Durability::Persistent => wire::Durability::Persistent,
+        Durability::Ephemeral => wire::Durability::Ephemeral,
+    }
+}
+
+/// Decodes one request payload (the frame without its length prefix).
+pub fn decode_request(buf: &[u8]) -> Result<(u64, u32, Op), DecodeError> {
+    let req = match flatbuffers::root_with_opts::<wire::Request>(&verifier_options(), buf) {
+        Ok(req) => req,
+        Err(e) => {
+            // Recover the id from the header fields alone, so the error reaches the caller.
+            return Err(
+                match flatbuffers::root_with_opts::<wire::RequestHeader>(&verifier_options(), buf) {
+                    Ok(h) => {
+                        DecodeError::Broken { request_id: h.request_id(), detail: e.to_string() }
+                    }
+                    Err(_) => DecodeError::Invalid(e.to_string()),
+                },
+            );
+        }
+    };
+    let id = req.request_id();
+    let missing = |what| DecodeError::Missing { request_id: id, what };
+    let op = match req.op_type() {
+        wire::Op::KvSet => {
+            let o = req.op_as_kv_set().ok_or_else(|| missing("kv set body"))?;
+            let condition = match o.condition() {
+                wire::SetCondition::IfExists => SetCondition::IfExists,
+                wire::SetCondition::IfNotExists => SetCondition::IfNotExists,
+                wire::SetCondition::IfRevision => SetCondition::IfRevision(o.expected_revision()),
+                wire::SetCondition::IfValue => SetCondition::IfValue(bytes(o.expected_value())),
+                wire::SetCondition::None => SetCondition::None,
+                other => {
+                    return Err(DecodeError::Missing {
+                        request_id: id,
+                        what: condition_name(other),
+                    });
+                }
+            };
+            Op::KvSet {
+                key: bytes(o.key()),
+                value: bytes(o.value()),
+                durability: durability_from(o.durability()),
+                ttl_ms: o.ttl_ms(),
+                condition,
+            }
+        }
+        wire::Op::KvGet => {
+            let o = req.op_as_kv_get().ok_or_else(|| missing("kv get body"))?;
+            Op::KvGet {
+                key: bytes(o.key()),
+                durability: durability_from(o.durability()),
+                revision: o.revision(),
+            }
+        }
+        wire::Op::KvDelete => {
+            let o = req.op_as_kv_delete().ok_or_else(|| missing("kv delete body"))?;
+            Op::KvDelete {
+                key: bytes(o.key()),
+                durability: durability_from(o.durability()),
+                expected_revision: o.expected_revision(),
+            }
+        }
+        wire::Op::KvExists => {
+            let o = req.op_as_kv_exists().ok_or_else(|| missing("kv exists body"))?;
+            Op::KvExists { key: bytes(o.key()), durability: durability_from(o.durability()) }
+        }
+        wire::Op::KvExtend => {
+            let o = req.op_as_kv_extend().ok_or_else(|| missing("kv extend body"))?;
+            Op::KvExtend {
+                key: bytes(o.key()),
+                durability: durability_from(o.durability()),
+                ttl_ms: o.ttl_ms(),
+            }
+        }
+        wire::Op::KvScan => {
+            let o = req.op_as_kv_scan().ok_or_else(|| missing("kv scan body"))?;
+            Op::KvScan {
+                prefix: bytes(o.prefix()),
+                durability: durability_from(o.durability()),
+                start_after: o.start_after().map(|v| v.bytes().to_vec()),
+                limit: o.limit(),
+            }
+        }
+        wire::Op::KvHistory => {
+            let o = req.op_as_kv_history().ok_or_else(|| missing("kv history body"))?;
+            Op::KvHistory {
+                key: bytes(o.key()),
+                durability: durability_from(o.durability()),
+                limit: o.limit(),
+            }
+        }
+        wire::Op::LockAcquire => {
+            let o = req.op_as_lock_acquire().ok_or_else(|| missing("lock acquire body"))?;
+            Op::LockAcquire {
+                resource: bytes(o.resource()),
+                owner: bytes(o.owner()),
+                lease_ms: o.lease_ms(),
+                durability: durability_from(o.durability()),
+            }
+        }
+        wire::Op::LockExtend => {
+            let o = req.op_as_lock_extend().ok_or_else(|| missing("lock extend body"))?;
+            Op::LockExtend {
+                resource: bytes(o.resource()),
+                owner: bytes(o.owner()),
+                lease_ms: o.lease_ms(),
+                durability: durability_from(o.durability()),
+                fencing_token: o.fencing_token(),
+            }
+        }
+        wire::Op::LockRelease => {
+            let o = req.op_as_lock_release().ok_or_else(|| missing("lock release body"))?;
+            Op::LockRelease {
+                resource: bytes(o.resource()),
+                owner: bytes(o.owner()),
+                durability: durability_from(o.durability()),
+                fencing_token: o.fencing_token(),
+            }
+        }
+        wire::Op::LockGet => {
+            let o = req.op_as_lock_get().ok_or_else(|| missing("lock get body"))?;
+            Op::LockGet {
+                resource: bytes(o.resource()),
+                durability: durability_from(o.durability()),
+            }
+        }
+        wire::Op::SeqNext => {
+            let o = req.op_as_seq_next().ok_or_else(|| missing("seq next body"))?;
+            Op::SeqNext { name: bytes(o.name()), count: o.count() }
+        }
+        other => return Err(DecodeError::UnknownOp { request_id: id, tag: other.0 }),
+    };
+    Ok((id, req.timeout_ms(), op))
+}
+
+fn condition_name(_c: wire::SetCondition) -> &'static str {
+    "unknown set condition"
+}
+
+/// Appends one request frame to `out`. `fbb` is reset and reused to avoid allocations.
+pub fn encode_request(
+    fbb: &mut FlatBufferBuilder<'static>,
+    request_id: u64,
+    timeout_ms: u32,
+    op: &Op,
+    out: &mut Vec<u8>,
+) {
+    fbb.reset();
+    let (op_type, op_off) = match op {
+        Op::KvSet { key, value, durability, ttl_ms, condition } => {
+            let key = fbb.create_vector(key);
+            let value = fbb.create_vector(value);
+            let (cond, expected_revision, expected_value) = match condition {
+                SetCondition::None => (wire::SetCondition::None, 0, None),
+                SetCondition::IfExists => (wire::SetCondition::IfExists, 0, None),
+                SetCondition::IfNotExists => (wire::SetCondition::IfNotExists, 0, None),
+                SetCondition::IfRevision(r) => (wire::SetCondition::IfRevision, *r, None),
+                SetCondition::IfValue(v) => {
+                    (wire::SetCondition::IfValue, 0, Some(fbb.create_vector(v)))
+                }
+            };
+            let o = wire::KvSet::create(
+                fbb,
+                &wire::KvSetArgs {
+                    key: Some(key),
+                    value: Some(value),
+                    durability: durability_to(*durability),
+                    ttl_ms: *ttl_ms,
+                    condition: cond,
+                    expected_revision,
+                    expected_value,
+                },
+            );
+            (wire::Op::KvSet, o.as_union_value())
+        }
+        Op::KvGet { key, durability, revision } => {
+            let key = fbb.create_vector(key);
+            let o = wire::KvGet::create(
+                fbb,
+                &wire::KvGetArgs {
+                    key: Some(key),
+                    durability: durability_to(*durability),
+                    revision: *revision,
+                },
+            );
+            (wire::Op::KvGet, o.as_union_value())
+        }
+        Op::KvDelete { key, durability, expected_revision } => {
+            let key = fbb.create_vector(key);
+            let o = wire::KvDelete::create(
+                fbb,
+                &wire::KvDeleteArgs {
+                    key: Some(key),
+                    durability: durability_to(*durability),
+                    expected_revision: *expected_revision,
+                },
+            );
+            (wire::Op::KvDelete, o.as_union_value())
+        }
+        Op::KvExists { key, durability } => {
+            let key = fbb.create_vector(key);
+            let o = wire::KvExists::create(
+                fbb,
+                &wire::KvExistsArgs { key: Some(key), durability: durability_to(*durability) },
+            );
+            (wire::Op::KvExists, o.as_union_value())
+        }
+        Op::KvExtend { key, durability, ttl_ms } => {
+            let key = fbb.create_vector(key);
+            let o = wire::KvExtend::create(
+                fbb,
+                &wire::KvExtendArgs {
+                    key: Some(key),
+                    durability: durability_to(*durability),
+                    ttl_ms: *ttl_ms,
+                },
+            );
+            (wire::Op::KvExtend, o.as_union_value())
+        }
+        Op::KvScan { prefix, durability, start_after, limit } => {
+            let prefix = fbb.create_vector(prefix);
+            let start_after = start_after.as_ref().map(|s| fbb.create_vector(s));
+            let o = wire::KvScan::create(
+                fbb,
+                &wire::KvScanArgs {
+                    prefix: Some(prefix),
+                    durability: durability_to(*durability),
+                    start_after,
+                    limit: *limit,
+                },
+            );
+            (wire::Op::KvScan, o.as_union_value())
+        }
+        Op::KvHistory { key, durability, limit } => {
+            let key = fbb.create_vector(key);
+            let o = wire::KvHistory::create(
+                fbb,
+                &wire::KvHistoryArgs {
+                    key: Some(key),
+                    durability: durability_to(*durability),
+                    limit: *limit,
+                },
+            );
+            (wire::Op::KvHistory, o.as_union_value())
+        }
+        Op::LockAcquire { resource, owner, lease_ms, durability } => {
+            let resource = fbb.create_vector(resource);
+            let owner = fbb.create_vector(owner);
+            let o = wire::LockAcquire::create(
+                fbb,
+                &wire::LockAcquireArgs {
+                    resource: Some(resource),
+                    owner: Some(owner),
+                    lease_ms: *lease_ms,
+                    durability: durability_to(*durability),
+                },
+            );
+            (wire::Op::LockAcquire, o.as_union_value())
+        }
+        Op::LockExtend { resource, owner, lease_ms, durability, fencing_token } => {
+            let resource = fbb.create_vector(resource);
+            let owner = fbb.create_vector(owner);
+            let o = wire::LockExtend::create(
+                fbb,
+                &wire::LockExtendArgs {
+                    resource: Some(resource),
+                    owner: Some(owner),
+                    lease_ms: *lease_ms,
+                    durability: durability_to(*durability),
+                    fencing_token: *fencing_token,
+                },
+            );
+            (wire::Op::LockExtend, o.as_union_value())
+        }
+        Op::LockRelease { resource, owner, durability, fencing_token } => {
+            let resource = fbb.create_vector(resource);
+            let owner = fbb.create_vector(owner);
+            let o = wire::LockRelease::create(
+                fbb,
+                &wire::LockReleaseArgs {
+                    resource: Some(resource),
+                    owner: Some(owner),
+                    durability: durability_to(*durability),
+                    fencing_token: *fencing_token,
+                },
+            );
+            (wire::Op::LockRelease, o.as_union_value())
+        }
+        Op::LockGet { resource, durability } => {
+            let resource = fbb.create_vector(resource);
+            let o = wire::LockGet::create(
+                fbb,
+                &wire::LockGetArgs {
+                    resource: Some(resource),
+                    durability: durability_to(*durability),
+                },
+            );
+            (wire::Op::LockGet, o.as_union_value())
+        }
+        Op::SeqNext { name, count } => {
+            let name = fbb.create_vector(name);
+            let o =
+                wire::SeqNext::create(fbb, &wire::SeqNextArgs { name: Some(name), count: *count });
+            (wire::Op::SeqNext, o.as_union_value())
+        }
+    };
+    let req = wire::Request::create(
+        fbb,
+        &wire::RequestArgs { request_id, timeout_ms, op_type, op: Some(op_off) },
+    );
+    fbb.finish(req, None);
+    write_frame(out, fbb.finished_data());
+}
+
+fn item<'a>(fbb: &mut FlatBufferBuilder<'a>, it: &KvItem) -> WIPOffset<wire::KvItem<'a>> {
+    let key = fbb.create_vector(&it.key);
+    let value = fbb.create_vector(&it.value);
+    wire::KvItem::create(
+        fbb,
+        &wire::KvItemArgs {
+            key: Some(key),
+            value: Some(value),
+            revision: it.revision,
+            expires_at_ms: it.expires_at_ms,
+            deleted: it.deleted,
+        },
+    )
+}
+
+fn items<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    its: &[KvItem],
+) -> WIPOffset<Vector<'a, ForwardsUOffset<wire::KvItem<'a>>>> {
+    let offs: Vec<_> = its.iter().map(|it| item(fbb, it)).collect();
+    fbb.create_vector(&offs)
+}
+
+/// Appends one response frame to `out`.
+pub fn encode_response(
+    fbb: &mut FlatBufferBuilder<'static>,
+    request_id: u64,
+    result: &Result<Reply, WireError>,
+    leader_hint: u64,
+    out: &mut Vec<u8>,
+) {
+    fbb.reset();
+    let mut error = None;
+    let mut body = None;
+    match result {
+        Err(e) => {
+            let message = fbb.create_string(&e.message);
+            error = Some(wire::Error::create(
+                fbb,
+                &wire::ErrorArgs {
+                    code: wire::ErrorCode(e.code.to_wire()),
+                    message: Some(message),
+                },
+            ));
+        }
+        Ok(reply) => {
+            body = Some(match reply {
+                Reply::KvSet { revision } => (
+                    wire::Reply::KvSetResult,
+                    wire::KvSetResult::create(fbb, &wire::KvSetResultArgs { revision: *revision })
+                        .as_union_value(),
+                ),
+                Reply::KvGet(it) => {
+                    let it = item(fbb, it);
+                    (
+                        wire::Reply::KvGetResult,
+                        wire::KvGetResult::create(fbb, &wire::KvGetResultArgs { item: Some(it) })
+                            .as_union_value(),
+                    )
+                }
+                Reply::KvDelete { deleted, revision } => (
+                    wire::Reply::KvDeleteResult,
+                    wire::KvDeleteResult::create(
+                        fbb,
+                        &wire::KvDeleteResultArgs { deleted: *deleted, revision: *revision },
+                    )
+                    .as_union_value(),
+                ),
+                Reply::KvExists { exists, revision } => (
+                    wire::Reply::KvExistsResult,
+                    wire::KvExistsResult::create(
+                        fbb,
+                        &wire::KvExistsResultArgs { exists: *exists, revision: *revision },
+                    )
+                    .as_union_value(),
+                ),
+                Reply::KvExtend { revision, expires_at_ms } => (
+                    wire::Reply::KvExtendResult,
+                    wire::KvExtendResult::create(
+                        fbb,
+                        &wire::KvExtendResultArgs {
+                            revision: *revision,
+                            expires_at_ms: *expires_at_ms,
+                        },
+                    )
+                    .as_union_value(),
+                ),
+                Reply::KvScan { items: its, next } => {
+                    let its = items(fbb, its);
+                    let next = next.as_ref().map(|n| fbb.create_vector(n));
+                    (
+                        wire::Reply::KvScanResult,
+                        wire::KvScanResult::create(
+                            fbb,
+                            &wire::KvScanResultArgs { items: Some(its), next },
+                        )
+                        .as_union_value(),
+                    )
+                }
+                Reply::KvHistory { items: its } => {
+                    let its = items(fbb, its);
+                    (
+                        wire::Reply::KvHistoryResult,
+                        wire::KvHistoryResult::create(
+                            fbb,
+                            &wire::KvHistoryResultArgs { items: Some(its) },
+                        )
+                        .as_union_value(),
+                    )
+                }
+                Reply::Lock(st) => {
+                    let owner = st.owner.as_ref().map(|o| fbb.create_vector(o));
+                    (
+                        wire::Reply::LockState,
+                        wire::LockState::create(
+                            fbb,
+                            &wire::LockStateArgs {
+                                acquired: st.acquired,
+                                fencing_token: st.fencing_token,
+                                owner,
+                                expires_at_ms: st.expires_at_ms,
+                            },
+                        )
+                        .as_union_value(),
+                    )
+                }
+                Reply::LockAck { fencing_token, expires_at_ms } => (
+                    wire::Reply::LockAck,
+                    wire::LockAck::create(
+                        fbb,
+                        &wire::LockAckArgs {
+                            fencing_token: *fencing_token,
+                            expires_at_ms: *expires_at_ms,
+                        },
+                    )
+                    .as_union_value(),
+                ),
+                Reply::Seq { first, count } => (
+                    wire::Reply::SeqResult,
+                    wire::SeqResult::create(
+                        fbb,
+                        &wire::SeqResultArgs { first: *first, count: *count },
+                    )
+                    .as_union_value(),
+                ),
+            });
+        }
+    }
+    let (result_type, result) = match body {
+        Some((t, o)) => (t, Some(o)),
+        None => (wire::Reply::NONE, None),
+    };
+    let resp = wire::Response::create(
+        fbb,
+        &wire::ResponseArgs { request_id, error, result_type, result, leader_hint },
+    );
+    fbb.finish(resp, None);
+    write_frame(out, fbb.finished_data());
+}
+
+fn item_from(it: wire::KvItem<'_>) -> KvItem {
+    KvItem {
+        key: bytes(it.key()),
+        value: bytes(it.value()),
+        revision: it.revision(),
+        expires_at_ms: it.expires_at_ms(),
+        deleted: it.deleted(),
+    }
+}
+
+fn items_from(v: Option<Vector<'_, ForwardsUOffset<wire::KvItem<'_>>>>) -> Vec<KvItem> {
+    v.map(|v| v.iter().map(item_from).collect()).unwrap_or_default()
+}
+
+/// A decoded response: request id, outcome, leader hint (0 = none).
+pub type DecodedResponse = (u64, Result<Reply, WireError>, u64);
+
+/// Decodes one response payload (the frame without its length prefix).
+pub fn decode_response(buf: &[u8]) -> Result<DecodedResponse, DecodeError> {
+    let resp = flatbuffers::root_with_opts::<wire::Response>(&verifier_options(), buf)
+        .map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    let id = resp.request_id();
+    let hint = resp.leader_hint();
+    if let Some(err) = resp.error() {
+        let code = ErrorCode::from_wire(err.code().0).unwrap_or(ErrorCode::Internal);
+        return Ok((id, Err(WireError::new(code, err.message().unwrap_or_default())), hint));
+    }
+    let missing = |what| DecodeError::Missing { request_id: id, what };
+    let reply = match resp.result_type() {
+        wire::Reply::KvSetResult => Reply::KvSet {
+            revision: resp.result_as_kv_set_result().ok_or_else(|| missing("result"))?.revision(),
+        },
+        wire::Reply::KvGetResult => {
+            let r = resp.result_as_kv_get_result().ok_or_else(|| missing("result"))?;
+            Reply::KvGet(r.item().map(item_from).ok_or_else(|| missing("item"))?)
+        }
+        wire::Reply::KvDeleteResult => {
+            let r = resp.result_as_kv_delete_result().ok_or_else(|| missing("result"))?;
+            Reply::KvDelete { deleted: r.deleted(), revision: r.revision() }
+        }
+        wire::Reply::KvExistsResult => {
+            let r = resp.result_as_kv_exists_result().ok_or_else(|| missing("result"))?;
+            Reply::KvExists { exists: r.exists(), revision: r.revision() }
+        }
+        wire::Reply::KvExtendResult => {
+            let r = resp.result_as_kv_extend_result().ok_or_else(|| missing("result"))?;
+            Reply::KvExtend { revision: r.revision(), expires_at_ms: r.expires_at_ms() }
+        }
+        wire::Reply::KvScanResult => {
+            let r = resp.result_as_kv_scan_result().ok_or_else(|| missing("result"))?;
+            Reply::KvScan {
+                items: items_from(r.items()),
+                next: r.next().map(|n| n.bytes().to_vec()),
+            }
+        }
+        wire::Reply::KvHistoryResult => {
+            let r = resp.result_as_kv_history_result().ok_or_else(|| missing("result"))?;
+            Reply::KvHistory { items: items_from(r.items()) }
+        }
+        wire::Reply::LockState => {
+            let r = resp.result_as_lock_state().ok_or_else(|| missing("result"))?;
+            Reply::Lock(LockState {
+                acquired: r.acquired(),
+                fencing_token: r.fencing_token(),
+                owner: r.owner().map(|o| o.bytes().to_vec()),
+                expires_at_ms: r.expires_at_ms(),
+            })
+        }
+        wire::Reply::LockAck => {
+            let r = resp.result_as_lock_ack().ok_or_else(|| missing("result"))?;
+            Reply::LockAck { fencing_token: r.fencing_token(), expires_at_ms: r.expires_at_ms() }
+        }
+        wire::Reply::SeqResult => {
+            let r = resp.result_as_seq_result().ok_or_else(|| missing("result"))?;
+            Reply::Seq { first: r.first(), count: r.count() }
+        }
+        other => return Err(DecodeError::UnknownOp { request_id: id, tag: other.0 }),
+    };
+    Ok((id, Ok(reply), hint))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::parse_frame;
+
+    fn roundtrip_op(op: Op) {
+        let mut fbb = FlatBufferBuilder::new();
+        let mut out = Vec::new();
+        encode_request(&mut fbb, 42, 500, &op, &mut out);
+        let (s, e) = parse_frame(&out, 1 << 20).unwrap().unwrap();
+        assert_eq!(decode_request(&out[s..e]).unwrap(), (42, 500, op));
+    }
+
+    #[test]
+    fn every_op_roundtrips() {
+        let k = b"orders/1".to_vec();
+        let d = Durability::Ephemeral;
+        for op in [
+            Op::KvSet {
+                key: k.clone(),
+                value: b"v".to_vec(),
+                durability: d,
+                ttl_ms: 5,
+                condition: SetCondition::None,
+            },
+            Op::KvSet {
+                key: k.clone(),
+                value: vec![],
+                durability: Durability::Persistent,
+                ttl_ms: 0,
+                condition: SetCondition::IfValue(b"old".to_vec()),
+            },
+            Op::KvSet {
+                key: k.clone(),
+                value: vec![1],
+                durability: d,
+                ttl_ms: 0,
+                condition: SetCondition::IfRevision(7),
+            },
+            Op::KvSet {
+                key: k.clone(),
+                value: vec![1],
+                durability: d,
+                ttl_ms: 0,
+                condition: SetCondition::IfExists,
+            },
+            Op::KvSet {
+                key: k.clone(),
+                value: vec![1],
+                durability: d,
+                ttl_ms: 0,
+                condition: SetCondition::IfNotExists,
+            },
+            Op::KvGet { key: k.clone(), durability: d, revision: 3 },
+            Op::KvDelete { key: k.clone(), durability: d, expected_revision: 2 },
+            Op::KvExists { key: k.clone(), durability: d },
+            Op::KvExtend { key: k.clone(), durability: d, ttl_ms: 9 },
+            Op::KvScan {
+                prefix: k.clone(),
+                durability: d,
+                start_after: Some(b"x".to_vec()),
+                limit: 10,
+            },
+            Op::KvScan { prefix: vec![], durability: d, start_after: None, limit: 0 },
+            Op::KvHistory { key: k.clone(), durability: d, limit: 4 },
+            Op::LockAcquire {
+                resource: k.clone(),
+                owner: b"a".to_vec(),
+                lease_ms: 10,
+                durability: d,
+            },
+            Op::LockExtend {
+                resource: k.clone(),
+                owner: b"a".to_vec(),
+                lease_ms: 10,
+                durability: d,
+                fencing_token: 3,
+            },
+            Op::LockRelease {
+                resource: k.clone(),
+                owner: b"a".to_vec(),
+                durability: d,
+                fencing_token: 0,
+            },
+            Op::LockGet { resource: k.clone(), durability: d },
+            Op::SeqNext { name: k.clone(), count: 100 },
+        ] {
+            roundtrip_op(op);
+        }
+    }
+
+    fn roundtrip_reply(r: Result<Reply, WireError>) {
+        let mut fbb = FlatBufferBuilder::new();
+        let mut out = Vec::new();
+        encode_response(&mut fbb, 7, &r, 3, &mut out);
+        assert_eq!(decode_response(&out[4..]).unwrap(), (7, r, 3));
+    }
+
+    #[test]
+    fn every_reply_roundtrips() {
+        let it = KvItem {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            revision: 2,
+            expires_at_ms: 9,
+            deleted: false,
+        };
+        for r in [
+            Ok(Reply::KvSet { revision: 1 }),
+            Ok(Reply::KvGet(it.clone())),
+            Ok(Reply::KvDelete { deleted: true, revision: 4 }),
+            Ok(Reply::KvExists { exists: false, revision: 0 }),
+            Ok(Reply::KvExtend { revision: 3, expires_at_ms: 11 }),
+            Ok(Reply::KvScan { items: vec![it.clone(), it.clone()], next: Some(b"k".to_vec()) }),
+            Ok(Reply::KvScan { items: vec![], next: None }),
+            Ok(Reply::KvHistory { items: vec![it] }),
+            Ok(Reply::Lock(LockState {
+                acquired: true,
+                fencing_token: 5,
+                owner: Some(b"w".to_vec()),
+                expires_at_ms: 1,
+            })),
+            Ok(Reply::LockAck { fencing_token: 5, expires_at_ms: 2 }),
+            Ok(Reply::Seq { first: 1, count: 100 }),
+            Err(WireError::new(ErrorCode::Conflict, "revision is 3, not 2")),
+        ] {
+            roundtrip_reply(r);
+        }
+    }
+
+    #[test]
+    fn garbage_is_rejected_not_read() {
+        assert!(matches!(decode_request(&[1, 2, 3]), Err(DecodeError::Invalid(_))));
+        assert!(matches!(decode_request(&[0xff; 64]), Err(DecodeError::Invalid(_))));
+        // A valid buffer whose union tag this build does not know.
+        let mut fbb = FlatBufferBuilder::new();
+        let req = wire::Request::create(
+            &mut fbb,
+            &wire::RequestArgs { request_id: 9, timeout_ms: 0, op_type: wire::Op(200), op: None },
+        );
+        fbb.finish(req, None);
+        let err = decode_request(fbb.finished_data()).unwrap_err();
+        assert_eq!(err.request_id(), Some(9));
+        // The same with a body: the tag is what is unknown.
+        let mut fbb = FlatBufferBuilder::new();
+        let get = wire::KvGet::create(&mut fbb, &wire::KvGetArgs::default());
+        let req = wire::Request::create(
+            &mut fbb,
+            &wire::RequestArgs {
+                request_id: 10,
+                timeout_ms: 0,
+                op_type: wire::Op(200),
+                op: Some(get.as_union_value()),
+            },
+        );
+        fbb.finish(req, None);
+        let err = decode_request(fbb.finished_data()).unwrap_err();
+        assert_eq!(err.request_id(), Some(10));
+        assert_eq!(err.code(), ErrorCode::UnknownOp);
+        // A request whose body is broken still yields its id.
+        let mut bytes = {
+            let mut fbb = FlatBufferBuilder::new();
+            let mut out = Vec::new();
+            let op =
+                Op::KvGet { key: b"k".to_vec(), durability: Durability::Persistent, revision: 0 };
+            encode_request(&mut fbb, 11, 0, &op, &mut out);
+            fbb.reset();
+            out.split_off(4)
+        };
+        let n = bytes.len();
+        bytes[n - 8..].fill(0xee);
+        if let Err(e) = decode_request(&bytes) {
+            assert!(e.request_id().is_none() || e.request_id() == Some(11));
+        }
+    }
+
+    #[test]
+    fn error_codes_roundtrip_and_have_names() {
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_wire(c.to_wire()), Some(c));
+            assert!(c.name().chars().all(|ch| ch.is_ascii_uppercase() || ch == '_'));
+        }
+        assert!(!ErrorCode::Timeout.is_retryable());
+        assert!(ErrorCode::NotLeader.is_retryable());
+    }
+}

@@ -1,0 +1,305 @@
+//! Owned message types: what a request asks and what an answer says, free of flatbuffers
+//! lifetimes. The codec converts between these and the wire; everything above the codec
+//! (server, client, CLI) speaks only these.
+
+use std::fmt;
+
+/// Stable error codes; the numbers are the wire's (`schema/kahuna.fbs`, enum `ErrorCode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Invalid,
+    NotFound,
+    Conflict,
+    TooLarge,
+    NotLeader,
+    Moved,
+    Timeout,
+    Unavailable,
+    UnknownOp,
+    NotHeld,
+    Overloaded,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::Invalid,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::TooLarge,
+        ErrorCode::NotLeader,
+        ErrorCode::Moved,
+        ErrorCode::Timeout,
+        ErrorCode::Unavailable,
+        ErrorCode::UnknownOp,
+        ErrorCode::NotHeld,
+        ErrorCode::Overloaded,
+        ErrorCode::Internal,
+    ];
+
+    /// The name scripts see (`--output json`), stable across versions.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::Invalid => "INVALID",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::Conflict => "CONFLICT",
+            ErrorCode::TooLarge => "TOO_LARGE",
+            ErrorCode::NotLeader => "NOT_LEADER",
+            ErrorCode::Moved => "MOVED",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::UnknownOp => "UNKNOWN_OP",
+            ErrorCode::NotHeld => "NOT_HELD",
+            ErrorCode::Overloaded => "OVERLOADED",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+
+    pub fn to_wire(self) -> u16 {
+        match self {
+            ErrorCode::Invalid => 1,
+            ErrorCode::NotFound => 2,
+            ErrorCode::Conflict => 3,
+            ErrorCode::TooLarge => 4,
+            ErrorCode::NotLeader => 5,
+            ErrorCode::Moved => 6,
+            ErrorCode::Timeout => 7,
+            ErrorCode::Unavailable => 8,
+            ErrorCode::UnknownOp => 9,
+            ErrorCode::NotHeld => 10,
+            ErrorCode::Overloaded => 11,
+            ErrorCode::Internal => 12,
+        }
+    }
+
+    pub fn from_wire(code: u16) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.to_wire() == code)
+    }
+
+    /// Safe to send again: the server did not start to carry the request out.
+    /// `Timeout` is not here: for a write its outcome is unknown.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NotLeader
+                | ErrorCode::Moved
+                | ErrorCode::Unavailable
+                | ErrorCode::Overloaded
+        )
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An error as it travels on the wire: a stable code and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl WireError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        WireError { code, message: message.into() }
+    }
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for WireError {}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Durability {
+    #[default]
+    Persistent,
+    Ephemeral,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SetCondition {
+    #[default]
+    None,
+    IfExists,
+    IfNotExists,
+    IfRevision(u64),
+    IfValue(Vec<u8>),
+}
+
+/// One operation of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    KvSet {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        durability: Durability,
+        ttl_ms: u64,
+        condition: SetCondition,
+    },
+    KvGet {
+        key: Vec<u8>,
+        durability: Durability,
+        revision: u64,
+    },
+    KvDelete {
+        key: Vec<u8>,
+        durability: Durability,
+        expected_revision: u64,
+    },
+    KvExists {
+        key: Vec<u8>,
+        durability: Durability,
+    },
+    KvExtend {
+        key: Vec<u8>,
+        durability: Durability,
+        ttl_ms: u64,
+    },
+    KvScan {
+        prefix: Vec<u8>,
+        durability: Durability,
+        start_after: Option<Vec<u8>>,
+        limit: u32,
+    },
+    KvHistory {
+        key: Vec<u8>,
+        durability: Durability,
+        limit: u32,
+    },
+    LockAcquire {
+        resource: Vec<u8>,
+        owner: Vec<u8>,
+        lease_ms: u64,
+        durability: Durability,
+    },
+    LockExtend {
+        resource: Vec<u8>,
+        owner: Vec<u8>,
+        lease_ms: u64,
+        durability: Durability,
+        fencing_token: u64,
+    },
+    LockRelease {
+        resource: Vec<u8>,
+        owner: Vec<u8>,
+        durability: Durability,
+        fencing_token: u64,
+    },
+    LockGet {
+        resource: Vec<u8>,
+        durability: Durability,
+    },
+    SeqNext {
+        name: Vec<u8>,
+        count: u64,
+    },
+}
+
+impl Op {
+    /// The key that routes this operation to its partition.
+    pub fn routing_key(&self) -> &[u8] {
+        match self {
+            Op::KvSet { key, .. }
+            | Op::KvGet { key, .. }
+            | Op::KvDelete { key, .. }
+            | Op::KvExists { key, .. }
+            | Op::KvExtend { key, .. }
+            | Op::KvHistory { key, .. } => key,
+            Op::KvScan { prefix, .. } => prefix,
+            Op::LockAcquire { resource, .. }
+            | Op::LockExtend { resource, .. }
+            | Op::LockRelease { resource, .. }
+            | Op::LockGet { resource, .. } => resource,
+            Op::SeqNext { name, .. } => name,
+        }
+    }
+
+    pub fn durability(&self) -> Durability {
+        match self {
+            Op::KvSet { durability, .. }
+            | Op::KvGet { durability, .. }
+            | Op::KvDelete { durability, .. }
+            | Op::KvExists { durability, .. }
+            | Op::KvExtend { durability, .. }
+            | Op::KvScan { durability, .. }
+            | Op::KvHistory { durability, .. }
+            | Op::LockAcquire { durability, .. }
+            | Op::LockExtend { durability, .. }
+            | Op::LockRelease { durability, .. }
+            | Op::LockGet { durability, .. } => *durability,
+            Op::SeqNext { .. } => Durability::Persistent,
+        }
+    }
+
+    /// Reads change nothing and may be served from the applied state after a ReadIndex.
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Op::KvGet { .. }
+                | Op::KvExists { .. }
+                | Op::KvScan { .. }
+                | Op::KvHistory { .. }
+                | Op::LockGet { .. }
+        )
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::KvSet { .. } => "kv set",
+            Op::KvGet { .. } => "kv get",
+            Op::KvDelete { .. } => "kv delete",
+            Op::KvExists { .. } => "kv exists",
+            Op::KvExtend { .. } => "kv extend",
+            Op::KvScan { .. } => "kv scan",
+            Op::KvHistory { .. } => "kv history",
+            Op::LockAcquire { .. } => "lock acquire",
+            Op::LockExtend { .. } => "lock extend",
+            Op::LockRelease { .. } => "lock release",
+            Op::LockGet { .. } => "lock get",
+            Op::SeqNext { .. } => "seq next",
+        }
+    }
+}
+
+/// One key/value revision as a client sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvItem {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub revision: u64,
+    /// Unix milliseconds on the leader's hybrid clock; 0 = never.
+    pub expires_at_ms: u64,
+    /// True for a history entry that records a delete.
+    pub deleted: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LockState {
+    /// Acquire: the caller holds the lock now. Get: somebody holds it now.
+    pub acquired: bool,
+    pub fencing_token: u64,
+    pub owner: Option<Vec<u8>>,
+    pub expires_at_ms: u64,
+}
+
+/// The successful answer to one [`Op`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    KvSet { revision: u64 },
+    KvGet(KvItem),
+    KvDelete { deleted: bool, revision: u64 },
+    KvExists { exists: bool, revision: u64 },
+    KvExtend { revision: u64, expires_at_ms: u64 },
+    KvScan { items: Vec<KvItem>, next: Option<Vec<u8>> },
+    KvHistory { items: Vec<KvItem> },
+    Lock(LockState),
+    LockAck { fencing_token: u64, expires_at_ms: u64 },
+    Seq { first: u64, count: u64 },
+}
