@@ -1,1 +1,395 @@
-fn main() {}
+//! `kahuna-cli`: every Kahuna operation from the shell, on the client library.
+//!
+//! Output is a short human table by default, or JSON (`--output json`), which is a contract:
+//! fields are only ever added. Errors print their stable code and exit non-zero.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kahuna_client::blocking::Client;
+use kahuna_client::{
+    ClientOptions, DeleteOptions, Durability, Error, GetOptions, KvItem, LockState, ScanOptions,
+    SetOptions,
+};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "kahuna-cli",
+    version,
+    about = "Command line for Kahuna: locks, key/value, sequences"
+)]
+struct Cli {
+    /// Nodes to talk to, comma separated.
+    #[arg(long, global = true, default_value = "127.0.0.1:7000", env = "KAHUNA_ENDPOINTS")]
+    endpoints: String,
+    /// Deadline of the command, retries included.
+    #[arg(long, global = true, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Key/value store.
+    #[command(subcommand)]
+    Kv(KvCmd),
+    /// Distributed locks with leases and fencing tokens.
+    #[command(subcommand)]
+    Lock(LockCmd),
+    /// Distributed sequences.
+    #[command(subcommand)]
+    Seq(SeqCmd),
+}
+
+#[derive(Args)]
+struct Dur {
+    /// Keep it in the partition leader's memory only: fastest, lost if that leader fails.
+    #[arg(long)]
+    ephemeral: bool,
+}
+
+impl Dur {
+    fn get(&self) -> Durability {
+        if self.ephemeral {
+            Durability::Ephemeral
+        } else {
+            Durability::Persistent
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum KvCmd {
+    /// Set a key; prints its new revision.
+    Set {
+        key: String,
+        value: String,
+        /// Expire the key this many milliseconds from now.
+        #[arg(long, default_value_t = 0)]
+        ttl_ms: u64,
+        /// Only if the key is at this revision (0 = only if absent).
+        #[arg(long, conflicts_with_all = ["if_value", "if_exists", "if_not_exists"])]
+        if_revision: Option<u64>,
+        /// Only if the key's current value is this.
+        #[arg(long, conflicts_with_all = ["if_exists", "if_not_exists"])]
+        if_value: Option<String>,
+        /// Only if the key exists.
+        #[arg(long, conflicts_with = "if_not_exists")]
+        if_exists: bool,
+        /// Only if the key does not exist.
+        #[arg(long)]
+        if_not_exists: bool,
+        #[command(flatten)]
+        dur: Dur,
+    },
+    /// Get a key (latest, or at --revision).
+    Get {
+        key: String,
+        #[arg(long, default_value_t = 0)]
+        revision: u64,
+        #[command(flatten)]
+        dur: Dur,
+    },
+    /// Delete a key.
+    Delete {
+        key: String,
+        /// Only if the key is at this revision.
+        #[arg(long, default_value_t = 0)]
+        if_revision: u64,
+        #[command(flatten)]
+        dur: Dur,
+    },
+    /// Whether a key exists.
+    Exists {
+        key: String,
+        #[command(flatten)]
+        dur: Dur,
+    },
+    /// Set a key's time to live, counted from now (0 removes it).
+    Extend {
+        key: String,
+        #[arg(long)]
+        ttl_ms: u64,
+        #[command(flatten)]
+        dur: Dur,
+    },
+    /// List keys under a prefix, in order, one page at a time.
+    Scan {
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// The `next` cursor printed by the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        dur: Dur,
+    },
+    /// The retained revisions of a key, newest first.
+    History {
+        key: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        dur: Dur,
+    },
+}
+
+#[derive(Subcommand)]
+enum LockCmd {
+    /// Try to take a lock; prints whether it was acquired and its fencing token.
+    Acquire {
+        resource: String,
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        lease_ms: u64,
+        #[command(flatten)]
+        dur: Dur,
+    },
+    /// Renew the owner's lease.
+    Extend {
+        resource: String,
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        lease_ms: u64,
+        #[command(flatten)]
+        dur: Dur,
+    },
+    /// Release the owner's lock.
+    Release {
+        resource: String,
+        #[arg(long)]
+        owner: String,
+        #[command(flatten)]
+        dur: Dur,
+    },
+    /// Who holds a lock, and its fencing token.
+    Get {
+        resource: String,
+        #[command(flatten)]
+        dur: Dur,
+    },
+}
+
+#[derive(Subcommand)]
+enum SeqCmd {
+    /// Take a block of `count` numbers: [first, first + count).
+    Next {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ms(v: u64) -> Value {
+    if v == 0 {
+        Value::Null
+    } else {
+        json!(v)
+    }
+}
+
+fn item_json(it: &KvItem) -> Value {
+    json!({"key": text(&it.key), "value": text(&it.value), "revision": it.revision, "expires_at_ms": ms(it.expires_at_ms)})
+}
+
+fn lock_json(s: &LockState) -> Value {
+    json!({
+        "acquired": s.acquired,
+        "fencing_token": s.fencing_token,
+        "owner": s.owner.as_deref().map(text),
+        "expires_at_ms": ms(s.expires_at_ms),
+    })
+}
+
+/// Runs the command; returns its JSON answer and its table form.
+fn run(c: &Client, cmd: Cmd) -> Result<(Value, String), Error> {
+    Ok(match cmd {
+        Cmd::Kv(KvCmd::Set {
+            key,
+            value,
+            ttl_ms,
+            if_revision,
+            if_value,
+            if_exists,
+            if_not_exists,
+            dur,
+        }) => {
+            let mut o = SetOptions::default().durability(dur.get()).ttl_ms(ttl_ms);
+            if let Some(r) = if_revision {
+                o = o.if_revision(r);
+            } else if let Some(v) = &if_value {
+                o = o.if_value(v.as_bytes());
+            } else if if_exists {
+                o = o.if_exists();
+            } else if if_not_exists {
+                o = o.if_not_exists();
+            }
+            let revision = c.kv_set(key.as_bytes(), value.as_bytes(), o)?;
+            (json!({"revision": revision}), format!("revision {revision}"))
+        }
+        Cmd::Kv(KvCmd::Get { key, revision, dur }) => {
+            let it = c.kv_get(key.as_bytes(), GetOptions { durability: dur.get(), revision })?;
+            let expiry = if it.expires_at_ms == 0 {
+                "never".to_string()
+            } else {
+                it.expires_at_ms.to_string()
+            };
+            let table =
+                format!("{}\nrevision {}  expires_at_ms {}", text(&it.value), it.revision, expiry);
+            (item_json(&it), table)
+        }
+        Cmd::Kv(KvCmd::Delete { key, if_revision, dur }) => {
+            let (deleted, revision) = c.kv_delete(
+                key.as_bytes(),
+                DeleteOptions { durability: dur.get(), expected_revision: if_revision },
+            )?;
+            let table = if deleted {
+                format!("deleted (revision {revision})")
+            } else {
+                "not found".to_string()
+            };
+            (json!({"deleted": deleted, "revision": revision}), table)
+        }
+        Cmd::Kv(KvCmd::Exists { key, dur }) => {
+            let (exists, revision) = c.kv_exists(key.as_bytes(), dur.get())?;
+            (
+                json!({"exists": exists, "revision": revision}),
+                format!("{exists} (revision {revision})"),
+            )
+        }
+        Cmd::Kv(KvCmd::Extend { key, ttl_ms, dur }) => {
+            let at = c.kv_extend(key.as_bytes(), ttl_ms, dur.get())?;
+            (json!({"ok": true, "expires_at_ms": ms(at)}), format!("expires_at_ms {at}"))
+        }
+        Cmd::Kv(KvCmd::Scan { prefix, limit, cursor, dur }) => {
+            let page = c.kv_scan(
+                prefix.as_bytes(),
+                ScanOptions {
+                    durability: dur.get(),
+                    limit,
+                    start_after: cursor.map(String::into_bytes),
+                },
+            )?;
+            let next = page.next.as_deref().map(text);
+            let mut table: String = page
+                .items
+                .iter()
+                .map(|i| format!("{}\t{}\t(rev {})\n", text(&i.key), text(&i.value), i.revision))
+                .collect();
+            table.push_str(&match &next {
+                Some(n) => format!("-- more: --cursor '{n}'"),
+                None => format!("-- {} keys, end", page.items.len()),
+            });
+            (
+                json!({"items": page.items.iter().map(item_json).collect::<Vec<_>>(), "next": next}),
+                table,
+            )
+        }
+        Cmd::Kv(KvCmd::History { key, limit, dur }) => {
+            let items = c.kv_history(key.as_bytes(), limit, dur.get())?;
+            let table = items
+                .iter()
+                .map(|i| {
+                    if i.deleted {
+                        format!("rev {}\t(deleted)", i.revision)
+                    } else {
+                        format!("rev {}\t{}", i.revision, text(&i.value))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let rows: Vec<Value> = items
+                .iter()
+                .map(|i| json!({"revision": i.revision, "value": text(&i.value), "deleted": i.deleted, "expires_at_ms": ms(i.expires_at_ms)}))
+                .collect();
+            (json!({"items": rows}), table)
+        }
+        Cmd::Lock(LockCmd::Acquire { resource, owner, lease_ms, dur }) => {
+            let s = c.lock_acquire(resource.as_bytes(), owner.as_bytes(), lease_ms, dur.get())?;
+            let holder = s.owner.as_deref().map(text).unwrap_or_default();
+            let table = if s.acquired {
+                format!(
+                    "acquired  fencing_token {}  expires_at_ms {}",
+                    s.fencing_token, s.expires_at_ms
+                )
+            } else {
+                format!("not acquired: held by {holder} (fencing token {})", s.fencing_token)
+            };
+            (lock_json(&s), table)
+        }
+        Cmd::Lock(LockCmd::Extend { resource, owner, lease_ms, dur }) => {
+            let at = c.lock_extend(resource.as_bytes(), owner.as_bytes(), lease_ms, dur.get())?;
+            (json!({"ok": true, "expires_at_ms": ms(at)}), format!("extended, expires_at_ms {at}"))
+        }
+        Cmd::Lock(LockCmd::Release { resource, owner, dur }) => {
+            c.lock_release(resource.as_bytes(), owner.as_bytes(), dur.get())?;
+            (json!({"ok": true}), "released".to_string())
+        }
+        Cmd::Lock(LockCmd::Get { resource, dur }) => {
+            let s = c.lock_get(resource.as_bytes(), dur.get())?;
+            let table = match &s.owner {
+                Some(o) if s.acquired => format!(
+                    "held by {}  fencing_token {}  expires_at_ms {}",
+                    text(o),
+                    s.fencing_token,
+                    s.expires_at_ms
+                ),
+                _ => format!("free  (last fencing token {})", s.fencing_token),
+            };
+            let mut v = lock_json(&s);
+            v["held"] = json!(s.acquired);
+            (v, table)
+        }
+        Cmd::Seq(SeqCmd::Next { name, count }) => {
+            let (first, count) = c.seq_next(name.as_bytes(), count)?;
+            (json!({"first": first, "count": count}), format!("[{first}, {})", first + count))
+        }
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let endpoints: Vec<String> =
+        cli.endpoints.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let opts = ClientOptions {
+        timeout: Duration::from_millis(cli.timeout_ms),
+        ..ClientOptions::default()
+    };
+    let result = Client::connect(&endpoints, opts).and_then(|c| run(&c, cli.cmd));
+    match result {
+        Ok((v, table)) => {
+            match cli.output {
+                Output::Json => println!("{v}"),
+                Output::Table => println!("{table}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            match cli.output {
+                Output::Json => {
+                    println!("{}", json!({"error": {"code": e.code.name(), "message": e.message}}))
+                }
+                Output::Table => eprintln!("error: {}: {}", e.code.name(), e.message),
+            }
+            ExitCode::from(1)
+        }
+    }
+}

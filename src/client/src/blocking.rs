@@ -1,0 +1,77 @@
+//! A blocking wrapper: the async client driven by a private single-threaded tokio runtime.
+//! Every method mirrors [`crate::Client`]'s.
+
+use tokio::runtime::Runtime;
+
+use crate::{
+    ClientOptions, DeleteOptions, Durability, Error, GetOptions, KvItem, LockState, Op, Reply,
+    ScanOptions, ScanPage, SetOptions,
+};
+
+pub struct Client {
+    rt: Runtime,
+    inner: crate::Client,
+}
+
+impl Client {
+    pub fn connect<S: AsRef<str>>(endpoints: &[S], opts: ClientOptions) -> Result<Client, Error> {
+        let rt =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+                Error::new(crate::ErrorCode::Internal, format!("starting a runtime: {e}"))
+            })?;
+        let inner = rt.block_on(crate::Client::connect(endpoints, opts))?;
+        Ok(Client { rt, inner })
+    }
+
+    pub fn call(&self, op: Op) -> Result<Reply, Error> {
+        self.rt.block_on(self.inner.call(op))
+    }
+    pub fn kv_set(&self, key: &[u8], value: &[u8], o: SetOptions) -> Result<u64, Error> {
+        self.rt.block_on(self.inner.kv_set(key, value, o))
+    }
+    pub fn kv_get(&self, key: &[u8], o: GetOptions) -> Result<KvItem, Error> {
+        self.rt.block_on(self.inner.kv_get(key, o))
+    }
+    pub fn kv_delete(&self, key: &[u8], o: DeleteOptions) -> Result<(bool, u64), Error> {
+        self.rt.block_on(self.inner.kv_delete(key, o))
+    }
+    pub fn kv_exists(&self, key: &[u8], d: Durability) -> Result<(bool, u64), Error> {
+        self.rt.block_on(self.inner.kv_exists(key, d))
+    }
+    pub fn kv_extend(&self, key: &[u8], ttl_ms: u64, d: Durability) -> Result<u64, Error> {
+        self.rt.block_on(self.inner.kv_extend(key, ttl_ms, d))
+    }
+    pub fn kv_scan(&self, prefix: &[u8], o: ScanOptions) -> Result<ScanPage, Error> {
+        self.rt.block_on(self.inner.kv_scan(prefix, o))
+    }
+    pub fn kv_history(&self, key: &[u8], limit: u32, d: Durability) -> Result<Vec<KvItem>, Error> {
+        self.rt.block_on(self.inner.kv_history(key, limit, d))
+    }
+    pub fn lock_acquire(
+        &self,
+        r: &[u8],
+        owner: &[u8],
+        lease_ms: u64,
+        d: Durability,
+    ) -> Result<LockState, Error> {
+        self.rt.block_on(self.inner.lock_acquire(r, owner, lease_ms, d))
+    }
+    pub fn lock_extend(
+        &self,
+        r: &[u8],
+        owner: &[u8],
+        lease_ms: u64,
+        d: Durability,
+    ) -> Result<u64, Error> {
+        self.rt.block_on(self.inner.lock_extend(r, owner, lease_ms, d))
+    }
+    pub fn lock_release(&self, r: &[u8], owner: &[u8], d: Durability) -> Result<(), Error> {
+        self.rt.block_on(self.inner.lock_release(r, owner, d))
+    }
+    pub fn lock_get(&self, r: &[u8], d: Durability) -> Result<LockState, Error> {
+        self.rt.block_on(self.inner.lock_get(r, d))
+    }
+    pub fn seq_next(&self, name: &[u8], count: u64) -> Result<(u64, u64), Error> {
+        self.rt.block_on(self.inner.seq_next(name, count))
+    }
+}

@@ -1,0 +1,180 @@
+//! Node configuration: command-line flags over an optional TOML file over built-in defaults.
+//!
+//! Every setting has one name, used as the flag (`--max-value-bytes`) and as the TOML key
+//! (`max_value_bytes`), so the two never drift apart.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use kahuna_core::Limits;
+use serde::Deserialize;
+
+/// Declares the settings once: clap flags, TOML keys and the merge all come from this list.
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr ;)*) => {
+        /// Flags and file keys; every one optional so that flags can override the file.
+        #[derive(Parser, Deserialize, Debug, Default, Clone)]
+        #[serde(deny_unknown_fields)]
+        #[command(name = "kahuna-server", version, about = "Kahuna node: distributed locks, key/value and sequences")]
+        pub struct Settings {
+            /// A TOML file with any of the settings below (flags win over the file).
+            #[arg(long)]
+            #[serde(skip)]
+            pub config: Option<PathBuf>,
+            /// Do not pin shards to cores (for several nodes on one small machine).
+            #[arg(long)]
+            #[serde(default)]
+            pub no_pin: bool,
+            $( $(#[doc = $doc])* #[arg(long)] pub $name: Option<$ty>, )*
+        }
+
+        /// The resolved configuration of a node.
+        #[derive(Debug, Clone)]
+        pub struct NodeConfig {
+            pub no_pin: bool,
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Settings {
+            fn resolve(self, file: Settings) -> NodeConfig {
+                NodeConfig {
+                    no_pin: self.no_pin || file.no_pin,
+                    $( $name: self.$name.or(file.$name).unwrap_or_else(|| $default), )*
+                }
+            }
+        }
+    };
+}
+
+settings! {
+    /// This node's id in the cluster (never reused).
+    id: u64 = 1;
+    /// Client listener address.
+    listen: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+    /// Where the WAL and RocksDB live.
+    data_dir: PathBuf = PathBuf::from("./data");
+    /// Shards (one glommio executor each); default: one per core.
+    shards: usize = core_affinity::get_core_ids().map(|c| c.len()).unwrap_or(1).max(1);
+    /// Partitions a new node starts with, dealt round-robin to its shards.
+    partitions: usize = 8;
+    /// Largest key, lock resource or sequence name.
+    max_key_bytes: usize = 1024;
+    /// Largest value.
+    max_value_bytes: usize = 1 << 20;
+    /// Largest frame on the client wire.
+    max_frame_bytes: usize = 4 << 20;
+    /// Client connections one shard accepts at once.
+    max_connections_per_shard: usize = 1024;
+    /// Requests in flight on one connection; more get OVERLOADED.
+    max_inflight_per_connection: usize = 1024;
+    /// Ephemeral state one shard may hold in memory.
+    ephemeral_mb_per_shard: usize = 256;
+    /// WAL segment size.
+    wal_segment_mb: u64 = 64;
+    /// RocksDB block cache per shard.
+    block_cache_mb: usize = 64;
+    /// Raft tick interval; elections take 10 ticks, heartbeats 2.
+    raft_tick_ms: u64 = 100;
+    /// Deadline of a request that names none.
+    default_timeout_ms: u64 = 5000;
+    /// Older revisions kept per key.
+    history_retention: u64 = 32;
+    /// Spin this long before parking an idle shard (trades CPU for cross-core latency).
+    spin_before_park_us: u64 = 0;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    pub fn from_args() -> Result<NodeConfig, ConfigError> {
+        Self::from_settings(Settings::parse())
+    }
+
+    pub fn from_settings(flags: Settings) -> Result<NodeConfig, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str(&text)
+                    .map_err(|source| ConfigError::Parse { path: path.clone(), source })?
+            }
+            None => Settings::default(),
+        };
+        let cfg = flags.resolve(file);
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.id == 0 {
+            return bad("id must be at least 1".into());
+        }
+        if self.shards == 0 || self.shards > 256 {
+            return bad(format!("shards must be 1..=256, not {}", self.shards));
+        }
+        if self.partitions < self.shards || self.partitions > 4096 {
+            return bad(format!(
+                "partitions must be between shards ({}) and 4096, not {}",
+                self.shards, self.partitions
+            ));
+        }
+        if self.max_frame_bytes < self.max_value_bytes + self.max_key_bytes * 2 + 1024 {
+            return bad(
+                "max_frame_bytes must hold a largest value and key with room to spare".into()
+            );
+        }
+        if self.raft_tick_ms == 0 || self.wal_segment_mb == 0 {
+            return bad("raft_tick_ms and wal_segment_mb must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_key_bytes: self.max_key_bytes,
+            max_value_bytes: self.max_value_bytes,
+            history_retention: self.history_retention,
+            ..Limits::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(&path, "id = 3\nshards = 1\npartitions = 4\nlisten = \"127.0.0.1:9000\"\n")
+            .unwrap();
+        let flags = Settings::parse_from([
+            "kahuna-server",
+            "--config",
+            path.to_str().unwrap(),
+            "--partitions",
+            "6",
+        ]);
+        let cfg = NodeConfig::from_settings(flags).unwrap();
+        assert_eq!(cfg.id, 3);
+        assert_eq!(cfg.partitions, 6);
+        assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(cfg.max_value_bytes, 1 << 20);
+        std::fs::write(&path, "idd = 3\n").unwrap();
+        let flags = Settings::parse_from(["kahuna-server", "--config", path.to_str().unwrap()]);
+        assert!(matches!(NodeConfig::from_settings(flags), Err(ConfigError::Parse { .. })));
+        let flags = Settings::parse_from(["kahuna-server", "--id", "0"]);
+        assert!(matches!(NodeConfig::from_settings(flags), Err(ConfigError::Invalid(_))));
+    }
+}

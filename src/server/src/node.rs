@@ -1,0 +1,258 @@
+//! Node start-up: check the data directory, size glommio's locked memory, start one executor
+//! per shard, and have each recover its partitions and start serving.
+//!
+//! Lifecycle of a shard:
+//! 1. prime glommio's DMA probe, open RocksDB and the WAL (recovering every partition's log);
+//! 2. rebuild each partition's Raft node from RocksDB's apply state and the WAL's entries;
+//! 3. join the channel mesh (all shards), start the mesh receivers and the ready loop;
+//! 4. bind the client listener and serve until the process ends.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::channels::local_channel;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use kahuna_core::hlc::HlcClock;
+use kahuna_core::PartitionMap;
+use raft::eraftpb::{ConfState, HardState};
+use raft::RawNode;
+use serde::{Deserialize, Serialize};
+
+use crate::config::NodeConfig;
+use crate::raft::log_store::LogStore;
+use crate::raft::partition::Partition;
+use crate::shard::mesh::{spawn_receivers, MeshPlan};
+use crate::shard::{driver, Shard};
+use crate::storage::state::StateDb;
+use crate::storage::wal::{prime_dma_probe, Wal};
+use crate::transport;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("data directory {path} belongs to {found}, but this node was started with {wanted}")]
+    Layout { path: String, found: String, wanted: String },
+    #[error("locked memory limit of {limit} bytes is too small for {shards} shards (io_uring needs 512 KiB each); raise `ulimit -l` or use fewer shards")]
+    MemLock { limit: u64, shards: usize },
+    #[error("shard {shard}: {reason}")]
+    Shard { shard: usize, reason: String },
+}
+
+/// What a data directory was created with; a restart must agree.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Layout {
+    node_id: u64,
+    shards: usize,
+    partitions: usize,
+}
+
+const LAYOUT_FILE: &str = "kahuna-node.toml";
+
+fn check_layout(cfg: &NodeConfig) -> Result<Layout, NodeError> {
+    let dir = &cfg.data_dir;
+    let io = |source| NodeError::DataDir { path: dir.display().to_string(), source };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let path = dir.join(LAYOUT_FILE);
+    let wanted = Layout { node_id: cfg.id, shards: cfg.shards, partitions: cfg.partitions };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let found: Layout =
+                toml::from_str(&text).map_err(|e| io(std::io::Error::other(e.to_string())))?;
+            if found.node_id != wanted.node_id || found.shards != wanted.shards {
+                return Err(NodeError::Layout {
+                    path: dir.display().to_string(),
+                    found: format!("node {} with {} shards", found.node_id, found.shards),
+                    wanted: format!("node {} with {} shards", wanted.node_id, wanted.shards),
+                });
+            }
+            Ok(found)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let text = toml::to_string(&wanted).expect("layout serialises");
+            let tmp = dir.join(format!("{LAYOUT_FILE}.tmp"));
+            std::fs::write(&tmp, text).map_err(io)?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io)?;
+            Ok(wanted)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// glommio registers `io_memory` per ring (3 rings per executor) and the kernel counts it
+/// against RLIMIT_MEMLOCK unless we hold CAP_IPC_LOCK (root does). Size it to fit the limit.
+fn io_memory_bytes(shards: usize) -> Result<Option<usize>, NodeError> {
+    // SAFETY: getrlimit and geteuid only read process state into the struct we pass.
+    let (limit, euid) = unsafe {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r);
+        (r.rlim_cur, libc::geteuid())
+    };
+    if euid == 0 || limit == libc::RLIM_INFINITY {
+        return Ok(None); // glommio's default (10 MiB) registers fine
+    }
+    let per = (limit as usize / (3 * shards)).min(10 << 20) & !4095;
+    if per < 512 << 10 {
+        return Err(NodeError::MemLock { limit, shards });
+    }
+    log::info!("memlock limit {limit} bytes: io_memory {per} bytes per shard");
+    Ok(Some(per))
+}
+
+pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
+    let layout = check_layout(&cfg)?;
+    let io_memory = io_memory_bytes(cfg.shards)?;
+    let map = PartitionMap::initial(layout.partitions, cfg.shards);
+    let plan = MeshPlan::new(cfg.shards);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let cfg = Arc::new(cfg);
+    let mut handles = Vec::new();
+    for shard in 0..cfg.shards {
+        let placement = if cfg.no_pin || cores.is_empty() {
+            Placement::Unbound
+        } else {
+            Placement::Fixed(cores[shard % cores.len()].id)
+        };
+        let mut builder =
+            LocalExecutorBuilder::new(placement).name(&format!("kahuna-shard-{shard}"));
+        if let Some(bytes) = io_memory {
+            builder = builder.io_memory(bytes);
+        }
+        if cfg.spin_before_park_us > 0 {
+            builder = builder.spin_before_park(Duration::from_micros(cfg.spin_before_park_us));
+        }
+        let (cfg, map, plan) = (cfg.clone(), map.clone(), plan.clone());
+        let handle =
+            builder.spawn(move || async move { run_shard(shard, cfg, map, plan).await }).map_err(
+                |e| NodeError::Shard { shard, reason: format!("starting its executor: {e}") },
+            )?;
+        handles.push((shard, handle));
+    }
+    for (shard, handle) in handles {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(NodeError::Shard { shard, reason }),
+            Err(e) => {
+                return Err(NodeError::Shard { shard, reason: format!("executor failed: {e}") })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn raft_config(cfg: &NodeConfig, applied: u64) -> raft::Config {
+    raft::Config {
+        id: cfg.id,
+        election_tick: 10,
+        heartbeat_tick: 2,
+        applied,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        max_uncommitted_size: 64 << 20,
+        ..Default::default()
+    }
+}
+
+/// Rebuilds the partitions of `shard` from RocksDB (applied state) and the WAL (the log).
+async fn recover(
+    shard: usize,
+    cfg: &NodeConfig,
+    map: &PartitionMap,
+    db: &StateDb,
+    wal_dir: &Path,
+) -> Result<(Wal, BTreeMap<u64, Partition>), String> {
+    let (wal, mut logs) = Wal::open(wal_dir, cfg.wal_segment_mb << 20)
+        .await
+        .map_err(|e| format!("opening the WAL: {e}"))?;
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut parts = BTreeMap::new();
+    for info in map.partitions().iter().filter(|p| p.shard == shard) {
+        let applied = db.apply_state(info.id).map_err(|e| format!("reading apply state: {e}"))?;
+        let log = logs.remove(&info.id).unwrap_or_default();
+        let entries: Vec<_> = log
+            .entries
+            .into_iter()
+            .filter(|e| e.index > applied.applied_index)
+            .map(driver::entry_from)
+            .collect();
+        if let Some(first) = entries.first() {
+            if first.index != applied.applied_index + 1 {
+                return Err(format!(
+                    "partition {}: the WAL resumes at entry {} but RocksDB has applied only {}: entries are missing",
+                    info.id, first.index, applied.applied_index
+                ));
+            }
+        }
+        let last_index = applied.applied_index + entries.len() as u64;
+        let mut hs = HardState::default();
+        if let Some(h) = log.hard_state {
+            hs.term = h.term;
+            hs.vote = h.vote;
+            hs.commit = h.commit;
+        }
+        // The commit index reaches the WAL one turn after the entries it covers were applied.
+        hs.commit = hs.commit.max(applied.applied_index).min(last_index);
+        hs.term = hs.term.max(applied.applied_term);
+        let cs = ConfState { voters: vec![cfg.id], ..Default::default() };
+        let store = LogStore::new(hs, cs, applied.applied_index, applied.applied_term, entries);
+        let rcfg = raft_config(cfg, applied.applied_index);
+        let mut node = RawNode::new(&rcfg, store, &logger)
+            .map_err(|e| format!("partition {}: {e}", info.id))?;
+        // The only voter of its group: elect it now rather than after an election timeout.
+        node.campaign().map_err(|e| format!("partition {}: campaign: {e}", info.id))?;
+        parts.insert(info.id, Partition::new(info.clone(), node, applied));
+    }
+    Ok((wal, parts))
+}
+
+async fn run_shard(
+    shard: usize,
+    cfg: Arc<NodeConfig>,
+    map: PartitionMap,
+    plan: MeshPlan,
+) -> Result<(), String> {
+    let dir = cfg.data_dir.join(format!("shard-{shard}"));
+    let wal_dir = dir.join("wal");
+    std::fs::create_dir_all(&wal_dir).map_err(|e| format!("{}: {e}", wal_dir.display()))?;
+    prime_dma_probe(&dir).await.map_err(|e| format!("priming the DMA probe: {e}"))?;
+    let db = StateDb::open(&dir.join("state"), cfg.block_cache_mb << 20)
+        .map_err(|e| format!("opening RocksDB: {e}"))?;
+    let (wal, parts) = recover(shard, &cfg, &map, &db, &wal_dir).await?;
+    let (kick_tx, kick_rx) = local_channel::new_bounded(1);
+    let (link, receivers, shard_of_peer) = plan.join(shard).await?;
+    let shard_ctx = Rc::new(Shard::new(
+        shard,
+        Rc::new((*cfg).clone()),
+        Rc::new(map),
+        parts,
+        db,
+        HlcClock::default(),
+        kick_tx,
+        link,
+    ));
+    spawn_receivers(shard_ctx.clone(), receivers, shard_of_peer);
+    glommio::spawn_local(driver::run(shard_ctx.clone(), wal, kick_rx)).detach();
+    shard_ctx.kick();
+    let listener =
+        TcpListener::bind(cfg.listen).map_err(|e| format!("binding {}: {e}", cfg.listen))?;
+    if shard == 0 {
+        log::info!(
+            "kahuna-server node {} serving on {} ({} shards, {} partitions, data in {})",
+            cfg.id,
+            cfg.listen,
+            cfg.shards,
+            shard_ctx.map.partitions().len(),
+            cfg.data_dir.display()
+        );
+    }
+    transport::client::serve(shard_ctx, listener).await;
+    Ok(())
+}

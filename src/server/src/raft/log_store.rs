@@ -1,0 +1,144 @@
+//! [`LogStore`]: raft-rs's `Storage` over the entries the shard's WAL has made durable.
+//!
+//! The entries live in memory from `snapshot_index + 1` on; everything at or below
+//! `snapshot_index` has been applied to RocksDB and is compacted away. Only the ready loop
+//! mutates it, after the WAL write that made the change durable.
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+#[derive(Default)]
+pub struct LogStore {
+    pub hard_state: HardState,
+    pub conf_state: ConfState,
+    snapshot_index: u64,
+    snapshot_term: u64,
+    /// `entries[0].index == snapshot_index + 1` when not empty.
+    entries: Vec<Entry>,
+}
+
+impl LogStore {
+    pub fn new(
+        hard_state: HardState,
+        conf_state: ConfState,
+        snapshot_index: u64,
+        snapshot_term: u64,
+        entries: Vec<Entry>,
+    ) -> LogStore {
+        debug_assert!(entries.first().is_none_or(|e| e.index == snapshot_index + 1));
+        LogStore { hard_state, conf_state, snapshot_index, snapshot_term, entries }
+    }
+
+    fn first(&self) -> u64 {
+        self.snapshot_index + 1
+    }
+
+    fn last(&self) -> u64 {
+        self.snapshot_index + self.entries.len() as u64
+    }
+
+    /// Appends durable entries; an entry at an index already held replaces that suffix.
+    pub fn append(&mut self, ents: &[Entry]) {
+        let Some(first) = ents.first().map(|e| e.index) else { return };
+        assert!(
+            first > self.snapshot_index,
+            "appending {first} at or below the compacted index {}",
+            self.snapshot_index
+        );
+        assert!(first <= self.last() + 1, "appending {first} leaves a gap after {}", self.last());
+        self.entries.truncate((first - self.first()) as usize);
+        self.entries.extend_from_slice(ents);
+    }
+
+    /// Drops entries up to `index` (applied and no longer needed in memory).
+    pub fn compact_to(&mut self, index: u64) {
+        if index <= self.snapshot_index || index > self.last() {
+            return;
+        }
+        let n = (index - self.snapshot_index) as usize;
+        self.snapshot_term = self.entries[n - 1].term;
+        self.entries.drain(..n);
+        self.snapshot_index = index;
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+impl Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let lo = (low - self.first()) as usize;
+        let hi = (high - self.first()) as usize;
+        let mut ents = self.entries[lo..hi].to_vec();
+        raft::util::limit_size(&mut ents, max_size.into());
+        Ok(ents)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.snapshot_index {
+            return Ok(self.snapshot_term);
+        }
+        if idx < self.snapshot_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(self.entries[(idx - self.first()) as usize].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Snapshots stream a partition's RocksDB range; they arrive with replication.
+        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ent(index: u64, term: u64) -> Entry {
+        Entry { index, term, ..Default::default() }
+    }
+
+    #[test]
+    fn append_overwrites_suffix_and_compaction_keeps_terms() {
+        let mut s = LogStore::new(HardState::default(), ConfState::default(), 0, 0, vec![]);
+        s.append(&[ent(1, 1), ent(2, 1), ent(3, 1)]);
+        s.append(&[ent(3, 2), ent(4, 2)]);
+        assert_eq!(s.last_index().unwrap(), 4);
+        assert_eq!(s.term(3).unwrap(), 2);
+        s.compact_to(2);
+        assert_eq!(s.first_index().unwrap(), 3);
+        assert_eq!(s.term(2).unwrap(), 1);
+        assert!(matches!(s.term(1), Err(raft::Error::Store(StorageError::Compacted))));
+        let got = s.entries(3, 5, None, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), vec![3, 4]);
+        assert!(s.entries(2, 4, None, GetEntriesContext::empty(false)).is_err());
+    }
+}

@@ -1,0 +1,223 @@
+//! One partition on this shard: its Raft group member (`RawNode`), the proposals and reads
+//! waiting on it, and its ephemeral state (leader memory only).
+//!
+//! Lifecycle of a persistent write:
+//! 1. [`Partition::propose`] hands the encoded command to raft-rs and parks a waiter at the
+//!    entry's index and term;
+//! 2. the shard's ready loop persists, commits and applies it, then calls
+//!    [`Partition::complete`], which wakes the waiter (or tells it the entry was superseded).
+//!
+//! Lifecycle of a linearizable read: [`Partition::read_barrier`] either answers at once (a
+//! leader that is the group's only voter cannot be deposed) or issues a ReadIndex; the ready
+//! loop delivers the read state, and once `applied >= index` the reader proceeds.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use futures_channel::oneshot;
+use kahuna_core::partition::PartitionInfo;
+use kahuna_core::store::MemStore;
+use kahuna_protocol::{ErrorCode, Reply, WireError};
+use raft::{RawNode, StateRole};
+
+use super::log_store::LogStore;
+use crate::storage::state::ApplyState;
+
+pub type ReplyTx = oneshot::Sender<Result<Reply, WireError>>;
+pub type ReplyRx = oneshot::Receiver<Result<Reply, WireError>>;
+
+/// Waiting proposals per partition beyond which new ones are refused (retryable).
+const MAX_PENDING_PROPOSALS: usize = 65_536;
+const MAX_PENDING_READS: usize = 65_536;
+
+struct Pending {
+    term: u64,
+    tx: ReplyTx,
+}
+
+pub struct Partition {
+    pub info: PartitionInfo,
+    pub node: RawNode<LogStore>,
+    pub applied: ApplyState,
+    pub ephemeral: MemStore,
+    /// Ephemeral lock grants in the current term: the low bits of the ephemeral token floor.
+    pub ephemeral_grants: u64,
+    pub sweep_cursor: Option<Vec<u8>>,
+    /// The role at the last `Ready`, to notice a lost leadership.
+    pub role: StateRole,
+    proposals: BTreeMap<u64, Pending>,
+    next_read_ctx: u64,
+    /// Reads waiting for their ReadIndex answer, by context.
+    read_requests: BTreeMap<u64, oneshot::Sender<Result<(), WireError>>>,
+    /// Reads whose index is known, waiting for the state machine to reach it.
+    read_ready: VecDeque<(u64, oneshot::Sender<Result<(), WireError>>)>,
+}
+
+pub fn not_leader(hint: u64) -> WireError {
+    WireError::new(
+        ErrorCode::NotLeader,
+        format!("not the partition leader (leader hint: node {hint})"),
+    )
+}
+
+impl Partition {
+    pub fn new(info: PartitionInfo, node: RawNode<LogStore>, applied: ApplyState) -> Partition {
+        Partition {
+            info,
+            node,
+            applied,
+            ephemeral: MemStore::default(),
+            ephemeral_grants: 0,
+            sweep_cursor: None,
+            role: StateRole::Follower,
+            proposals: BTreeMap::new(),
+            next_read_ctx: 1,
+            read_requests: BTreeMap::new(),
+            read_ready: VecDeque::new(),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    pub fn leader_hint(&self) -> u64 {
+        self.node.raft.leader_id
+    }
+
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    pub fn ensure_leader(&self) -> Result<(), WireError> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(not_leader(self.leader_hint()))
+        }
+    }
+
+    fn sole_voter(&self) -> bool {
+        let voters = self.node.raft.prs().conf().voters().ids();
+        voters.len() == 1 && voters.contains(self.node.raft.id)
+    }
+
+    /// Proposes an encoded command; the receiver answers once it is applied.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<ReplyRx, WireError> {
+        self.ensure_leader()?;
+        if self.proposals.len() >= MAX_PENDING_PROPOSALS {
+            return Err(WireError::new(
+                ErrorCode::Overloaded,
+                "too many writes waiting on this partition",
+            ));
+        }
+        let before = self.node.raft.raft_log.last_index();
+        if let Err(e) = self.node.propose(vec![], data) {
+            return Err(match e {
+                raft::Error::ProposalDropped => WireError::new(
+                    ErrorCode::Overloaded,
+                    "proposal dropped (uncommitted log full or leadership moving)",
+                ),
+                other => {
+                    WireError::new(ErrorCode::Unavailable, format!("proposal failed: {other}"))
+                }
+            });
+        }
+        let index = self.node.raft.raft_log.last_index();
+        if index == before {
+            return Err(WireError::new(ErrorCode::Unavailable, "proposal was not appended"));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.proposals.insert(index, Pending { term: self.term(), tx });
+        Ok(rx)
+    }
+
+    /// The entry at `index` of `term` was applied with `result`.
+    pub fn complete(&mut self, index: u64, term: u64, result: Result<Reply, WireError>) {
+        // Anything parked below this index can no longer be applied: its entry was replaced.
+        while let Some(entry) = self.proposals.first_entry() {
+            if *entry.key() >= index {
+                break;
+            }
+            let p = entry.remove();
+            let _ = p.tx.send(Err(not_leader(self.node.raft.leader_id)));
+        }
+        if let Some(p) = self.proposals.remove(&index) {
+            let answer = if p.term == term {
+                result
+            } else {
+                Err(WireError::new(
+                    ErrorCode::NotLeader,
+                    "leadership changed; the write was not applied",
+                ))
+            };
+            let _ = p.tx.send(answer);
+        }
+    }
+
+    /// A barrier for a linearizable read: `None` when the state may be read now.
+    pub fn read_barrier(
+        &mut self,
+    ) -> Result<Option<oneshot::Receiver<Result<(), WireError>>>, WireError> {
+        self.ensure_leader()?;
+        if self.sole_voter() {
+            // Every acknowledged write is applied before its answer, and nobody can depose us.
+            return Ok(None);
+        }
+        if self.read_requests.len() + self.read_ready.len() >= MAX_PENDING_READS {
+            return Err(WireError::new(
+                ErrorCode::Overloaded,
+                "too many reads waiting on this partition",
+            ));
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        let (tx, rx) = oneshot::channel();
+        self.read_requests.insert(ctx, tx);
+        self.node.read_index(ctx.to_le_bytes().to_vec());
+        Ok(Some(rx))
+    }
+
+    /// raft-rs answered a ReadIndex.
+    pub fn on_read_state(&mut self, index: u64, ctx: &[u8]) {
+        let Ok(b) = <[u8; 8]>::try_from(ctx) else { return };
+        if let Some(tx) = self.read_requests.remove(&u64::from_le_bytes(b)) {
+            self.read_ready.push_back((index, tx));
+        }
+        self.release_reads();
+    }
+
+    /// Lets through the reads whose index the state machine has reached.
+    pub fn release_reads(&mut self) {
+        let applied = self.applied.applied_index;
+        let mut keep = VecDeque::new();
+        while let Some((index, tx)) = self.read_ready.pop_front() {
+            if index <= applied {
+                let _ = tx.send(Ok(()));
+            } else {
+                keep.push_back((index, tx));
+            }
+        }
+        self.read_ready = keep;
+    }
+
+    /// Leadership was lost: every waiter learns it now instead of at its deadline.
+    pub fn on_lost_leadership(&mut self) {
+        let hint = self.leader_hint();
+        for (_, p) in std::mem::take(&mut self.proposals) {
+            let _ = p.tx.send(Err(WireError::new(
+                ErrorCode::Timeout,
+                format!("leadership moved to node {hint} before the write was applied; its outcome is unknown"),
+            )));
+        }
+        for (_, tx) in std::mem::take(&mut self.read_requests) {
+            let _ = tx.send(Err(not_leader(hint)));
+        }
+        for (_, tx) in std::mem::take(&mut self.read_ready) {
+            let _ = tx.send(Err(not_leader(hint)));
+        }
+        // Ephemeral state belongs to the leader that made it.
+        self.ephemeral = MemStore::default();
+        self.ephemeral_grants = 0;
+        self.sweep_cursor = None;
+    }
+}

@@ -1,0 +1,300 @@
+//! The shard's ready loop: the only code that writes the WAL and RocksDB.
+//!
+//! One turn, for all partitions of the shard at once:
+//! 1. tick the Raft groups when the tick is due, sweep expired ephemeral state;
+//! 2. collect every partition's `Ready`: committed entries to apply, new entries and hard
+//!    states to persist, read states to release;
+//! 3. apply the committed entries into one RocksDB batch (with each partition's apply state);
+//! 4. write all new entries and hard states as one WAL batch, one `fdatasync`;
+//! 5. only then mark them persisted (`advance`), which may commit more: apply those too, and
+//!    answer their waiters.
+//!
+//! The contract raft-rs asks for, kept here: entries and hard state are durable before the
+//! messages that depend on them are sent and before they count as persisted; `applied_index`
+//! is written in the same RocksDB batch as the state it describes.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::local_channel::LocalReceiver;
+use kahuna_core::hlc::Hlc;
+use kahuna_core::state_machine::{self, ApplyCtx};
+use kahuna_core::store::WriteBuffer;
+use kahuna_core::LogCommand;
+use kahuna_protocol::{ErrorCode, Reply, WireError};
+use raft::eraftpb::{Entry, EntryType};
+
+use super::Shard;
+use crate::storage::state::ApplyState;
+use crate::storage::wal::{EntryRec, HardStateRec, Wal, WalRecord};
+
+/// Entries kept in memory behind the applied index (for followers that lag a little).
+const LOG_TAIL: u64 = 256;
+/// Ephemeral keys looked at per partition per tick by the expiry sweep.
+const SWEEP_BUDGET: usize = 1024;
+
+pub fn entry_rec(e: &Entry) -> EntryRec {
+    EntryRec {
+        index: e.index,
+        term: e.term,
+        entry_type: e.get_entry_type() as i32,
+        data: e.data.to_vec(),
+        context: e.context.to_vec(),
+    }
+}
+
+pub fn entry_from(r: EntryRec) -> Entry {
+    let mut e = Entry { index: r.index, term: r.term, ..Default::default() };
+    e.set_entry_type(match r.entry_type {
+        1 => EntryType::EntryConfChange,
+        2 => EntryType::EntryConfChangeV2,
+        _ => EntryType::EntryNormal,
+    });
+    e.data = r.data.into();
+    e.context = r.context.into();
+    e
+}
+
+/// A failure of the WAL or RocksDB leaves the node unable to keep its promises: stop it, so
+/// that a restart recovers from what is durable (as etcd and TiKV do).
+fn fatal(what: &str, err: impl std::fmt::Display) -> ! {
+    log::error!("fatal storage error while {what}: {err}; stopping the node");
+    std::process::exit(70);
+}
+
+pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
+    let tick = Duration::from_millis(shard.cfg.raft_tick_ms);
+    let mut next_tick = Instant::now() + tick;
+    let flushed: Rc<std::cell::RefCell<Option<HashMap<u64, u64>>>> = Default::default();
+    let mut flushing = false;
+    loop {
+        let now = Instant::now();
+        if now < next_tick {
+            futures_lite::future::or(
+                async {
+                    kick.recv().await;
+                },
+                glommio::timer::sleep(next_tick - now),
+            )
+            .await;
+        }
+        if Instant::now() >= next_tick {
+            next_tick = Instant::now() + tick;
+            on_tick(&shard);
+        }
+        turn(&shard, &mut wal).await;
+        // Release WAL segments whose effects a finished flush made durable in RocksDB.
+        if let Some(applied) = flushed.borrow_mut().take() {
+            flushing = false;
+            match wal.release(&applied) {
+                Ok(n) if n > 0 => log::debug!("shard {}: released {n} WAL segments", shard.id),
+                Ok(_) => {}
+                Err(e) => log::warn!("shard {}: releasing WAL segments: {e}", shard.id),
+            }
+        }
+        if !flushing && wal.sealed_segments() >= 2 {
+            flushing = true;
+            start_flush(&shard, flushed.clone());
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// Flushes RocksDB on a blocking thread; afterwards, every partition's applied index taken
+/// before the flush is durable without the WAL.
+fn start_flush(shard: &Rc<Shard>, done: Rc<std::cell::RefCell<Option<HashMap<u64, u64>>>>) {
+    let applied: HashMap<u64, u64> =
+        shard.parts.borrow().iter().map(|(id, p)| (*id, p.applied.applied_index)).collect();
+    let db = shard.db.clone();
+    glommio::spawn_local(async move {
+        match glommio::executor().spawn_blocking(move || db.flush_blocking()).await {
+            Ok(()) => *done.borrow_mut() = Some(applied),
+            Err(e) => {
+                log::warn!("rocksdb flush failed: {e}");
+                *done.borrow_mut() = Some(HashMap::new());
+            }
+        }
+    })
+    .detach();
+}
+
+fn on_tick(shard: &Shard) {
+    let now_ms = shard.now_ms();
+    let mut freed = 0usize;
+    for p in shard.parts.borrow_mut().values_mut() {
+        p.node.tick();
+        if !p.ephemeral.is_empty() {
+            let before = p.ephemeral.bytes();
+            let (lo, hi) = (vec![kahuna_core::keys::KIND_MIN], vec![0xff]);
+            p.sweep_cursor =
+                p.ephemeral.sweep(&lo, &hi, p.sweep_cursor.take(), SWEEP_BUDGET, &mut |k, v| {
+                    state_machine::is_dead(k, v, now_ms)
+                });
+            freed += before - p.ephemeral.bytes();
+        }
+    }
+    shard.ephemeral_bytes.set(shard.ephemeral_bytes.get().saturating_sub(freed));
+}
+
+/// A `Ready` handed to the WAL, to report durable once the batch is synced.
+struct Handed {
+    partition: u64,
+    number: u64,
+}
+
+/// One pass of the ready loop over every partition of the shard.
+///
+/// Uses raft-rs's asynchronous-persistence API: a `Ready`'s entries go into the in-memory log
+/// store at once (raft-rs reads them from there from `advance_append_async` on, and may send
+/// them to followers), but they count as persisted, and so toward a commit, only after the WAL
+/// sync, through `on_persist_ready`.
+/// Proposals made while the sync is in flight go into the next `Ready`, so connection tasks
+/// never wait for the loop, and the entries they add are group-committed together.
+async fn turn(shard: &Shard, wal: &mut Wal) {
+    let mut records = Vec::new();
+    let mut handed = Vec::new();
+    let mut committed = Vec::new();
+    {
+        let mut parts = shard.parts.borrow_mut();
+        for (pid, p) in parts.iter_mut() {
+            if !p.node.has_ready() {
+                continue;
+            }
+            let mut rd = p.node.ready();
+            if let Some(ss) = rd.ss() {
+                let (old, new) = (p.role, ss.raft_state);
+                p.role = new;
+                if old == raft::StateRole::Leader && new != raft::StateRole::Leader {
+                    p.on_lost_leadership();
+                }
+                if new == raft::StateRole::Leader && old != raft::StateRole::Leader {
+                    log::info!("shard {}: partition {pid} leader at term {}", shard.id, p.term());
+                }
+            }
+            // Single-node groups send nothing; peer transport arrives with replication.
+            drop(rd.take_messages());
+            for rs in rd.take_read_states() {
+                p.on_read_state(rs.index, &rs.request_ctx);
+            }
+            committed.push((*pid, rd.take_committed_entries()));
+            let hard_state =
+                rd.hs().map(|hs| HardStateRec { term: hs.term, vote: hs.vote, commit: hs.commit });
+            if hard_state.is_some() || !rd.entries().is_empty() {
+                records.push(WalRecord {
+                    partition: *pid,
+                    hard_state,
+                    entries: rd.entries().iter().map(entry_rec).collect(),
+                });
+            }
+            {
+                let store = p.node.mut_store();
+                store.append(rd.entries());
+                if let Some(hs) = rd.hs() {
+                    store.hard_state = hs.clone();
+                }
+            }
+            drop(rd.take_persisted_messages());
+            handed.push(Handed { partition: *pid, number: rd.number() });
+            p.node.advance_append_async(rd);
+        }
+    }
+    if handed.is_empty() {
+        return;
+    }
+    // Committed entries are already durable: apply them before waiting on the new batch's sync.
+    apply(shard, committed);
+    if !records.is_empty() {
+        let checkpoint = || {
+            shard
+                .parts
+                .borrow()
+                .iter()
+                .map(|(pid, p)| {
+                    let hs = &p.node.store().hard_state;
+                    WalRecord {
+                        partition: *pid,
+                        hard_state: Some(HardStateRec {
+                            term: hs.term,
+                            vote: hs.vote,
+                            commit: hs.commit,
+                        }),
+                        entries: vec![],
+                    }
+                })
+                .collect()
+        };
+        if let Err(e) = wal.append(&records, checkpoint).await {
+            fatal("writing the WAL", e);
+        }
+    }
+    let mut more = false;
+    {
+        let mut parts = shard.parts.borrow_mut();
+        for h in handed {
+            let Some(p) = parts.get_mut(&h.partition) else { continue };
+            p.node.on_persist_ready(h.number);
+            more |= p.node.has_ready();
+        }
+    }
+    if more {
+        // What became durable may now be committed: apply it on the next pass, at once.
+        shard.kick();
+    }
+}
+
+/// Applies committed entries of several partitions as one RocksDB batch, then answers.
+fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
+    if batches.iter().all(|(_, e)| e.is_empty()) {
+        return;
+    }
+    let mut parts = shard.parts.borrow_mut();
+    let mut buf = WriteBuffer::new(&shard.db);
+    let mut states: Vec<(u64, ApplyState)> = Vec::new();
+    let mut answers: Vec<(u64, u64, u64, Result<Reply, WireError>)> = Vec::new();
+    for (pid, entries) in &batches {
+        let Some(p) = parts.get_mut(pid) else { continue };
+        if entries.is_empty() {
+            continue;
+        }
+        for e in entries {
+            if e.index <= p.applied.applied_index {
+                continue; // replayed after a restart that had already applied it
+            }
+            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                let result = match LogCommand::decode(&e.data) {
+                    Ok(cmd) => {
+                        shard.hlc.borrow_mut().observe(Hlc(cmd.hlc));
+                        let ctx = ApplyCtx::persistent(Hlc(cmd.hlc).physical_ms(), &shard.limits);
+                        state_machine::apply(&mut buf, &cmd.op, &ctx)
+                    }
+                    Err(err) => {
+                        log::error!("partition {pid}: entry {} cannot be decoded: {err}", e.index);
+                        Err(WireError::new(ErrorCode::Internal, err.to_string()))
+                    }
+                };
+                answers.push((*pid, e.index, e.term, result));
+            }
+            p.applied = ApplyState { applied_index: e.index, applied_term: e.term };
+        }
+        states.push((*pid, p.applied));
+    }
+    if let Err(e) = shard.db.commit(buf.into_writes(), &states) {
+        fatal("writing RocksDB", e);
+    }
+    for (pid, index, term, result) in answers {
+        if let Some(p) = parts.get_mut(&pid) {
+            p.complete(index, term, result);
+        }
+    }
+    for (pid, entries) in batches {
+        let Some(p) = parts.get_mut(&pid) else { continue };
+        if entries.is_empty() {
+            continue;
+        }
+        p.node.advance_apply_to(p.applied.applied_index);
+        p.release_reads();
+        let keep_from = p.applied.applied_index.saturating_sub(LOG_TAIL);
+        p.node.mut_store().compact_to(keep_from);
+    }
+}

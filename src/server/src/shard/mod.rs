@@ -1,0 +1,319 @@
+//! A shard: one glommio executor pinned to one core, owning its partitions, their Raft groups,
+//! its WAL and its RocksDB. Nothing here is shared with another thread except through the
+//! channel mesh (`mesh`) and the RocksDB handle lent to a blocking flush.
+//!
+//! ```text
+//!  connection task ──execute──▶ partition on this shard? ──yes──▶ Partition (propose / read)
+//!                                      │ no                               │ kick
+//!                                      ▼                                  ▼
+//!                               mesh ──▶ owning shard            driver: ready loop (WAL, apply)
+//! ```
+//! Must never: block the executor (RocksDB flushes go to `spawn_blocking`), hold a `RefCell`
+//! borrow across an `.await`, or grow a queue without a bound.
+
+pub mod driver;
+pub mod mesh;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::channels::local_channel::LocalSender;
+use kahuna_core::command::into_write;
+use kahuna_core::hlc::HlcClock;
+use kahuna_core::state_machine::{self, ApplyCtx, Bounds};
+use kahuna_core::{Limits, LogCommand, PartitionMap, WriteOp};
+use kahuna_protocol::{Durability, ErrorCode, Op, Reply, WireError};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::NodeConfig;
+use crate::raft::partition::Partition;
+use crate::storage::state::StateDb;
+
+/// An answer and the leader hint that goes with it.
+pub type Answer = (Result<Reply, WireError>, u64);
+
+pub struct Shard {
+    pub id: usize,
+    pub node_id: u64,
+    pub cfg: Rc<NodeConfig>,
+    pub limits: Limits,
+    pub map: Rc<PartitionMap>,
+    pub parts: RefCell<BTreeMap<u64, Partition>>,
+    pub db: StateDb,
+    pub hlc: RefCell<HlcClock>,
+    pub clock: SystemClock,
+    kick: LocalSender<()>,
+    pub ephemeral_bytes: Cell<usize>,
+    pub mesh: mesh::MeshLink,
+    pub connections: Cell<usize>,
+}
+
+fn timeout_error(what: &str) -> WireError {
+    WireError::new(ErrorCode::Timeout, format!("deadline passed while {what}"))
+}
+
+/// Runs `fut` until `deadline`; `None` when the deadline passed first.
+pub async fn with_deadline<T>(
+    deadline: std::time::Instant,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(left).await;
+        None
+    })
+    .await
+}
+
+impl Shard {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: usize,
+        cfg: Rc<NodeConfig>,
+        map: Rc<PartitionMap>,
+        parts: BTreeMap<u64, Partition>,
+        db: StateDb,
+        hlc: HlcClock,
+        kick: LocalSender<()>,
+        mesh: mesh::MeshLink,
+    ) -> Shard {
+        Shard {
+            id,
+            node_id: cfg.id,
+            limits: cfg.limits(),
+            cfg,
+            map,
+            parts: RefCell::new(parts),
+            db,
+            hlc: RefCell::new(hlc),
+            clock: SystemClock,
+            kick,
+            ephemeral_bytes: Cell::new(0),
+            mesh,
+            connections: Cell::new(0),
+        }
+    }
+
+    /// Wakes the ready loop; a wake-up already pending is enough.
+    pub fn kick(&self) {
+        let _ = self.kick.try_send(());
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.hlc.borrow_mut().now(self.clock.now_ms()).physical_ms()
+    }
+
+    pub fn deadline(&self, timeout_ms: u32) -> std::time::Instant {
+        let ms = if timeout_ms == 0 {
+            self.cfg.default_timeout_ms
+        } else {
+            (timeout_ms as u64).min(60_000)
+        };
+        std::time::Instant::now() + Duration::from_millis(ms)
+    }
+
+    /// Serves one request from a client of this shard: validate, route, run.
+    pub async fn execute(self: &Rc<Self>, op: Op, deadline: std::time::Instant) -> Answer {
+        if let Err(e) = self.limits.validate(&op) {
+            return (Err(e), 0);
+        }
+        if let Op::KvScan { .. } = op {
+            return self.scan_across(op, deadline).await;
+        }
+        let part = self.map.locate(op.routing_key());
+        self.execute_on(part.id, part.shard, op, deadline).await
+    }
+
+    async fn execute_on(
+        self: &Rc<Self>,
+        partition: u64,
+        shard: usize,
+        op: Op,
+        deadline: std::time::Instant,
+    ) -> Answer {
+        if shard == self.id {
+            self.execute_local(partition, op, deadline).await
+        } else {
+            self.mesh.forward(self, shard, partition, op, deadline).await
+        }
+    }
+
+    /// A scan walks the partitions that may hold the prefix, in key order, until the page is full.
+    async fn scan_across(self: &Rc<Self>, op: Op, deadline: std::time::Instant) -> Answer {
+        let Op::KvScan { prefix, durability, start_after, limit } = op else {
+            unreachable!("scan_across takes scans")
+        };
+        let want = if limit == 0 { self.limits.default_scan_limit } else { limit } as usize;
+        let mut items = Vec::new();
+        let mut cursor = start_after;
+        let targets: Vec<(u64, usize)> = self
+            .map
+            .covering(&prefix, cursor.as_deref().unwrap_or_default())
+            .map(|p| (p.id, p.shard))
+            .collect();
+        for (pid, shard) in targets {
+            let sub = Op::KvScan {
+                prefix: prefix.clone(),
+                durability,
+                start_after: cursor.clone(),
+                limit: (want - items.len()) as u32,
+            };
+            match self.execute_on(pid, shard, sub, deadline).await {
+                (Ok(Reply::KvScan { items: got, next }), _) => {
+                    items.extend(got);
+                    if next.is_some() || items.len() >= want {
+                        let next = items.last().map(|i| i.key.clone());
+                        return (Ok(Reply::KvScan { items, next }), 0);
+                    }
+                    if let Some(last) = items.last() {
+                        cursor = Some(last.key.clone());
+                    }
+                }
+                (Ok(other), _) => {
+                    return (
+                        Err(WireError::new(ErrorCode::Internal, format!("scan got {other:?}"))),
+                        0,
+                    );
+                }
+                err => return err,
+            }
+        }
+        (Ok(Reply::KvScan { items, next: None }), 0)
+    }
+
+    /// Runs a request on a partition this shard owns.
+    pub async fn execute_local(
+        &self,
+        partition: u64,
+        op: Op,
+        deadline: std::time::Instant,
+    ) -> Answer {
+        let hint = self.node_id;
+        let result = match (op.durability(), op.is_read()) {
+            (Durability::Ephemeral, true) => self.ephemeral_read(partition, &op),
+            (Durability::Ephemeral, false) => self.ephemeral_write(partition, op),
+            (Durability::Persistent, true) => self.persistent_read(partition, &op, deadline).await,
+            (Durability::Persistent, false) => self.persistent_write(partition, op, deadline).await,
+        };
+        let hint = match &result {
+            Err(e) if e.code == ErrorCode::NotLeader => {
+                self.parts.borrow().get(&partition).map(|p| p.leader_hint()).unwrap_or(0)
+            }
+            _ => hint,
+        };
+        (result, hint)
+    }
+
+    fn with_partition<T>(
+        &self,
+        partition: u64,
+        f: impl FnOnce(&mut Partition) -> Result<T, WireError>,
+    ) -> Result<T, WireError> {
+        let mut parts = self.parts.borrow_mut();
+        match parts.get_mut(&partition) {
+            Some(p) => f(p),
+            None => Err(WireError::new(
+                ErrorCode::Moved,
+                format!("partition {partition} is not on this shard"),
+            )),
+        }
+    }
+
+    fn ephemeral_read(&self, partition: u64, op: &Op) -> Result<Reply, WireError> {
+        let now_ms = self.now_ms();
+        let limits = &self.limits;
+        self.with_partition(partition, |p| {
+            p.ensure_leader()?;
+            let bounds = Bounds { start: &p.info.start, end: &p.info.end };
+            state_machine::read(&p.ephemeral, op, now_ms, bounds, limits)
+        })
+    }
+
+    fn ephemeral_write(&self, partition: u64, op: Op) -> Result<Reply, WireError> {
+        let Ok(wop) = into_write(op) else { unreachable!("ephemeral_write takes writes") };
+        let now_ms = self.now_ms();
+        let budget = self.cfg.ephemeral_mb_per_shard << 20;
+        let retention = self.limits.history_retention;
+        let total = self.ephemeral_bytes.get();
+        let (reply, delta) = self.with_partition(partition, |p| {
+            p.ensure_leader()?;
+            if total >= budget
+                && !matches!(wop, WriteOp::KvDelete { .. } | WriteOp::LockRelease { .. })
+            {
+                return Err(WireError::new(
+                    ErrorCode::TooLarge,
+                    format!("ephemeral memory of this shard is full ({total} of {budget} bytes)"),
+                ));
+            }
+            // Above every token an earlier leader of this partition could have granted.
+            let floor = (p.term() << 40) | (p.ephemeral_grants & ((1 << 40) - 1));
+            if matches!(wop, WriteOp::LockAcquire { .. }) {
+                p.ephemeral_grants += 1;
+            }
+            let ctx = ApplyCtx {
+                now_ms,
+                token_floor: floor + 1,
+                keep_released_locks: false,
+                history_retention: retention,
+            };
+            let before = p.ephemeral.bytes();
+            let reply = state_machine::apply(&mut p.ephemeral, &wop, &ctx)?;
+            Ok((reply, p.ephemeral.bytes() as isize - before as isize))
+        })?;
+        self.ephemeral_bytes.set((total as isize + delta).max(0) as usize);
+        Ok(reply)
+    }
+
+    async fn persistent_read(
+        &self,
+        partition: u64,
+        op: &Op,
+        deadline: std::time::Instant,
+    ) -> Result<Reply, WireError> {
+        let barrier = self.with_partition(partition, |p| p.read_barrier())?;
+        if let Some(rx) = barrier {
+            self.kick();
+            match with_deadline(deadline, rx).await {
+                None => return Err(timeout_error("confirming leadership for a read")),
+                Some(Err(_)) => {
+                    return Err(WireError::new(ErrorCode::Unavailable, "read abandoned"))
+                }
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Ok(Ok(()))) => {}
+            }
+        }
+        let now_ms = self.now_ms();
+        let parts = self.parts.borrow();
+        let Some(p) = parts.get(&partition) else {
+            return Err(WireError::new(
+                ErrorCode::Moved,
+                format!("partition {partition} is not on this shard"),
+            ));
+        };
+        let bounds = Bounds { start: &p.info.start, end: &p.info.end };
+        state_machine::read(&self.db, op, now_ms, bounds, &self.limits)
+    }
+
+    async fn persistent_write(
+        &self,
+        partition: u64,
+        op: Op,
+        deadline: std::time::Instant,
+    ) -> Result<Reply, WireError> {
+        let Ok(wop) = into_write(op) else { unreachable!("persistent_write takes writes") };
+        let hlc = self.hlc.borrow_mut().now(self.clock.now_ms()).0;
+        let data = LogCommand { hlc, op: wop }.encode();
+        let rx = self.with_partition(partition, |p| p.propose(data))?;
+        self.kick();
+        match with_deadline(deadline, rx).await {
+            None => Err(timeout_error("waiting for the write to commit; its outcome is unknown")),
+            Some(Err(_)) => Err(WireError::new(
+                ErrorCode::Timeout,
+                "the write was abandoned; its outcome is unknown",
+            )),
+            Some(Ok(r)) => r,
+        }
+    }
+}
