@@ -192,7 +192,7 @@ fn kill9_under_load_loses_no_acknowledged_write() {
                     acked.lock().unwrap().kv.insert(key.clone(), (val.clone(), rev));
                 }
                 // Overwrite some keys so revisions above 1 are audited too.
-                if i % 3 == 0 {
+                if i.is_multiple_of(3) {
                     let v2 = format!("{val}-b");
                     if let Ok(rev) = c.kv_set(key.as_bytes(), v2.as_bytes(), SetOptions::default())
                     {
@@ -227,7 +227,7 @@ fn kill9_under_load_loses_no_acknowledged_write() {
                     SetOptions::default().durability(Durability::Ephemeral),
                 )
                 .is_ok()
-                    && i % 50 == 0
+                    && i.is_multiple_of(50)
                 {
                     acked.lock().unwrap().ephemeral.push(ek);
                 }
@@ -236,7 +236,7 @@ fn kill9_under_load_loses_no_acknowledged_write() {
     }
     // Let load build up, then pull the plug mid-flight.
     let start = Instant::now();
-    while acked.lock().unwrap().kv.len() < 300 && start.elapsed() < Duration::from_secs(30) {
+    while acked.lock().unwrap().kv.len() < 1500 && start.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(20));
     }
     s.kill9();

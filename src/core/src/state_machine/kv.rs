@@ -60,10 +60,8 @@ pub(super) fn set<T: Txn>(
                 return Err(conflict(format!("key is at revision {have}, not {want}")));
             }
         }
-        (Cond::IfValue(want), l) => {
-            if l.map(|r| r.value.as_slice()) != Some(want.as_slice()) {
-                return Err(conflict("key's value differs (if-value)"));
-            }
+        (Cond::IfValue(want), l) if l.map(|r| r.value.as_slice()) != Some(want.as_slice()) => {
+            return Err(conflict("key's value differs (if-value)"));
         }
         _ => {}
     }

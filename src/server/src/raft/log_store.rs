@@ -60,10 +60,6 @@ impl LogStore {
         self.entries.drain(..n);
         self.snapshot_index = index;
     }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
 }
 
 impl Storage for LogStore {

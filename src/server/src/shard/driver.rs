@@ -166,7 +166,9 @@ async fn turn(shard: &Shard, wal: &mut Wal) {
                 let (old, new) = (p.role, ss.raft_state);
                 p.role = new;
                 if old == raft::StateRole::Leader && new != raft::StateRole::Leader {
+                    let freed = p.ephemeral.bytes();
                     p.on_lost_leadership();
+                    shard.ephemeral_bytes.set(shard.ephemeral_bytes.get().saturating_sub(freed));
                 }
                 if new == raft::StateRole::Leader && old != raft::StateRole::Leader {
                     log::info!("shard {}: partition {pid} leader at term {}", shard.id, p.term());

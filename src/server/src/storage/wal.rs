@@ -132,7 +132,7 @@ pub fn scan_segment(bytes: &[u8], mut expected_seq: u64) -> (Vec<WalRecord>, usi
     while pos + HEADER <= bytes.len() {
         let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
         if len == 0 {
-            if pos % BLOCK == 0 {
+            if pos.is_multiple_of(BLOCK) {
                 break; // a batch always starts with a record: this is the end
             }
             pos = pos.next_multiple_of(BLOCK); // padding after a batch
