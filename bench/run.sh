@@ -1,32 +1,23 @@
 #!/usr/bin/env bash
-# `make bench`: a fresh local node, a standard set of workloads, then stop it and clean up.
-# Results: bench/results/<date>/<workload>.json, and the tables on stdout.
+# `make bench`: a fresh local node, the standard suite, then stop it and clean up.
+# Leaves bench/results/<stamp>.json (machine-readable), bench/results/<stamp>/summary.md and
+# bench/results/<stamp>/latency.svg. Bounded: about 13 runs of KAHUNA_BENCH_SECONDS (default 8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN="${CARGO_TARGET_DIR:-$HOME/.cache/kahuna-target}/release"
+BIN="${KAHUNA_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/kahuna-target}/release}"
 PORT="${KAHUNA_BENCH_PORT:-7400}"
-DATA="./data/bench-$$"
-OUT="bench/results/$(date -u +%Y%m%dT%H%M%SZ)"
-DURATION="${KAHUNA_BENCH_SECONDS:-10}"
-mkdir -p "$OUT"
-rm -rf "$DATA"
-"$BIN/kahuna-server" --listen "127.0.0.1:$PORT" --data-dir "$DATA" >"$OUT/server.log" 2>&1 &
+SECONDS_PER_RUN="${KAHUNA_BENCH_SECONDS:-8}"
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+DATA="./data/bench-$STAMP"
+OUT="bench/results"
+mkdir -p "$OUT/$STAMP" "$DATA"
+"$BIN/kahuna-server" --listen "127.0.0.1:$PORT" --data-dir "$DATA" >"$OUT/$STAMP/server.log" 2>&1 &
 PID=$!
 trap 'kill -9 $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
 for _ in $(seq 1 100); do
   "$BIN/kahuna-cli" --endpoints "127.0.0.1:$PORT" --timeout-ms 200 lock get __ready >/dev/null 2>&1 && break
   sleep 0.1
 done
-run() {
-  local name=$1; shift
-  echo "== $name"
-  "$BIN/kahuna-bench" --endpoints "127.0.0.1:$PORT" --floor-dir "$DATA" --duration "$DURATION" \
-    --output "$OUT/$name.json" "$@"
-}
-run kv-set-seq      --workload kv-set --durability persistent --connections 1 --pipeline 1
-run kv-get-seq      --workload kv-get --durability persistent --connections 1 --pipeline 1
-run kv-set-eph-seq  --workload kv-set --durability ephemeral  --connections 1 --pipeline 1
-run kv-set-64       --workload kv-set --durability persistent --connections 4 --pipeline 16
-run lock-seq        --workload lock   --durability persistent --connections 1 --pipeline 1
-run seq-seq         --workload seq    --connections 1 --pipeline 1
-echo "results in $OUT"
+"$BIN/kahuna-bench" --endpoints "127.0.0.1:$PORT" --suite standard --duration "${SECONDS_PER_RUN}s" \
+  --warmup 1s --floor-dir "$DATA" --output "$OUT/$STAMP.json" --report-dir "$OUT/$STAMP"
+echo "results: $OUT/$STAMP.json, $OUT/$STAMP/summary.md, $OUT/$STAMP/latency.svg"
