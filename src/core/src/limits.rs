@@ -87,6 +87,16 @@ impl Limits {
         Ok(())
     }
 
+    fn page(&self, limit: u32) -> Result<(), WireError> {
+        if limit > self.max_scan_limit {
+            return Err(invalid(format!(
+                "limit {limit} is over the maximum of {}",
+                self.max_scan_limit
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks every size and range of a request.
     pub fn validate(&self, op: &Op) -> Result<(), WireError> {
         match op {
@@ -114,23 +124,11 @@ impl Limits {
                 if let Some(s) = start_after {
                     self.key("cursor", s, true)?;
                 }
-                if *limit > self.max_scan_limit {
-                    return Err(invalid(format!(
-                        "limit {limit} is over the maximum of {}",
-                        self.max_scan_limit
-                    )));
-                }
-                Ok(())
+                self.page(*limit)
             }
             Op::KvHistory { key, limit, .. } => {
                 self.key("key", key, false)?;
-                if *limit > self.max_scan_limit {
-                    return Err(invalid(format!(
-                        "limit {limit} is over the maximum of {}",
-                        self.max_scan_limit
-                    )));
-                }
-                Ok(())
+                self.page(*limit)
             }
             Op::LockAcquire { resource, owner, lease_ms, .. }
             | Op::LockExtend { resource, owner, lease_ms, .. } => {

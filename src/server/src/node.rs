@@ -16,8 +16,8 @@ use std::time::Duration;
 use glommio::channels::local_channel;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
-use kahuna_core::hlc::HlcClock;
-use kahuna_core::PartitionMap;
+use kahuna_core::hlc::{Hlc, HlcClock};
+use kahuna_core::{LogCommand, PartitionMap};
 use raft::eraftpb::{ConfState, HardState};
 use raft::RawNode;
 use serde::{Deserialize, Serialize};
@@ -162,20 +162,25 @@ fn raft_config(cfg: &NodeConfig, applied: u64) -> raft::Config {
 }
 
 /// Rebuilds the partitions of `shard` from RocksDB (applied state) and the WAL (the log).
+/// What a shard recovers: its WAL, its partitions, and a clock above every timestamp it saw.
+type Recovered = (Wal, BTreeMap<u64, Partition>, HlcClock);
+
 async fn recover(
     shard: usize,
     cfg: &NodeConfig,
     map: &PartitionMap,
     db: &StateDb,
     wal_dir: &Path,
-) -> Result<(Wal, BTreeMap<u64, Partition>), String> {
+) -> Result<Recovered, String> {
     let (wal, mut logs) = Wal::open(wal_dir, cfg.wal_segment_mb << 20)
         .await
         .map_err(|e| format!("opening the WAL: {e}"))?;
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let mut parts = BTreeMap::new();
+    let mut hlc = HlcClock::default();
     for info in map.partitions().iter().filter(|p| p.shard == shard) {
         let applied = db.apply_state(info.id).map_err(|e| format!("reading apply state: {e}"))?;
+        hlc.observe(Hlc(applied.applied_hlc));
         let log = logs.remove(&info.id).unwrap_or_default();
         let entries: Vec<_> = log
             .entries
@@ -183,6 +188,15 @@ async fn recover(
             .filter(|e| e.index > applied.applied_index)
             .map(driver::entry_from)
             .collect();
+        // Entries not yet applied were stamped too: the newest stamp bounds the clock from below.
+        if let Some(cmd) = entries
+            .iter()
+            .rev()
+            .find(|e| !e.data.is_empty())
+            .and_then(|e| LogCommand::decode(&e.data).ok())
+        {
+            hlc.observe(Hlc(cmd.hlc));
+        }
         if let Some(first) = entries.first() {
             if first.index != applied.applied_index + 1 {
                 return Err(format!(
@@ -210,7 +224,7 @@ async fn recover(
         node.campaign().map_err(|e| format!("partition {}: campaign: {e}", info.id))?;
         parts.insert(info.id, Partition::new(info.clone(), node, applied));
     }
-    Ok((wal, parts))
+    Ok((wal, parts, hlc))
 }
 
 async fn run_shard(
@@ -225,7 +239,7 @@ async fn run_shard(
     prime_dma_probe(&dir).await.map_err(|e| format!("priming the DMA probe: {e}"))?;
     let db = StateDb::open(&dir.join("state"), cfg.block_cache_mb << 20)
         .map_err(|e| format!("opening RocksDB: {e}"))?;
-    let (wal, parts) = recover(shard, &cfg, &map, &db, &wal_dir).await?;
+    let (wal, parts, hlc) = recover(shard, &cfg, &map, &db, &wal_dir).await?;
     let (kick_tx, kick_rx) = local_channel::new_bounded(1);
     let (link, receivers, shard_of_peer) = plan.join(shard).await?;
     let shard_ctx = Rc::new(Shard::new(
@@ -234,7 +248,7 @@ async fn run_shard(
         Rc::new(map),
         parts,
         db,
-        HlcClock::default(),
+        hlc,
         kick_tx,
         link,
     ));

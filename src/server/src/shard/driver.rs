@@ -277,7 +277,8 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
                 };
                 answers.push((*pid, e.index, e.term, result));
             }
-            p.applied = ApplyState { applied_index: e.index, applied_term: e.term };
+            let applied_hlc = p.applied.applied_hlc.max(shard.hlc.borrow().last().0);
+            p.applied = ApplyState { applied_index: e.index, applied_term: e.term, applied_hlc };
         }
         states.push((*pid, p.applied));
     }

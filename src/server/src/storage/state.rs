@@ -24,24 +24,26 @@ const APPLY_STATE: u8 = 0x01;
 pub struct ApplyState {
     pub applied_index: u64,
     pub applied_term: u64,
+    /// The highest HLC of an applied command: a restarted node's clock starts above it, so
+    /// timestamps (and so lease and TTL arithmetic) never go backwards across restarts.
+    pub applied_hlc: u64,
 }
 
 impl ApplyState {
     fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(16);
+        let mut v = Vec::with_capacity(24);
         v.extend_from_slice(&self.applied_index.to_le_bytes());
         v.extend_from_slice(&self.applied_term.to_le_bytes());
+        v.extend_from_slice(&self.applied_hlc.to_le_bytes());
         v
     }
 
     fn decode(b: &[u8]) -> Option<ApplyState> {
-        if b.len() != 16 {
+        if b.len() != 24 {
             return None;
         }
-        Some(ApplyState {
-            applied_index: u64::from_le_bytes(b[..8].try_into().ok()?),
-            applied_term: u64::from_le_bytes(b[8..].try_into().ok()?),
-        })
+        let word = |i: usize| b[i * 8..(i + 1) * 8].try_into().ok().map(u64::from_le_bytes);
+        Some(ApplyState { applied_index: word(0)?, applied_term: word(1)?, applied_hlc: word(2)? })
     }
 }
 
@@ -154,11 +156,15 @@ mod tests {
             assert_eq!(db.apply_state(3).unwrap(), ApplyState::default());
             let mut w = BTreeMap::new();
             w.insert(b"kx".to_vec(), Some(b"1".to_vec()));
-            db.commit(w, &[(3, ApplyState { applied_index: 7, applied_term: 2 })]).unwrap();
+            db.commit(w, &[(3, ApplyState { applied_index: 7, applied_term: 2, applied_hlc: 9 })])
+                .unwrap();
             db.flush_blocking().unwrap();
         }
         let db = StateDb::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(db.apply_state(3).unwrap(), ApplyState { applied_index: 7, applied_term: 2 });
+        assert_eq!(
+            db.apply_state(3).unwrap(),
+            ApplyState { applied_index: 7, applied_term: 2, applied_hlc: 9 }
+        );
         assert_eq!(db.get(b"kx"), Some(b"1".to_vec()));
         let mut n = 0;
         db.scan(b"k", b"l", &mut |_, _| {
