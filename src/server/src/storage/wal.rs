@@ -1,5 +1,5 @@
 //! The per-shard Raft write-ahead log: every partition's entries and hard states, group
-//! committed with one `fdatasync` per batch.
+//! committed: one synchronous (O_DSYNC) write per batch, shared by every partition in it.
 //!
 //! Segment files hold batches; every batch starts on a 4 KiB boundary (O_DIRECT writes are
 //! aligned), so a write never touches a block that held acknowledged data.
@@ -17,7 +17,8 @@
 //! 1. [`Wal::open`] scans the segments in order, keeps every record up to the first torn or
 //!    corrupt one, cuts the rest, and returns each partition's recovered log; writing resumes in
 //!    a new segment, never over a cut tail.
-//! 2. [`Wal::append`] writes one batch with one `fdatasync`; when the active segment is full it
+//! 2. [`Wal::append`] writes one batch, durable when the write completes (the file is opened
+//!    `O_DSYNC`, so one write is one sync); when the active segment is full it
 //!    rolls to a new one that starts with a checkpoint of every partition's hard state, so an
 //!    old segment never holds the only copy of a hard state.
 //! 3. [`Wal::release`] deletes segments all of whose entries are applied and flushed to RocksDB.
@@ -180,6 +181,10 @@ async fn create_segment(dir: &Path, id: u64) -> io::Result<(Segment, DmaFile)> {
         .write(true)
         .create(true)
         .truncate(true)
+        // O_DSYNC: a write completes once it is durable (FUA or a cache flush), one device
+        // round trip per batch instead of a write and then an fdatasync. Measured here: p50 of a
+        // sequential persistent set 415-444 µs with write+fdatasync, 365-373 µs with O_DSYNC.
+        .custom_flags(libc::O_DSYNC)
         .dma_open(&path)
         .await
         .map_err(io_err)?;
@@ -261,7 +266,7 @@ impl Wal {
         Ok((wal, logs))
     }
 
-    /// Writes `records` as one batch and makes it durable with one `fdatasync`. When the active
+    /// Writes `records` as one batch, durable when this returns (`O_DSYNC`). When the active
     /// segment is full, rolls first and writes `checkpoint()` at the start of the new segment.
     pub async fn append(
         &mut self,
@@ -302,7 +307,6 @@ impl Wal {
                 format!("wal: short write {written} of {len}"),
             ));
         }
-        self.file.fdatasync().await.map_err(io_err)?;
         self.write_pos += len as u64;
         self.bytes_written += len as u64;
         if rolled {
