@@ -442,3 +442,84 @@ fn wal_segments_are_released_and_state_survives_restart() {
     assert_eq!(seen.len(), 2501);
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
 }
+
+#[test]
+fn connection_inflight_and_ephemeral_memory_limits_answer_with_typed_errors() {
+    watchdog(Duration::from_secs(90));
+    let s = Server::start(&[
+        "--shards",
+        "1",
+        "--no-pin",
+        "--max-connections-per-shard",
+        "2",
+        "--max-inflight-per-connection",
+        "4",
+        "--ephemeral-mb-per-shard",
+        "1",
+    ]);
+    // Two connections are served; a third is told why and closed. (Let the harness's readiness
+    // probe connection close first, so it does not count.)
+    std::thread::sleep(Duration::from_millis(300));
+    let mut a = kahuna_tests::RawConn::open(s.port);
+    let mut b = kahuna_tests::RawConn::open(s.port);
+    let seq = Op::SeqNext { name: b"lim".to_vec(), count: 1 };
+    a.send(&request_frame(1, &seq));
+    assert!(a.recv().unwrap().1.is_ok());
+    b.send(&request_frame(2, &seq));
+    assert!(b.recv().unwrap().1.is_ok());
+    let mut c = kahuna_tests::RawConn::open(s.port);
+    let (id, res, _) = c.recv().unwrap();
+    assert_eq!((id, res.unwrap_err().code), (0, ErrorCode::Unavailable));
+    assert!(c.is_closed());
+    // Past 4 requests in flight on one connection: OVERLOADED, and every request is answered.
+    let mut burst = Vec::new();
+    for id in 10..74u64 {
+        burst.extend(request_frame(id, &seq));
+    }
+    b.send(&burst);
+    let (mut ok, mut overloaded) = (0, 0);
+    for _ in 10..74 {
+        match b.recv().unwrap().1 {
+            Ok(_) => ok += 1,
+            Err(e) if e.code == ErrorCode::Overloaded => overloaded += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(ok + overloaded, 64);
+    assert!(ok >= 4 && overloaded > 0, "ok {ok}, overloaded {overloaded}");
+    drop((a, b));
+    // Ephemeral memory is bounded per shard; persistent writes are not affected by it.
+    std::thread::sleep(Duration::from_millis(200));
+    let client = s.client();
+    let value = vec![b'e'; 64 << 10];
+    let eph = SetOptions::default().durability(Durability::Ephemeral);
+    let mut full = None;
+    for i in 0..64 {
+        if let Err(e) = client.kv_set(format!("eph/{i}").as_bytes(), &value, eph.clone()) {
+            full = Some((i, e.code));
+            break;
+        }
+    }
+    let (at, code) = full.expect("1 MiB of ephemeral memory never filled");
+    assert_eq!(code, ErrorCode::TooLarge);
+    assert!(at >= 8, "refused after only {at} values");
+    client.kv_set(b"persistent/after", &value, SetOptions::default()).unwrap();
+    // Deleting ephemeral keys is always allowed, even when full.
+    let del = DeleteOptions { durability: Durability::Ephemeral, expected_revision: 0 };
+    assert!(client.kv_delete(b"eph/0", del).unwrap().0);
+}
+
+#[test]
+fn restart_with_another_shard_count_is_refused_clearly() {
+    watchdog(Duration::from_secs(60));
+    let mut s = Server::start(&["--shards", "2", "--no-pin"]);
+    s.kill9();
+    let out = std::process::Command::new(kahuna_tests::bin("kahuna-server"))
+        .args(["--listen", &s.endpoint(), "--shards", "1", "--no-pin", "--data-dir"])
+        .arg(&s.data_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("2 shards") && err.contains("1 shards"), "{err}");
+}
