@@ -65,6 +65,13 @@ pub struct Server {
 impl Server {
     /// Starts a node on a free port with a fresh data directory; extra flags follow.
     pub fn start(extra: &[&str]) -> Server {
+        let mut s = Self::launch(extra);
+        s.wait_ready();
+        s
+    }
+
+    /// Starts a node without waiting for it to serve (a cluster member needs its peers first).
+    pub fn launch(extra: &[&str]) -> Server {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let data_dir = std::env::temp_dir().join(format!("kahuna-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data_dir);
@@ -76,7 +83,7 @@ impl Server {
             data_dir,
             args: extra.iter().map(|s| s.to_string()).collect(),
         };
-        s.spawn();
+        s.spawn_process();
         s
     }
 
@@ -84,7 +91,7 @@ impl Server {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
+    fn spawn_process(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(bin("kahuna-server"))
             .arg("--listen")
@@ -99,7 +106,6 @@ impl Server {
             .expect("starting kahuna-server");
         PIDS.lock().unwrap().push(child.id());
         self.child = Some(child);
-        self.wait_ready();
     }
 
     /// Waits until the node answers a read, or fails with its log.
@@ -142,7 +148,14 @@ impl Server {
     /// Starts the node again on the same port and data directory.
     pub fn restart(&mut self) {
         self.kill9();
-        self.spawn();
+        self.spawn_process();
+        self.wait_ready();
+    }
+
+    /// Starts a killed node again without waiting (a cluster member may need its peers).
+    pub fn relaunch(&mut self) {
+        self.kill9();
+        self.spawn_process();
     }
 
     /// Runs `kahuna-cli` against this node; `args` may put global flags anywhere.
@@ -195,6 +208,37 @@ impl Drop for Server {
             eprintln!("server log kept at {}", self.log.display());
         }
     }
+}
+
+/// `n` nodes of one cluster on 127.0.0.1, one shard each, unpinned (they share the cores).
+pub fn start_cluster(n: usize, extra: &[&str]) -> Vec<Server> {
+    let peers: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let initial = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes: Vec<Server> = (0..n)
+        .map(|i| {
+            let id = (i + 1).to_string();
+            let mut args = vec![
+                "--id",
+                id.as_str(),
+                "--initial-cluster",
+                initial.as_str(),
+                "--shards",
+                "1",
+                "--no-pin",
+            ];
+            args.extend_from_slice(extra);
+            Server::launch(&args)
+        })
+        .collect();
+    for s in &mut nodes {
+        s.wait_ready();
+    }
+    nodes
 }
 
 /// A raw TCP connection for sending hand-made (and malformed) frames.

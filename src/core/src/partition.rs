@@ -11,8 +11,11 @@ pub struct PartitionInfo {
     pub start: Vec<u8>,
     /// Exclusive end; empty = the end of the key space.
     pub end: Vec<u8>,
-    /// The shard (core) of this node that owns the partition.
+    /// The shard (core) that owns the partition on every node that holds a replica (all nodes
+    /// of a cluster run the same number of shards).
     pub shard: usize,
+    /// The nodes holding a replica; the first is the initial leader.
+    pub replicas: Vec<u64>,
 }
 
 impl PartitionInfo {
@@ -28,10 +31,14 @@ pub struct PartitionMap {
 }
 
 impl PartitionMap {
-    /// The initial map of a new node: `count` partitions with split points spread over the
-    /// printable first bytes (where most keys start), dealt round-robin to `shards` shards.
-    pub fn initial(count: usize, shards: usize) -> PartitionMap {
+    /// The initial map of a new cluster: `count` partitions with split points spread over the
+    /// printable first bytes (where most keys start), dealt round-robin to `shards` shards, with
+    /// `replication` replicas each on consecutive `nodes` so that every node leads (is the first
+    /// replica of) about the same number of partitions.
+    pub fn initial(count: usize, shards: usize, nodes: &[u64], replication: usize) -> PartitionMap {
         assert!(count >= 1 && shards >= 1, "a map needs a partition and a shard");
+        assert!(!nodes.is_empty(), "a map needs a node");
+        let rf = replication.clamp(1, nodes.len());
         let (lo, hi) = (0x21u32, 0x7fu32);
         let mut parts = Vec::with_capacity(count);
         for i in 0..count {
@@ -40,7 +47,14 @@ impl PartitionMap {
             } else {
                 vec![(lo + (hi - lo) * i as u32 / count as u32) as u8]
             };
-            parts.push(PartitionInfo { id: i as u64 + 1, start, end: vec![], shard: i % shards });
+            let replicas = (0..rf).map(|j| nodes[(i + j) % nodes.len()]).collect();
+            parts.push(PartitionInfo {
+                id: i as u64 + 1,
+                start,
+                end: vec![],
+                shard: i % shards,
+                replicas,
+            });
         }
         for i in 0..count.saturating_sub(1) {
             parts[i].end = parts[i + 1].start.clone();
@@ -80,7 +94,7 @@ mod tests {
 
     #[test]
     fn initial_map_covers_everything_without_gaps() {
-        let m = PartitionMap::initial(8, 2);
+        let m = PartitionMap::initial(8, 2, &[1], 3);
         let ps = m.partitions();
         assert_eq!(ps.len(), 8);
         assert!(ps[0].start.is_empty() && ps[7].end.is_empty());
@@ -96,15 +110,33 @@ mod tests {
     }
 
     #[test]
+    fn replicas_spread_leadership_evenly() {
+        let m = PartitionMap::initial(9, 1, &[1, 2, 3, 4], 3);
+        for p in m.partitions() {
+            assert_eq!(p.replicas.len(), 3);
+            let mut r = p.replicas.clone();
+            r.dedup();
+            assert_eq!(r.len(), 3, "{p:?}");
+        }
+        let mut lead = [0; 5];
+        for p in m.partitions() {
+            lead[p.replicas[0] as usize] += 1;
+        }
+        assert!(lead[1..].iter().all(|n| (2..=3).contains(n)), "{lead:?}");
+        let two = PartitionMap::initial(4, 1, &[1, 2], 3);
+        assert!(two.partitions().iter().all(|p| p.replicas.len() == 2));
+    }
+
+    #[test]
     fn covering_lists_exactly_the_overlapping_partitions() {
-        let m = PartitionMap::initial(4, 1);
+        let m = PartitionMap::initial(4, 1, &[1], 3);
         let all: Vec<u64> = m.covering(b"", b"").map(|p| p.id).collect();
         assert_eq!(all, vec![1, 2, 3, 4]);
         let one: Vec<u64> = m.covering(b"orders/", b"").map(|p| p.id).collect();
         assert_eq!(one, vec![m.locate(b"orders/").id]);
         let from_cursor: Vec<u64> = m.covering(b"", b"zz").map(|p| p.id).collect();
         assert_eq!(from_cursor, vec![4]);
-        let single = PartitionMap::initial(1, 1);
+        let single = PartitionMap::initial(1, 1, &[1], 3);
         assert_eq!(single.covering(b"x", b"").count(), 1);
     }
 }

@@ -52,6 +52,13 @@ settings! {
     id: u64 = 1;
     /// Client listener address.
     listen: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+    /// Peer listener (Raft and forwarded requests); shard N listens on its port + N. Default:
+    /// the client port + 100.
+    peer_listen: String = String::new();
+    /// Every member of a new cluster, `id=host:peer_port,...`; default: this node alone.
+    initial_cluster: String = String::new();
+    /// Replicas of each partition (at most the cluster size).
+    replication_factor: usize = 3;
     /// Where the WAL and RocksDB live.
     data_dir: PathBuf = PathBuf::from("./data");
     /// Shards (one glommio executor each); default: one per core.
@@ -133,10 +140,84 @@ impl NodeConfig {
                 "max_frame_bytes must hold a largest value and key with room to spare".into()
             );
         }
+        self.members()?;
         if self.raft_tick_ms == 0 || self.wal_segment_mb == 0 {
             return bad("raft_tick_ms and wal_segment_mb must be positive".into());
         }
         Ok(())
+    }
+
+    /// This node's peer listener address (shard 0; shard N adds N to the port).
+    pub fn peer_addr(&self) -> Result<SocketAddr, ConfigError> {
+        if let Some(listed) = self.listed_peer_addr()? {
+            if !self.peer_listen.is_empty()
+                && self.peer_listen.parse::<SocketAddr>().ok() != Some(listed)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "peer_listen {} differs from this node's address {listed} in initial_cluster",
+                    self.peer_listen
+                )));
+            }
+            return Ok(listed);
+        }
+        if self.peer_listen.is_empty() {
+            let mut a = self.listen;
+            a.set_port(self.listen.port().checked_add(100).ok_or_else(|| {
+                ConfigError::Invalid("listen port too high for the default peer port".into())
+            })?);
+            return Ok(a);
+        }
+        self.peer_listen.parse().map_err(|_| {
+            ConfigError::Invalid(format!("peer_listen {:?} is not host:port", self.peer_listen))
+        })
+    }
+
+    fn listed_peer_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.initial_cluster.trim().is_empty() {
+            return Ok(None);
+        }
+        Ok(self.parse_members()?.get(&self.id).copied())
+    }
+
+    /// The cluster's members: node id → peer address (shard 0).
+    pub fn members(&self) -> Result<std::collections::BTreeMap<u64, SocketAddr>, ConfigError> {
+        if self.initial_cluster.trim().is_empty() {
+            let mut m = std::collections::BTreeMap::new();
+            m.insert(self.id, self.peer_addr()?);
+            return Ok(m);
+        }
+        let m = self.parse_members()?;
+        if !m.contains_key(&self.id) {
+            return Err(ConfigError::Invalid(format!(
+                "initial_cluster does not list this node (id {})",
+                self.id
+            )));
+        }
+        Ok(m)
+    }
+
+    fn parse_members(&self) -> Result<std::collections::BTreeMap<u64, SocketAddr>, ConfigError> {
+        let mut m = std::collections::BTreeMap::new();
+        for part in self.initial_cluster.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = || {
+                ConfigError::Invalid(format!("initial_cluster member {part:?} is not id=host:port"))
+            };
+            let (id, addr) = part.split_once('=').ok_or_else(bad)?;
+            let id: u64 = id.trim().parse().map_err(|_| bad())?;
+            let addr: SocketAddr = addr.trim().parse().map_err(|_| bad())?;
+            if id == 0 || m.insert(id, addr).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "initial_cluster: node id {id} is zero or repeated"
+                )));
+            }
+        }
+        if !m.contains_key(&self.id) {
+            return Err(ConfigError::Invalid(format!(
+                "initial_cluster does not list this node (id {})",
+                self.id
+            )));
+        }
+        Ok(m)
     }
 
     pub fn limits(&self) -> Limits {
@@ -174,6 +255,24 @@ mod tests {
         std::fs::write(&path, "idd = 3\n").unwrap();
         let flags = Settings::parse_from(["kahuna-server", "--config", path.to_str().unwrap()]);
         assert!(matches!(NodeConfig::from_settings(flags), Err(ConfigError::Parse { .. })));
+        let flags = Settings::parse_from([
+            "kahuna-server",
+            "--id",
+            "2",
+            "--initial-cluster",
+            "1=127.0.0.1:1,3=127.0.0.1:3",
+        ]);
+        assert!(matches!(NodeConfig::from_settings(flags), Err(ConfigError::Invalid(_))));
+        let flags = Settings::parse_from([
+            "kahuna-server",
+            "--id",
+            "2",
+            "--initial-cluster",
+            "1=127.0.0.1:1, 2=127.0.0.1:2",
+        ]);
+        assert_eq!(NodeConfig::from_settings(flags).unwrap().members().unwrap().len(), 2);
+        let flags = Settings::parse_from(["kahuna-server", "--listen", "127.0.0.1:7000"]);
+        assert_eq!(NodeConfig::from_settings(flags).unwrap().peer_addr().unwrap().port(), 7100);
         let flags = Settings::parse_from(["kahuna-server", "--id", "0"]);
         assert!(matches!(NodeConfig::from_settings(flags), Err(ConfigError::Invalid(_))));
     }

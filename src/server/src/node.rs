@@ -30,6 +30,8 @@ use crate::shard::{driver, Shard};
 use crate::storage::state::StateDb;
 use crate::storage::wal::{prime_dma_probe, Wal};
 use crate::transport;
+use crate::transport::peer::{self, PeerLinks};
+use std::net::SocketAddr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -108,7 +110,12 @@ fn io_memory_bytes(shards: usize) -> Result<Option<usize>, NodeError> {
 pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     let layout = check_layout(&cfg)?;
     let io_memory = io_memory_bytes(cfg.shards)?;
-    let map = PartitionMap::initial(layout.partitions, cfg.shards);
+    let members =
+        cfg.members().map_err(|e| NodeError::Shard { shard: 0, reason: e.to_string() })?;
+    let ids: Vec<u64> = members.keys().copied().collect();
+    let map = PartitionMap::initial(layout.partitions, cfg.shards, &ids, cfg.replication_factor);
+    let peer_base =
+        cfg.peer_addr().map_err(|e| NodeError::Shard { shard: 0, reason: e.to_string() })?;
     let plan = MeshPlan::new(cfg.shards);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let cfg = Arc::new(cfg);
@@ -127,11 +134,15 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
         if cfg.spin_before_park_us > 0 {
             builder = builder.spin_before_park(Duration::from_micros(cfg.spin_before_park_us));
         }
-        let (cfg, map, plan) = (cfg.clone(), map.clone(), plan.clone());
-        let handle =
-            builder.spawn(move || async move { run_shard(shard, cfg, map, plan).await }).map_err(
-                |e| NodeError::Shard { shard, reason: format!("starting its executor: {e}") },
-            )?;
+        let (cfg, map, plan, members) = (cfg.clone(), map.clone(), plan.clone(), members.clone());
+        let handle = builder
+            .spawn(
+                move || async move { run_shard(shard, cfg, map, plan, members, peer_base).await },
+            )
+            .map_err(|e| NodeError::Shard {
+                shard,
+                reason: format!("starting its executor: {e}"),
+            })?;
         handles.push((shard, handle));
     }
     for (shard, handle) in handles {
@@ -178,7 +189,8 @@ async fn recover(
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let mut parts = BTreeMap::new();
     let mut hlc = HlcClock::default();
-    for info in map.partitions().iter().filter(|p| p.shard == shard) {
+    for info in map.partitions().iter().filter(|p| p.shard == shard && p.replicas.contains(&cfg.id))
+    {
         let applied = db.apply_state(info.id).map_err(|e| format!("reading apply state: {e}"))?;
         hlc.observe(Hlc(applied.applied_hlc));
         let log = logs.remove(&info.id).unwrap_or_default();
@@ -215,13 +227,17 @@ async fn recover(
         // The commit index reaches the WAL one turn after the entries it covers were applied.
         hs.commit = hs.commit.max(applied.applied_index).min(last_index);
         hs.term = hs.term.max(applied.applied_term);
-        let cs = ConfState { voters: vec![cfg.id], ..Default::default() };
+        let cs = ConfState { voters: info.replicas.clone(), ..Default::default() };
+        let fresh = hs.term == 0;
         let store = LogStore::new(hs, cs, applied.applied_index, applied.applied_term, entries);
         let rcfg = raft_config(cfg, applied.applied_index);
         let mut node = RawNode::new(&rcfg, store, &logger)
             .map_err(|e| format!("partition {}: {e}", info.id))?;
-        // The only voter of its group: elect it now rather than after an election timeout.
-        node.campaign().map_err(|e| format!("partition {}: campaign: {e}", info.id))?;
+        // The only voter of its group, or the designated first leader of a new group: elect it
+        // now rather than after an election timeout.
+        if info.replicas.len() == 1 || (fresh && info.replicas[0] == cfg.id) {
+            node.campaign().map_err(|e| format!("partition {}: campaign: {e}", info.id))?;
+        }
         parts.insert(info.id, Partition::new(info.clone(), node, applied));
     }
     Ok((wal, parts, hlc))
@@ -232,6 +248,8 @@ async fn run_shard(
     cfg: Arc<NodeConfig>,
     map: PartitionMap,
     plan: MeshPlan,
+    members: BTreeMap<u64, SocketAddr>,
+    peer_base: SocketAddr,
 ) -> Result<(), String> {
     let dir = cfg.data_dir.join(format!("shard-{shard}"));
     let wal_dir = dir.join("wal");
@@ -251,7 +269,14 @@ async fn run_shard(
         hlc,
         kick_tx,
         link,
+        (members.len() > 1).then(|| PeerLinks::start(cfg.id, shard, &members)),
     ));
+    if members.len() > 1 {
+        let addr = peer::shard_addr(peer_base, shard);
+        let peer_listener =
+            TcpListener::bind(addr).map_err(|e| format!("binding peer address {addr}: {e}"))?;
+        glommio::spawn_local(peer::serve(shard_ctx.clone(), peer_listener)).detach();
+    }
     spawn_receivers(shard_ctx.clone(), receivers, shard_of_peer);
     glommio::spawn_local(driver::run(shard_ctx.clone(), wal, kick_rx)).detach();
     shard_ctx.kick();

@@ -31,6 +31,8 @@ use crate::storage::wal::{EntryRec, HardStateRec, Wal, WalRecord};
 
 /// Entries kept in memory behind the applied index (for followers that lag a little).
 const LOG_TAIL: u64 = 256;
+/// Entries a leader keeps in memory for a follower that lags behind.
+const MAX_LOG_IN_MEMORY: u64 = 100_000;
 /// Ephemeral keys looked at per partition per tick by the expiry sweep.
 const SWEEP_BUDGET: usize = 1024;
 
@@ -54,6 +56,14 @@ pub fn entry_from(r: EntryRec) -> Entry {
     e.data = r.data.into();
     e.context = r.context.into();
     e
+}
+
+fn send_messages(shard: &Shard, partition: u64, msgs: Vec<raft::eraftpb::Message>) {
+    let Some(peers) = &shard.peers else { return };
+    for msg in msgs {
+        // A dropped message is retransmitted by Raft (heartbeats, append retries).
+        peers.send(msg.to, crate::transport::peer::PeerOut::Raft { partition, msg });
+    }
 }
 
 /// A failure of the WAL or RocksDB leaves the node unable to keep its promises: stop it, so
@@ -141,6 +151,8 @@ fn on_tick(shard: &Shard) {
 struct Handed {
     partition: u64,
     number: u64,
+    /// Votes and append responses: only once what they promise is durable.
+    after_sync: Vec<raft::eraftpb::Message>,
 }
 
 /// One pass of the ready loop over every partition of the shard.
@@ -174,8 +186,8 @@ async fn turn(shard: &Shard, wal: &mut Wal) {
                     log::info!("shard {}: partition {pid} leader at term {}", shard.id, p.term());
                 }
             }
-            // Single-node groups send nothing; peer transport arrives with replication.
-            drop(rd.take_messages());
+            // Messages that do not depend on this Ready's persistence (a leader's appends) go now.
+            send_messages(shard, *pid, rd.take_messages());
             for rs in rd.take_read_states() {
                 p.on_read_state(rs.index, &rs.request_ctx);
             }
@@ -196,8 +208,11 @@ async fn turn(shard: &Shard, wal: &mut Wal) {
                     store.hard_state = hs.clone();
                 }
             }
-            drop(rd.take_persisted_messages());
-            handed.push(Handed { partition: *pid, number: rd.number() });
+            handed.push(Handed {
+                partition: *pid,
+                number: rd.number(),
+                after_sync: rd.take_persisted_messages(),
+            });
             p.node.advance_append_async(rd);
         }
     }
@@ -234,6 +249,7 @@ async fn turn(shard: &Shard, wal: &mut Wal) {
     {
         let mut parts = shard.parts.borrow_mut();
         for h in handed {
+            send_messages(shard, h.partition, h.after_sync);
             let Some(p) = parts.get_mut(&h.partition) else { continue };
             p.node.on_persist_ready(h.number);
             more |= p.node.has_ready();
@@ -297,7 +313,16 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
         }
         p.node.advance_apply_to(p.applied.applied_index);
         p.release_reads();
-        let keep_from = p.applied.applied_index.saturating_sub(LOG_TAIL);
+        let mut keep_from = p.applied.applied_index.saturating_sub(LOG_TAIL);
+        if p.is_leader() {
+            // Keep what a lagging follower still needs, up to a bound; past it the follower
+            // needs a snapshot.
+            let slowest =
+                p.node.raft.prs().iter().map(|(_, pr)| pr.matched).min().unwrap_or(keep_from);
+            keep_from = keep_from
+                .min(slowest)
+                .max(p.applied.applied_index.saturating_sub(MAX_LOG_IN_MEMORY));
+        }
         p.node.mut_store().compact_to(keep_from);
     }
 }

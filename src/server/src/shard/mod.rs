@@ -15,7 +15,7 @@ pub mod driver;
 pub mod mesh;
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -30,6 +30,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::NodeConfig;
 use crate::raft::partition::Partition;
 use crate::storage::state::StateDb;
+use crate::transport::peer::{PeerLinks, PeerOut};
+use futures_channel::oneshot;
+use kahuna_protocol::{decode_request, decode_response, encode_request, encode_response};
 
 /// An answer and the leader hint that goes with it.
 pub type Answer = (Result<Reply, WireError>, u64);
@@ -48,7 +51,15 @@ pub struct Shard {
     pub ephemeral_bytes: Cell<usize>,
     pub mesh: mesh::MeshLink,
     pub connections: Cell<usize>,
+    /// Links to the same shard of every other node; `None` on a one-node cluster.
+    pub peers: Option<PeerLinks>,
+    forwarded: RefCell<HashMap<u64, oneshot::Sender<Answer>>>,
+    next_forward: Cell<u64>,
 }
+
+/// A forwarded request may be forwarded once more (to a leader the first hop learned of), never
+/// in a loop.
+const MAX_HOPS: u8 = 2;
 
 fn timeout_error(what: &str) -> WireError {
     WireError::new(ErrorCode::Timeout, format!("deadline passed while {what}"))
@@ -78,6 +89,7 @@ impl Shard {
         hlc: HlcClock,
         kick: LocalSender<()>,
         mesh: mesh::MeshLink,
+        peers: Option<PeerLinks>,
     ) -> Shard {
         Shard {
             id,
@@ -93,6 +105,9 @@ impl Shard {
             ephemeral_bytes: Cell::new(0),
             mesh,
             connections: Cell::new(0),
+            peers,
+            forwarded: RefCell::new(HashMap::new()),
+            next_forward: Cell::new(1),
         }
     }
 
@@ -183,13 +198,44 @@ impl Shard {
         (Ok(Reply::KvScan { items, next: None }), 0)
     }
 
-    /// Runs a request on a partition this shard owns.
+    /// Runs a request on a partition this shard owns, or forwards it to the node that leads it.
     pub async fn execute_local(
         &self,
         partition: u64,
         op: Op,
         deadline: std::time::Instant,
     ) -> Answer {
+        self.execute_hops(partition, op, deadline, 0).await
+    }
+
+    /// Where to send a request for `partition` instead of running it here, if anywhere.
+    fn forward_target(&self, partition: u64) -> Option<u64> {
+        self.peers.as_ref()?;
+        let parts = self.parts.borrow();
+        match parts.get(&partition) {
+            Some(p) if p.is_leader() => None,
+            Some(p) => Some(p.leader_hint()).filter(|l| *l != 0 && *l != self.node_id),
+            // Not a replica here: its first replica knows where the leader is.
+            None => self
+                .map
+                .get(partition)
+                .and_then(|i| i.replicas.first().copied())
+                .filter(|n| *n != self.node_id),
+        }
+    }
+
+    async fn execute_hops(
+        &self,
+        partition: u64,
+        op: Op,
+        deadline: std::time::Instant,
+        hops: u8,
+    ) -> Answer {
+        if hops < MAX_HOPS {
+            if let Some(to) = self.forward_target(partition) {
+                return self.forward(to, partition, op, deadline, hops + 1).await;
+            }
+        }
         let hint = self.node_id;
         let result = match (op.durability(), op.is_read()) {
             (Durability::Ephemeral, true) => self.ephemeral_read(partition, &op),
@@ -204,6 +250,105 @@ impl Shard {
             _ => hint,
         };
         (result, hint)
+    }
+
+    /// Sends a request to node `to` over the peer link and waits for its answer.
+    async fn forward(
+        &self,
+        to: u64,
+        partition: u64,
+        op: Op,
+        deadline: std::time::Instant,
+        hops: u8,
+    ) -> Answer {
+        let Some(peers) = &self.peers else {
+            return (Err(WireError::new(ErrorCode::Unavailable, "no peers to forward to")), 0);
+        };
+        let token = self.next_forward.get();
+        self.next_forward.set(token + 1);
+        let left_ms =
+            deadline.saturating_duration_since(std::time::Instant::now()).as_millis().min(60_000)
+                as u32;
+        let mut fbb = flatbuffers::FlatBufferBuilder::new();
+        let mut frame = Vec::new();
+        encode_request(&mut fbb, token, left_ms.max(1), &op, &mut frame);
+        let (tx, rx) = oneshot::channel();
+        self.forwarded.borrow_mut().insert(token, tx);
+        let is_read = op.is_read();
+        if !peers.send(to, PeerOut::Request { token, partition, hops, frame: frame.split_off(4) }) {
+            self.forwarded.borrow_mut().remove(&token);
+            return (
+                Err(WireError::new(
+                    ErrorCode::Unavailable,
+                    format!("node {to}, the partition leader, is not reachable"),
+                )),
+                0,
+            );
+        }
+        match with_deadline(deadline, rx).await {
+            Some(Ok(answer)) => answer,
+            _ => {
+                self.forwarded.borrow_mut().remove(&token);
+                let msg = if is_read {
+                    format!("node {to} did not answer in time")
+                } else {
+                    format!("node {to} did not answer in time; the write's outcome is unknown")
+                };
+                (Err(WireError::new(ErrorCode::Timeout, msg)), to)
+            }
+        }
+    }
+
+    /// A request another node forwarded here: run it (on the owning shard) and answer.
+    pub async fn serve_forwarded(
+        self: Rc<Self>,
+        from: u64,
+        token: u64,
+        partition: u64,
+        hops: u8,
+        frame: Vec<u8>,
+    ) {
+        let (result, hint) = match decode_request(&frame) {
+            Ok((_, timeout_ms, op)) => {
+                let deadline = self.deadline(timeout_ms);
+                match self.map.get(partition).map(|p| p.shard) {
+                    Some(s) if s == self.id => {
+                        self.execute_hops(partition, op, deadline, hops).await
+                    }
+                    Some(s) => self.mesh.forward(&self, s, partition, op, deadline).await,
+                    None => (
+                        Err(WireError::new(ErrorCode::Moved, format!("no partition {partition}"))),
+                        0,
+                    ),
+                }
+            }
+            Err(e) => (Err(WireError::new(e.code(), e.to_string())), 0),
+        };
+        let mut fbb = flatbuffers::FlatBufferBuilder::new();
+        let mut out = Vec::new();
+        encode_response(&mut fbb, token, &result, hint, &mut out);
+        if let Some(peers) = &self.peers {
+            peers.send(from, PeerOut::Response { token, frame: out });
+        }
+    }
+
+    /// The answer to a request this shard forwarded.
+    pub fn on_forwarded_response(&self, token: u64, frame: &[u8]) {
+        let Some(tx) = self.forwarded.borrow_mut().remove(&token) else { return };
+        let answer = match frame.get(4..).map(decode_response) {
+            Some(Ok((_, result, hint))) => (result, hint),
+            _ => (Err(WireError::new(ErrorCode::Internal, "malformed forwarded answer")), 0),
+        };
+        let _ = tx.send(answer);
+    }
+
+    /// A Raft message from a peer for one of this shard's partitions.
+    pub fn step_raft(&self, partition: u64, msg: raft::eraftpb::Message) {
+        if let Some(p) = self.parts.borrow_mut().get_mut(&partition) {
+            // A message from a stale term or an unknown peer is refused by raft-rs itself.
+            let _ = p.node.step(msg);
+        }
+        self.kick();
     }
 
     fn with_partition<T>(

@@ -2,3 +2,4 @@
 //! (Raft messages between nodes) gets its own listener and framing with replication.
 
 pub mod client;
+pub mod peer;

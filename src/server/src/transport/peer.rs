@@ -1,0 +1,283 @@
+//! Peer traffic between nodes: Raft messages and forwarded client requests, on a listener of
+//! its own. Shard N of a node talks to shard N of every other node (a partition lives on the
+//! same shard index on every replica), so a message never takes a cross-core hop.
+//!
+//! ```text
+//!  frame: [len u32][kind u8][from node u64][payload]
+//!    raft      payload: [partition u64][eraftpb::Message, protobuf]
+//!    request   payload: [token u64][partition u64][hops u8][flatbuffers Request]
+//!    response  payload: [token u64][flatbuffers Response frame]
+//! ```
+//! Must never: buffer without bound toward a dead peer. Each destination has a bounded queue;
+//! when it is full or the peer is unreachable, Raft messages are dropped (Raft retransmits) and
+//! forwarded requests fail with `UNAVAILABLE` at their caller's deadline.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+
+use crate::shard::Shard;
+
+const KIND_RAFT: u8 = 1;
+const KIND_REQUEST: u8 = 2;
+const KIND_RESPONSE: u8 = 3;
+/// Messages queued toward one peer before new ones are dropped.
+const PEER_QUEUE: usize = 8192;
+const COALESCE_BYTES: usize = 256 << 10;
+/// Peer frames carry at most a client frame plus a little; Raft appends are capped by
+/// `max_size_per_msg`.
+const MAX_PEER_FRAME: usize = 16 << 20;
+
+pub enum PeerOut {
+    Raft { partition: u64, msg: Message },
+    Request { token: u64, partition: u64, hops: u8, frame: Vec<u8> },
+    Response { token: u64, frame: Vec<u8> },
+}
+
+/// This shard's outgoing links, one bounded queue and sender task per remote node.
+pub struct PeerLinks {
+    queues: BTreeMap<u64, (LocalSender<PeerOut>, Rc<Cell<bool>>)>,
+}
+
+/// The address shard `shard` of a node whose shard 0 peer address is `base` listens on.
+pub fn shard_addr(base: SocketAddr, shard: usize) -> SocketAddr {
+    let mut a = base;
+    a.set_port(base.port().wrapping_add(shard as u16));
+    a
+}
+
+impl PeerLinks {
+    pub fn start(me: u64, shard: usize, members: &BTreeMap<u64, SocketAddr>) -> PeerLinks {
+        let mut queues = BTreeMap::new();
+        for (&id, &base) in members {
+            if id == me {
+                continue;
+            }
+            let (tx, rx) = local_channel::new_bounded(PEER_QUEUE);
+            let connected = Rc::new(Cell::new(false));
+            glommio::spawn_local(sender_loop(me, shard_addr(base, shard), rx, connected.clone()))
+                .detach();
+            queues.insert(id, (tx, connected));
+        }
+        PeerLinks { queues }
+    }
+
+    /// Queues `m` for node `to`; false when it was dropped (unknown node or full queue). A
+    /// forwarded request is refused at once while the peer is unreachable, so its caller can
+    /// retry elsewhere knowing it was never sent.
+    pub fn send(&self, to: u64, m: PeerOut) -> bool {
+        match self.queues.get(&to) {
+            Some((_, connected)) if !connected.get() && matches!(m, PeerOut::Request { .. }) => {
+                false
+            }
+            Some((q, _)) => q.try_send(m).is_ok(),
+            None => false,
+        }
+    }
+}
+
+fn encode(me: u64, m: PeerOut, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    match m {
+        PeerOut::Raft { partition, msg } => {
+            out.push(KIND_RAFT);
+            out.extend_from_slice(&me.to_le_bytes());
+            out.extend_from_slice(&partition.to_le_bytes());
+            // Writing a message into memory cannot fail.
+            msg.write_to_vec(out).expect("encoding a raft message");
+        }
+        PeerOut::Request { token, partition, hops, frame } => {
+            out.push(KIND_REQUEST);
+            out.extend_from_slice(&me.to_le_bytes());
+            out.extend_from_slice(&token.to_le_bytes());
+            out.extend_from_slice(&partition.to_le_bytes());
+            out.push(hops);
+            out.extend_from_slice(&frame);
+        }
+        PeerOut::Response { token, frame } => {
+            out.push(KIND_RESPONSE);
+            out.extend_from_slice(&me.to_le_bytes());
+            out.extend_from_slice(&token.to_le_bytes());
+            out.extend_from_slice(&frame);
+        }
+    }
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+async fn drain(rx: &LocalReceiver<PeerOut>) {
+    while let Some(Some(_)) = futures_lite::future::poll_once(rx.recv()).await {}
+}
+
+async fn sender_loop(
+    me: u64,
+    addr: SocketAddr,
+    rx: LocalReceiver<PeerOut>,
+    connected: Rc<Cell<bool>>,
+) {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let stream = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(_) => {
+                // Nobody to send to: what is queued is stale by the time the peer returns.
+                drain(&rx).await;
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(20);
+        connected.set(true);
+        let _ = stream.set_nodelay(true);
+        // The peer never writes on this connection: a read that returns means it closed (or
+        // died), and we learn it now rather than from the next write, which the kernel accepts.
+        let (mut reader, mut stream) = futures_lite::io::split(stream);
+        let watch = connected.clone();
+        let closed = glommio::spawn_local(async move {
+            let mut b = [0u8; 64];
+            while matches!(reader.read(&mut b).await, Ok(n) if n > 0) {}
+            watch.set(false);
+        });
+        let mut out = Vec::with_capacity(64 << 10);
+        loop {
+            if !connected.get() {
+                break;
+            }
+            let Some(first) = rx.recv().await else { return };
+            encode(me, first, &mut out);
+            while out.len() < COALESCE_BYTES {
+                match futures_lite::future::poll_once(rx.recv()).await {
+                    Some(Some(m)) => encode(me, m, &mut out),
+                    _ => break,
+                }
+            }
+            if !connected.get() || stream.write_all(&out).await.is_err() {
+                connected.set(false);
+                break;
+            }
+            out.clear();
+        }
+        drop(closed);
+    }
+}
+
+/// Accepts peer connections for this shard and dispatches what arrives.
+pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let shard = shard.clone();
+                glommio::spawn_local(async move { receive(&shard, stream).await }).detach();
+            }
+            Err(e) => {
+                log::warn!("shard {}: peer accept failed: {e}", shard.id);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    b.get(at..at + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap()))
+}
+
+async fn receive(shard: &Rc<Shard>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut start = 0;
+        while buf.len() - start >= 4 {
+            let len = u32::from_le_bytes(buf[start..start + 4].try_into().unwrap()) as usize;
+            if !(9..=MAX_PEER_FRAME).contains(&len) {
+                log::warn!("shard {}: bad peer frame of {len} bytes; closing", shard.id);
+                return;
+            }
+            if buf.len() - start < 4 + len {
+                break;
+            }
+            let frame = &buf[start + 4..start + 4 + len];
+            if !dispatch(shard, frame) {
+                log::warn!("shard {}: malformed peer frame; closing", shard.id);
+                return;
+            }
+            start += 4 + len;
+        }
+        buf.drain(..start);
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// Handles one frame; false when it is malformed.
+fn dispatch(shard: &Rc<Shard>, f: &[u8]) -> bool {
+    let kind = f[0];
+    let Some(from) = u64_at(f, 1) else { return false };
+    let body = &f[9..];
+    match kind {
+        KIND_RAFT => {
+            let Some(partition) = u64_at(body, 0) else { return false };
+            match Message::parse_from_bytes(&body[8..]) {
+                Ok(msg) => {
+                    shard.step_raft(partition, msg);
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+        KIND_REQUEST => {
+            let (Some(token), Some(partition), Some(&hops)) =
+                (u64_at(body, 0), u64_at(body, 8), body.get(16))
+            else {
+                return false;
+            };
+            let frame = body[17..].to_vec();
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                shard.serve_forwarded(from, token, partition, hops, frame).await
+            })
+            .detach();
+            true
+        }
+        KIND_RESPONSE => {
+            let Some(token) = u64_at(body, 0) else { return false };
+            shard.on_forwarded_response(token, &body[8..]);
+            true
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_carry_kind_sender_and_payload() {
+        let mut out = Vec::new();
+        let msg = Message { to: 2, term: 7, ..Default::default() };
+        encode(1, PeerOut::Raft { partition: 9, msg: msg.clone() }, &mut out);
+        encode(1, PeerOut::Response { token: 5, frame: vec![1, 2, 3] }, &mut out);
+        let len = u32::from_le_bytes(out[..4].try_into().unwrap()) as usize;
+        let f = &out[4..4 + len];
+        assert_eq!((f[0], u64_at(f, 1), u64_at(f, 9)), (KIND_RAFT, Some(1), Some(9)));
+        assert_eq!(Message::parse_from_bytes(&f[17..]).unwrap(), msg);
+        let g = &out[4 + len + 4..];
+        assert_eq!((g[0], u64_at(g, 9)), (KIND_RESPONSE, Some(5)));
+        assert_eq!(&g[17..], &[1, 2, 3]);
+    }
+}

@@ -1,0 +1,102 @@
+//! Three real nodes: replication, any node serving any request, a minority and a majority
+//! killed with `kill -9`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kahuna_client::{ClientOptions, GetOptions, SetOptions};
+use kahuna_tests::{start_cluster, watchdog, Client, Durability, ErrorCode, Server};
+
+fn client(s: &Server, timeout_ms: u64) -> Client {
+    let opts = ClientOptions { timeout: Duration::from_millis(timeout_ms), ..Default::default() };
+    Client::connect(&[s.endpoint()], opts).unwrap()
+}
+
+fn audit(nodes: &[&Server], acked: &BTreeMap<String, u64>) {
+    for s in nodes {
+        let c = client(s, 10_000);
+        for (key, rev) in acked {
+            let it = c
+                .kv_get(key.as_bytes(), GetOptions::default())
+                .unwrap_or_else(|e| panic!("{key} via {}: {e}", s.endpoint()));
+            assert_eq!(it.revision, *rev, "{key} via {}", s.endpoint());
+            assert_eq!(it.value, key.as_bytes(), "{key}");
+        }
+    }
+}
+
+#[test]
+fn three_nodes_replicate_serve_anywhere_and_survive_a_minority() {
+    watchdog(Duration::from_secs(240));
+    let mut nodes = start_cluster(3, &[]);
+    let mut acked = BTreeMap::new();
+    let mut seq_max = 0;
+    // Writes through every node; any node forwards to the partition's leader.
+    for (i, s) in nodes.iter().enumerate() {
+        let c = client(s, 10_000);
+        for k in 0..60 {
+            let key = format!("{}/n{i}/{k}", ["alpha", "kilo", "tango", "zulu"][k % 4]);
+            let rev = c.kv_set(key.as_bytes(), key.as_bytes(), SetOptions::default()).unwrap();
+            acked.insert(key, rev);
+        }
+        let (first, count) = c.seq_next(b"ids", 10).unwrap();
+        assert!(first > seq_max);
+        seq_max = first + count - 1;
+    }
+    audit(&[&nodes[0], &nodes[1], &nodes[2]], &acked);
+
+    // Kill one node: the other two keep writing and reading (after an election, within the
+    // client's deadline), and sequences keep growing.
+    nodes[0].kill9();
+    for (i, s) in nodes[1..].iter().enumerate() {
+        let c = client(s, 15_000);
+        for k in 0..40 {
+            let key = format!("after/n{i}/{k}");
+            let rev = c
+                .kv_set(key.as_bytes(), key.as_bytes(), SetOptions::default())
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
+            acked.insert(key, rev);
+        }
+        let (first, count) = c.seq_next(b"ids", 10).unwrap();
+        assert!(first > seq_max, "sequence went back: {first} after {seq_max}");
+        seq_max = first + count - 1;
+    }
+    audit(&[&nodes[1], &nodes[2]], &acked);
+
+    // The killed node comes back and catches up from the leaders' logs.
+    nodes[0].restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = client(&nodes[0], 5_000);
+        let all = acked.iter().all(|(k, r)| {
+            c.kv_get(k.as_bytes(), GetOptions::default()).map(|i| i.revision) == Ok(*r)
+        });
+        if all {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1 did not catch up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Kill a majority: requests fail with UNAVAILABLE or TIMEOUT within their deadline.
+    nodes[1].kill9();
+    nodes[2].kill9();
+    let c = client(&nodes[0], 2_000);
+    let start = Instant::now();
+    let err = c.kv_set(b"no/quorum", b"x", SetOptions::default()).unwrap_err();
+    assert!(matches!(err.code, ErrorCode::Unavailable | ErrorCode::Timeout), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    let err = c.kv_get(b"alpha/n0/0", GetOptions::default()).unwrap_err();
+    assert!(
+        matches!(err.code, ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::NotLeader),
+        "{err}"
+    );
+
+    // One comes back: service resumes.
+    nodes[1].relaunch();
+    let c = client(&nodes[0], 20_000);
+    c.kv_set(b"quorum/again", b"x", SetOptions::default()).unwrap();
+    let (first, _) = c.seq_next(b"ids", 1).unwrap();
+    assert!(first > seq_max);
+    assert!(c.lock_acquire(b"l", b"o", 1000, Durability::Persistent).unwrap().acquired);
+}
