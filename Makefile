@@ -1,6 +1,7 @@
 # Kahuna: distributed locks, key/value and sequences.
 #
-#   make run           build (release) and start a local node: 127.0.0.1:7000, data in ./data
+#   make run           build (release) and start a local 3-node cluster: 127.0.0.1:7000-7002,
+#                      data in ./data/node-N
 #   make test          install prerequisites, check the schema, lint, build, run every test
 #   make check         read-only: rustfmt --check, clippy -D warnings, schema-check
 #   make fmt           format the code (writes files)
@@ -62,9 +63,7 @@ build-release: deps
 	cargo build --release --workspace --bins
 
 run: build-release
-	@echo "kahuna-server on 127.0.0.1:7000, data in ./data (Ctrl-C to stop)"
-	@echo "in another terminal:  alias kahuna-cli=$(RELEASE)/kahuna-cli; kahuna-cli kv set hello world"
-	$(RELEASE)/kahuna-server --id 1 --listen 127.0.0.1:7000 --data-dir ./data
+	bash tuning/local-cluster.sh
 
 bench: build-release
 	bash bench/run.sh

@@ -235,6 +235,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_configs_in_tuning_are_valid() {
+        let tuning = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tuning");
+        let mut n = 0;
+        for dir in ["cluster-3", "cluster-5", "."] {
+            for e in std::fs::read_dir(tuning.join(dir)).unwrap().flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "toml") {
+                    let flags =
+                        Settings::parse_from(["kahuna-server", "--config", p.to_str().unwrap()]);
+                    let cfg = NodeConfig::from_settings(flags)
+                        .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                    assert_eq!(cfg.peer_addr().unwrap().port(), 7100);
+                    n += 1;
+                }
+            }
+        }
+        assert_eq!(n, 9);
+    }
+
+    #[test]
     fn flags_override_file_over_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.toml");
