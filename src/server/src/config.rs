@@ -83,6 +83,9 @@ settings! {
     block_cache_mb: usize = 64;
     /// Raft tick interval; elections take 10 ticks, heartbeats 2.
     raft_tick_ms: u64 = 100;
+    /// Raft entries a leader keeps in memory for lagging followers; one further behind gets a
+    /// snapshot of the partition instead.
+    max_log_entries_in_memory: u64 = 100_000;
     /// Deadline of a request that names none.
     default_timeout_ms: u64 = 5000;
     /// Older revisions kept per key.

@@ -23,7 +23,7 @@ use raft::RawNode;
 use serde::{Deserialize, Serialize};
 
 use crate::config::NodeConfig;
-use crate::raft::log_store::LogStore;
+use crate::raft::log_store::{LogStore, SnapshotSource};
 use crate::raft::partition::Partition;
 use crate::shard::mesh::{spawn_receivers, MeshPlan};
 use crate::shard::{driver, Shard};
@@ -229,7 +229,12 @@ async fn recover(
         hs.term = hs.term.max(applied.applied_term);
         let cs = ConfState { voters: info.replicas.clone(), ..Default::default() };
         let fresh = hs.term == 0;
-        let store = LogStore::new(hs, cs, applied.applied_index, applied.applied_term, entries);
+        let mut store = LogStore::new(hs, cs, applied.applied_index, applied.applied_term, entries);
+        store.set_snapshot_source(SnapshotSource {
+            db: db.clone(),
+            start: info.start.clone(),
+            end: info.end.clone(),
+        });
         let rcfg = raft_config(cfg, applied.applied_index);
         let mut node = RawNode::new(&rcfg, store, &logger)
             .map_err(|e| format!("partition {}: {e}", info.id))?;

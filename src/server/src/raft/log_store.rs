@@ -15,6 +15,16 @@ pub struct LogStore {
     snapshot_term: u64,
     /// `entries[0].index == snapshot_index + 1` when not empty.
     entries: Vec<Entry>,
+    /// The applied (index, term), and where to read the partition's state for a snapshot.
+    applied: (u64, u64),
+    source: Option<SnapshotSource>,
+}
+
+/// The partition's range in the shard's RocksDB, read to build a snapshot.
+pub struct SnapshotSource {
+    pub db: crate::storage::state::StateDb,
+    pub start: Vec<u8>,
+    pub end: Vec<u8>,
 }
 
 impl LogStore {
@@ -26,7 +36,15 @@ impl LogStore {
         entries: Vec<Entry>,
     ) -> LogStore {
         debug_assert!(entries.first().is_none_or(|e| e.index == snapshot_index + 1));
-        LogStore { hard_state, conf_state, snapshot_index, snapshot_term, entries }
+        LogStore {
+            hard_state,
+            conf_state,
+            snapshot_index,
+            snapshot_term,
+            entries,
+            applied: (snapshot_index, snapshot_term),
+            source: None,
+        }
     }
 
     fn first(&self) -> u64 {
@@ -48,6 +66,25 @@ impl LogStore {
         assert!(first <= self.last() + 1, "appending {first} leaves a gap after {}", self.last());
         self.entries.truncate((first - self.first()) as usize);
         self.entries.extend_from_slice(ents);
+    }
+
+    /// Replaces the whole log with a snapshot's position: the state up to `index` came whole.
+    pub fn install_snapshot(&mut self, index: u64, term: u64, conf_state: ConfState) {
+        self.entries.clear();
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+        self.conf_state = conf_state;
+        self.hard_state.commit = self.hard_state.commit.max(index);
+        self.hard_state.term = self.hard_state.term.max(term);
+    }
+
+    /// Where the state machine is, so that a snapshot can be cut at it.
+    pub fn set_applied(&mut self, index: u64, term: u64) {
+        self.applied = (index, term);
+    }
+
+    pub fn set_snapshot_source(&mut self, source: SnapshotSource) {
+        self.source = Some(source);
     }
 
     /// Drops entries up to `index` (applied and no longer needed in memory).
@@ -109,8 +146,19 @@ impl Storage for LogStore {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Snapshots stream a partition's RocksDB range; they arrive with replication.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        let Some(src) = &self.source else {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        };
+        // The applied state is what RocksDB holds now: every apply commits before raft runs.
+        let mut snap = Snapshot {
+            data: src.db.snapshot_data(&src.start, &src.end).into(),
+            ..Default::default()
+        };
+        let meta = snap.mut_metadata();
+        meta.index = self.applied.0;
+        meta.term = self.applied.1;
+        meta.set_conf_state(self.conf_state.clone());
+        Ok(snap)
     }
 }
 

@@ -23,7 +23,7 @@ use kahuna_core::state_machine::{self, ApplyCtx};
 use kahuna_core::store::WriteBuffer;
 use kahuna_core::LogCommand;
 use kahuna_protocol::{ErrorCode, Reply, WireError};
-use raft::eraftpb::{Entry, EntryType};
+use raft::eraftpb::{Entry, EntryType, MessageType, Snapshot};
 
 use super::Shard;
 use crate::storage::state::ApplyState;
@@ -31,8 +31,6 @@ use crate::storage::wal::{EntryRec, HardStateRec, Wal, WalRecord};
 
 /// Entries kept in memory behind the applied index (for followers that lag a little).
 const LOG_TAIL: u64 = 256;
-/// Entries a leader keeps in memory for a follower that lags behind.
-const MAX_LOG_IN_MEMORY: u64 = 100_000;
 /// Ephemeral keys looked at per partition per tick by the expiry sweep.
 const SWEEP_BUDGET: usize = 1024;
 
@@ -56,6 +54,44 @@ pub fn entry_from(r: EntryRec) -> Entry {
     e.data = r.data.into();
     e.context = r.context.into();
     e
+}
+
+/// A follower received its partition's state from the leader: replace the partition's range in
+/// RocksDB with it, make that durable (the WAL holds nothing older to replay), reset the log.
+async fn install_snapshot(shard: &Shard, pid: u64, snap: &Snapshot) {
+    let meta = snap.get_metadata();
+    let (start, end) = match shard.parts.borrow().get(&pid) {
+        Some(p) => (p.info.start.clone(), p.info.end.clone()),
+        None => return,
+    };
+    let state = ApplyState {
+        applied_index: meta.index,
+        applied_term: meta.term,
+        applied_hlc: shard.hlc.borrow().last().0,
+    };
+    let pairs = match crate::storage::state::decode_snapshot(&snap.data) {
+        Some(p) => p,
+        None => {
+            log::error!("partition {pid}: snapshot at {} is malformed; ignored", meta.index);
+            return;
+        }
+    };
+    if let Err(e) = shard.db.install_snapshot(&start, &end, pairs, pid, state) {
+        fatal("installing a snapshot", e);
+    }
+    let db = shard.db.clone();
+    if let Err(e) = glommio::executor().spawn_blocking(move || db.flush_blocking()).await {
+        fatal("flushing an installed snapshot", e);
+    }
+    if let Some(p) = shard.parts.borrow_mut().get_mut(&pid) {
+        p.applied = state;
+        p.node.mut_store().set_applied(meta.index, meta.term);
+        log::info!(
+            "partition {pid}: installed a snapshot at index {} term {}",
+            meta.index,
+            meta.term
+        );
+    }
 }
 
 fn send_messages(shard: &Shard, partition: u64, msgs: Vec<raft::eraftpb::Message>) {
@@ -167,6 +203,7 @@ async fn turn(shard: &Shard, wal: &mut Wal) {
     let mut records = Vec::new();
     let mut handed = Vec::new();
     let mut committed = Vec::new();
+    let mut snapshots = Vec::new();
     {
         let mut parts = shard.parts.borrow_mut();
         for (pid, p) in parts.iter_mut() {
@@ -187,7 +224,29 @@ async fn turn(shard: &Shard, wal: &mut Wal) {
                 }
             }
             // Messages that do not depend on this Ready's persistence (a leader's appends) go now.
-            send_messages(shard, *pid, rd.take_messages());
+            let msgs = rd.take_messages();
+            let snapshots_to: Vec<u64> = msgs
+                .iter()
+                .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+                .map(|m| m.to)
+                .collect();
+            send_messages(shard, *pid, msgs);
+            for to in snapshots_to {
+                // Sent whole in one message: if it is lost, the follower keeps rejecting appends
+                // and the leader sends a new one.
+                p.node.report_snapshot(to, raft::SnapshotStatus::Finish);
+            }
+            if !rd.snapshot().is_empty() {
+                // The log restarts at the snapshot (before this Ready's entries are appended);
+                // RocksDB takes its state below, before anything is applied.
+                let meta = rd.snapshot().get_metadata();
+                p.node.mut_store().install_snapshot(
+                    meta.index,
+                    meta.term,
+                    meta.get_conf_state().clone(),
+                );
+                snapshots.push((*pid, rd.snapshot().clone()));
+            }
             for rs in rd.take_read_states() {
                 p.on_read_state(rs.index, &rs.request_ctx);
             }
@@ -218,6 +277,11 @@ async fn turn(shard: &Shard, wal: &mut Wal) {
     }
     if handed.is_empty() {
         return;
+    }
+    let mut restored = Vec::new();
+    for (pid, snap) in snapshots {
+        install_snapshot(shard, pid, &snap).await;
+        restored.push((pid, snap.get_metadata().index));
     }
     // Committed entries are already durable: apply them before waiting on the new batch's sync.
     apply(shard, committed);
@@ -252,6 +316,11 @@ async fn turn(shard: &Shard, wal: &mut Wal) {
             send_messages(shard, h.partition, h.after_sync);
             let Some(p) = parts.get_mut(&h.partition) else { continue };
             p.node.on_persist_ready(h.number);
+            if let Some((_, index)) = restored.iter().find(|(pid, _)| *pid == h.partition) {
+                // raft-rs commits a restored snapshot but leaves its applied index to us, once
+                // the snapshot counts as persisted.
+                p.node.advance_apply_to(*index);
+            }
             more |= p.node.has_ready();
         }
     }
@@ -295,6 +364,7 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
             }
             let applied_hlc = p.applied.applied_hlc.max(shard.hlc.borrow().last().0);
             p.applied = ApplyState { applied_index: e.index, applied_term: e.term, applied_hlc };
+            p.node.mut_store().set_applied(e.index, e.term);
         }
         states.push((*pid, p.applied));
     }
@@ -321,8 +391,11 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
                 p.node.raft.prs().iter().map(|(_, pr)| pr.matched).min().unwrap_or(keep_from);
             keep_from = keep_from
                 .min(slowest)
-                .max(p.applied.applied_index.saturating_sub(MAX_LOG_IN_MEMORY));
+                .max(p.applied.applied_index.saturating_sub(shard.cfg.max_log_entries_in_memory));
         }
+        // Never past what raft-rs itself counts as applied: it reads unapplied entries back (for
+        // example when it becomes leader).
+        keep_from = keep_from.min(p.node.raft.raft_log.applied);
         p.node.mut_store().compact_to(keep_from);
     }
 }

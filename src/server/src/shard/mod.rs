@@ -15,7 +15,7 @@ pub mod driver;
 pub mod mesh;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -53,13 +53,16 @@ pub struct Shard {
     pub connections: Cell<usize>,
     /// Links to the same shard of every other node; `None` on a one-node cluster.
     pub peers: Option<PeerLinks>,
-    forwarded: RefCell<HashMap<u64, oneshot::Sender<Answer>>>,
+    forwarded: crate::transport::peer::ForwardWaiters,
     next_forward: Cell<u64>,
 }
 
 /// A forwarded request may be forwarded once more (to a leader the first hop learned of), never
 /// in a loop.
 const MAX_HOPS: u8 = 2;
+
+/// How long a forwarded read waits for its answer before it is answered UNAVAILABLE (retryable).
+const FORWARDED_READ_WAIT: Duration = Duration::from_millis(1500);
 
 fn timeout_error(what: &str) -> WireError {
     WireError::new(ErrorCode::Timeout, format!("deadline passed while {what}"))
@@ -91,6 +94,7 @@ impl Shard {
         mesh: mesh::MeshLink,
         peers: Option<PeerLinks>,
     ) -> Shard {
+        let forwarded = peers.as_ref().map(|p| p.waiters().clone()).unwrap_or_default();
         Shard {
             id,
             node_id: cfg.id,
@@ -106,7 +110,7 @@ impl Shard {
             mesh,
             connections: Cell::new(0),
             peers,
-            forwarded: RefCell::new(HashMap::new()),
+            forwarded,
             next_forward: Cell::new(1),
         }
     }
@@ -285,16 +289,25 @@ impl Shard {
                 0,
             );
         }
-        match with_deadline(deadline, rx).await {
+        // A read is safe to send again: wait for it only a bounded time, so a leader that died
+        // with the request in flight costs a retry, not the caller's whole deadline.
+        let wait_until = if is_read {
+            deadline.min(std::time::Instant::now() + FORWARDED_READ_WAIT)
+        } else {
+            deadline
+        };
+        match with_deadline(wait_until, rx).await {
             Some(Ok(answer)) => answer,
             _ => {
                 self.forwarded.borrow_mut().remove(&token);
-                let msg = if is_read {
-                    format!("node {to} did not answer in time")
+                if is_read {
+                    let msg = format!("node {to} did not answer the read; retry");
+                    (Err(WireError::new(ErrorCode::Unavailable, msg)), 0)
                 } else {
-                    format!("node {to} did not answer in time; the write's outcome is unknown")
-                };
-                (Err(WireError::new(ErrorCode::Timeout, msg)), to)
+                    let msg =
+                        format!("node {to} did not answer in time; the write's outcome is unknown");
+                    (Err(WireError::new(ErrorCode::Timeout, msg)), to)
+                }
             }
         }
     }

@@ -105,6 +105,46 @@ impl StateDb {
         self.db.write_opt(batch, &wo)
     }
 
+    /// Every key of the partition range `[start, end)`, all kinds, as snapshot bytes:
+    /// `[klen u32][key][vlen u32][value]...`. Reads on the calling thread.
+    pub fn snapshot_data(&self, start: &[u8], end: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for kind in kahuna_core::keys::DATA_KINDS {
+            let (lo, hi) = kahuna_core::keys::kind_range(kind, start, end);
+            self.scan(&lo, &hi, &mut |k, v| {
+                out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                out.extend_from_slice(k);
+                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                out.extend_from_slice(v);
+                true
+            });
+        }
+        out
+    }
+
+    /// Replaces the partition range with a snapshot's pairs and sets its apply state, atomically.
+    pub fn install_snapshot(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        partition: u64,
+        state: ApplyState,
+    ) -> Result<(), rocksdb::Error> {
+        let mut batch = WriteBatch::default();
+        for kind in kahuna_core::keys::DATA_KINDS {
+            let (lo, hi) = kahuna_core::keys::kind_range(kind, start, end);
+            batch.delete_range(lo, hi);
+        }
+        for (k, v) in pairs {
+            batch.put(k, v);
+        }
+        batch.put(apply_state_key(partition), state.encode());
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.write_opt(batch, &wo)
+    }
+
     /// Flushes the memtables to SST files. Blocking: call it through `spawn_blocking`.
     pub fn flush_blocking(&self) -> Result<(), rocksdb::Error> {
         self.db.flush()
@@ -144,6 +184,23 @@ impl Scan for StateDb {
     }
 }
 
+/// Parses [`StateDb::snapshot_data`]; `None` when it is malformed.
+pub fn decode_snapshot(mut b: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn take(b: &mut &[u8]) -> Option<Vec<u8>> {
+        let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+        let v = b.get(4..4 + len)?.to_vec();
+        *b = &b[4 + len..];
+        Some(v)
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let k = take(&mut b)?;
+        let v = take(&mut b)?;
+        out.push((k, v));
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +223,20 @@ mod tests {
             ApplyState { applied_index: 7, applied_term: 2, applied_hlc: 9 }
         );
         assert_eq!(db.get(b"kx"), Some(b"1".to_vec()));
+        // A snapshot of the whole range carries kx; installing it elsewhere replaces that range.
+        let pairs = decode_snapshot(&db.snapshot_data(b"", b"")).unwrap();
+        assert_eq!(pairs, vec![(b"kx".to_vec(), b"1".to_vec())]);
+        let other = tempfile::tempdir().unwrap();
+        let db2 = StateDb::open(other.path(), 1 << 20).unwrap();
+        let mut w = BTreeMap::new();
+        w.insert(b"kstale".to_vec(), Some(b"0".to_vec()));
+        db2.commit(w, &[]).unwrap();
+        let st = ApplyState { applied_index: 9, applied_term: 3, applied_hlc: 0 };
+        db2.install_snapshot(b"", b"", pairs, 3, st).unwrap();
+        assert_eq!(db2.get(b"kstale"), None);
+        assert_eq!(db2.get(b"kx"), Some(b"1".to_vec()));
+        assert_eq!(db2.apply_state(3).unwrap(), st);
+        assert!(decode_snapshot(&[1, 0, 0, 0]).is_none());
         let mut n = 0;
         db.scan(b"k", b"l", &mut |_, _| {
             n += 1;

@@ -12,9 +12,10 @@
 //! when it is full or the peer is unreachable, Raft messages are dropped (Raft retransmits) and
 //! forwarded requests fail with `UNAVAILABLE` at their caller's deadline.
 
-use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -24,14 +25,15 @@ use glommio::net::{TcpListener, TcpStream};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 
-use crate::shard::Shard;
+use crate::shard::{Answer, Shard};
+use futures_channel::oneshot;
+use kahuna_protocol::{ErrorCode, WireError};
 
 const KIND_RAFT: u8 = 1;
 const KIND_REQUEST: u8 = 2;
 const KIND_RESPONSE: u8 = 3;
 /// Messages queued toward one peer before new ones are dropped.
 const PEER_QUEUE: usize = 8192;
-const COALESCE_BYTES: usize = 256 << 10;
 /// Peer frames carry at most a client frame plus a little; Raft appends are capped by
 /// `max_size_per_msg`.
 const MAX_PEER_FRAME: usize = 16 << 20;
@@ -45,6 +47,22 @@ pub enum PeerOut {
 /// This shard's outgoing links, one bounded queue and sender task per remote node.
 pub struct PeerLinks {
     queues: BTreeMap<u64, (LocalSender<PeerOut>, Rc<Cell<bool>>)>,
+    waiters: ForwardWaiters,
+}
+
+/// Callers waiting for the answer to a request forwarded to a peer, by token. A request the
+/// link drops before sending is answered `UNAVAILABLE` at once (safe to retry: never sent).
+pub type ForwardWaiters = Rc<RefCell<HashMap<u64, oneshot::Sender<Answer>>>>;
+
+fn never_sent(waiters: &ForwardWaiters, m: &PeerOut) {
+    if let PeerOut::Request { token, .. } = m {
+        if let Some(tx) = waiters.borrow_mut().remove(token) {
+            let _ = tx.send((
+                Err(WireError::new(ErrorCode::Unavailable, "the leader's node is not reachable")),
+                0,
+            ));
+        }
+    }
 }
 
 /// The address shard `shard` of a node whose shard 0 peer address is `base` listens on.
@@ -56,6 +74,7 @@ pub fn shard_addr(base: SocketAddr, shard: usize) -> SocketAddr {
 
 impl PeerLinks {
     pub fn start(me: u64, shard: usize, members: &BTreeMap<u64, SocketAddr>) -> PeerLinks {
+        let waiters: ForwardWaiters = Rc::default();
         let mut queues = BTreeMap::new();
         for (&id, &base) in members {
             if id == me {
@@ -63,11 +82,20 @@ impl PeerLinks {
             }
             let (tx, rx) = local_channel::new_bounded(PEER_QUEUE);
             let connected = Rc::new(Cell::new(false));
-            glommio::spawn_local(sender_loop(me, shard_addr(base, shard), rx, connected.clone()))
-                .detach();
+            let link = Link {
+                me,
+                addr: shard_addr(base, shard),
+                connected: connected.clone(),
+                waiters: waiters.clone(),
+            };
+            glommio::spawn_local(sender_loop(link, rx)).detach();
             queues.insert(id, (tx, connected));
         }
-        PeerLinks { queues }
+        PeerLinks { queues, waiters }
+    }
+
+    pub fn waiters(&self) -> &ForwardWaiters {
+        &self.waiters
     }
 
     /// Queues `m` for node `to`; false when it was dropped (unknown node or full queue). A
@@ -114,60 +142,92 @@ fn encode(me: u64, m: PeerOut, out: &mut Vec<u8>) {
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
-async fn drain(rx: &LocalReceiver<PeerOut>) {
-    while let Some(Some(_)) = futures_lite::future::poll_once(rx.recv()).await {}
-}
-
-async fn sender_loop(
+struct Link {
     me: u64,
     addr: SocketAddr,
-    rx: LocalReceiver<PeerOut>,
     connected: Rc<Cell<bool>>,
-) {
+    waiters: ForwardWaiters,
+}
+
+async fn drain(link: &Link, rx: &LocalReceiver<PeerOut>) {
+    while let Some(Some(m)) = futures_lite::future::poll_once(rx.recv()).await {
+        never_sent(&link.waiters, &m);
+    }
+}
+
+/// True when the peer has closed or reset the connection (a peek that does not block).
+fn peer_closed(fd: i32) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: a non-blocking peek into a one-byte buffer we own.
+    let n =
+        unsafe { libc::recv(fd, b.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n == 0 || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock)
+}
+
+async fn sender_loop(link: Link, rx: LocalReceiver<PeerOut>) {
     let mut backoff = Duration::from_millis(20);
     loop {
-        let stream = match TcpStream::connect(addr).await {
+        let connected = TcpStream::connect(link.addr).await.and_then(|s| {
+            // Connecting to a closed port in the ephemeral range can pick that very port as the
+            // source and connect to itself (TCP simultaneous open): that is not the peer.
+            if s.local_addr().ok() == s.peer_addr().ok() {
+                Err(glommio::GlommioError::IoError(std::io::Error::other("connected to itself")))
+            } else {
+                Ok(s)
+            }
+        });
+        let mut stream = match connected {
             Ok(s) => s,
-            Err(_) => {
+            Err(e) => {
+                log::debug!("connecting to peer {}: {e}", link.addr);
                 // Nobody to send to: what is queued is stale by the time the peer returns.
-                drain(&rx).await;
+                link.connected.set(false);
+                drain(&link, &rx).await;
                 glommio::timer::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
         backoff = Duration::from_millis(20);
-        connected.set(true);
+        link.connected.set(true);
         let _ = stream.set_nodelay(true);
-        // The peer never writes on this connection: a read that returns means it closed (or
-        // died), and we learn it now rather than from the next write, which the kernel accepts.
-        let (mut reader, mut stream) = futures_lite::io::split(stream);
-        let watch = connected.clone();
-        let closed = glommio::spawn_local(async move {
-            let mut b = [0u8; 64];
-            while matches!(reader.read(&mut b).await, Ok(n) if n > 0) {}
-            watch.set(false);
-        });
+        let fd = stream.as_raw_fd();
         let mut out = Vec::with_capacity(64 << 10);
+        let mut batch = Vec::new();
         loop {
-            if !connected.get() {
-                break;
-            }
             let Some(first) = rx.recv().await else { return };
-            encode(me, first, &mut out);
-            while out.len() < COALESCE_BYTES {
+            batch.push(first);
+            while batch.len() < 4096 {
                 match futures_lite::future::poll_once(rx.recv()).await {
-                    Some(Some(m)) => encode(me, m, &mut out),
+                    Some(Some(m)) => batch.push(m),
                     _ => break,
                 }
             }
-            if !connected.get() || stream.write_all(&out).await.is_err() {
-                connected.set(false);
+            // The peer never writes on this connection, so a readable EOF means it is gone: the
+            // kernel would still accept our write and lose it, so check first.
+            if peer_closed(fd) {
+                log::info!(
+                    "peer link to {} closed; {} queued messages dropped",
+                    link.addr,
+                    batch.len()
+                );
+                link.connected.set(false);
+                for m in &batch {
+                    never_sent(&link.waiters, m);
+                }
+                batch.clear();
+                break;
+            }
+            for m in batch.drain(..) {
+                encode(link.me, m, &mut out);
+            }
+            if let Err(e) = stream.write_all(&out).await {
+                log::info!("peer link to {} failed: {e}", link.addr);
+                link.connected.set(false);
                 break;
             }
             out.clear();
         }
-        drop(closed);
     }
 }
 
