@@ -7,7 +7,7 @@
 #   make fmt           format the code (writes files)
 #   make schema        regenerate src/protocol/src/generated from schema/*.fbs
 #   make schema-check  fail when the committed generated code and the schema disagree
-#   make bench         start a fresh local node, run the load generator, stop it
+#   make bench         start a fresh local 3-node cluster, run the standard suite, stop it
 #   make deps          install what the build needs (libclang-dev, flatc 25.12.19)
 #   make clean-data    remove ./data
 #
