@@ -510,7 +510,7 @@ fn connection_inflight_and_ephemeral_memory_limits_answer_with_typed_errors() {
 }
 
 #[test]
-fn restart_with_another_shard_count_is_refused_clearly() {
+fn restart_with_another_shard_count_or_cluster_is_refused_clearly() {
     watchdog(Duration::from_secs(60));
     let mut s = Server::start(&["--shards", "2", "--no-pin"]);
     s.kill9();
@@ -522,4 +522,28 @@ fn restart_with_another_shard_count_is_refused_clearly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("2 shards") && err.contains("1 shards"), "{err}");
+    // Replica placement follows the membership: joining a data directory to another cluster
+    // would move partitions away from their data, so that is refused too.
+    let other = format!(
+        "1=127.0.0.1:{},2=127.0.0.1:{}",
+        kahuna_tests::free_port(),
+        kahuna_tests::free_port()
+    );
+    let out = std::process::Command::new(kahuna_tests::bin("kahuna-server"))
+        .args([
+            "--listen",
+            &s.endpoint(),
+            "--shards",
+            "2",
+            "--no-pin",
+            "--initial-cluster",
+            &other,
+            "--data-dir",
+        ])
+        .arg(&s.data_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in cluster") && err.contains(&other), "{err}");
 }

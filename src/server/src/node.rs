@@ -51,6 +51,21 @@ struct Layout {
     node_id: u64,
     shards: usize,
     partitions: usize,
+    /// The cluster's members and replication factor: replica placement is derived from them,
+    /// so a restart with others would silently move partitions away from their data.
+    #[serde(default)]
+    members: String,
+    #[serde(default)]
+    replication_factor: usize,
+}
+
+impl Layout {
+    fn describe(&self) -> String {
+        format!(
+            "node {} with {} shards in cluster [{}] (replication {})",
+            self.node_id, self.shards, self.members, self.replication_factor
+        )
+    }
 }
 
 const LAYOUT_FILE: &str = "kahuna-node.toml";
@@ -60,16 +75,27 @@ fn check_layout(cfg: &NodeConfig) -> Result<Layout, NodeError> {
     let io = |source| NodeError::DataDir { path: dir.display().to_string(), source };
     std::fs::create_dir_all(dir).map_err(io)?;
     let path = dir.join(LAYOUT_FILE);
-    let wanted = Layout { node_id: cfg.id, shards: cfg.shards, partitions: cfg.partitions };
+    let members = cfg.members().map_err(|e| io(std::io::Error::other(e.to_string())))?;
+    let wanted = Layout {
+        node_id: cfg.id,
+        shards: cfg.shards,
+        partitions: cfg.partitions,
+        members: members.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(","),
+        replication_factor: cfg.replication_factor.clamp(1, members.len()),
+    };
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let found: Layout =
                 toml::from_str(&text).map_err(|e| io(std::io::Error::other(e.to_string())))?;
-            if found.node_id != wanted.node_id || found.shards != wanted.shards {
+            // Files written before membership was recorded carry none: nothing to compare.
+            let cluster_differs = !found.members.is_empty()
+                && (found.members != wanted.members
+                    || found.replication_factor != wanted.replication_factor);
+            if found.node_id != wanted.node_id || found.shards != wanted.shards || cluster_differs {
                 return Err(NodeError::Layout {
                     path: dir.display().to_string(),
-                    found: format!("node {} with {} shards", found.node_id, found.shards),
-                    wanted: format!("node {} with {} shards", wanted.node_id, wanted.shards),
+                    found: found.describe(),
+                    wanted: wanted.describe(),
                 });
             }
             Ok(found)

@@ -99,14 +99,7 @@ impl MeshLink {
     }
 
     /// Runs `op` on `partition`, owned by shard `to`, within `deadline`.
-    pub async fn forward(
-        &self,
-        _me: &Rc<Shard>,
-        to: usize,
-        partition: u64,
-        op: Op,
-        deadline: Instant,
-    ) -> Answer {
+    pub async fn forward(&self, to: usize, partition: u64, op: Op, deadline: Instant) -> Answer {
         let token = self.next_token.get();
         self.next_token.set(token + 1);
         let (tx, rx) = oneshot::channel();

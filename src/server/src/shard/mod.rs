@@ -155,7 +155,7 @@ impl Shard {
         if shard == self.id {
             self.execute_local(partition, op, deadline).await
         } else {
-            self.mesh.forward(self, shard, partition, op, deadline).await
+            self.mesh.forward(shard, partition, op, deadline).await
         }
     }
 
@@ -328,7 +328,7 @@ impl Shard {
                     Some(s) if s == self.id => {
                         self.execute_hops(partition, op, deadline, hops).await
                     }
-                    Some(s) => self.mesh.forward(&self, s, partition, op, deadline).await,
+                    Some(s) => self.mesh.forward(s, partition, op, deadline).await,
                     None => (
                         Err(WireError::new(ErrorCode::Moved, format!("no partition {partition}"))),
                         0,
