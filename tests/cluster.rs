@@ -1,11 +1,13 @@
 //! Three real nodes: replication, any node serving any request, a minority and a majority
-//! killed with `kill -9`.
+//! killed with `kill -9`, a follower caught up by snapshot.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kahuna_client::{ClientOptions, GetOptions, SetOptions};
-use kahuna_tests::{start_cluster, watchdog, Client, Durability, ErrorCode, Server};
+use kahuna_tests::{
+    assert_replicas_equal, start_cluster, watchdog, Client, Durability, ErrorCode, Server,
+};
 
 fn client(s: &Server, timeout_ms: u64) -> Client {
     let opts = ClientOptions { timeout: Duration::from_millis(timeout_ms), ..Default::default() };
@@ -134,6 +136,8 @@ fn a_follower_that_missed_compacted_entries_catches_up_by_snapshot() {
         assert!(Instant::now() < deadline, "no snapshot was installed:\n{}", nodes[2].log_text());
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The restarted follower holds exactly the leader's state: equal checksums per partition.
+    assert_replicas_equal(&nodes[0], 3);
     // Without node 1, every quorum includes the restarted node: all acknowledged writes are there.
     nodes[0].kill9();
     audit(&[&nodes[1], &nodes[2]], &acked);

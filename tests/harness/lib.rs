@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use kahuna_client::blocking::Client;
-pub use kahuna_client::{ClientOptions, Durability, ErrorCode};
+pub use kahuna_client::{ClientOptions, ClusterStatus, Durability, ErrorCode};
 
 static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -137,6 +137,11 @@ impl Server {
         Client::connect(&[self.endpoint()], ClientOptions { timeout, ..ClientOptions::default() })
     }
 
+    /// True unless the test killed it.
+    pub fn child_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// `kill -9`: no chance to flush or say goodbye.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -239,6 +244,77 @@ pub fn start_cluster(n: usize, extra: &[&str]) -> Vec<Server> {
         s.wait_ready();
     }
     nodes
+}
+
+/// A client bound to one node: no leader routing, so every request enters through that node.
+pub fn client_via(s: &Server, timeout_ms: u64) -> Client {
+    let opts = ClientOptions {
+        timeout: Duration::from_millis(timeout_ms),
+        route_to_leaders: false,
+        ..Default::default()
+    };
+    Client::connect(&[s.endpoint()], opts).unwrap()
+}
+
+pub fn status(s: &Server, checksums: bool) -> ClusterStatus {
+    client_via(s, 10_000).cluster_status(checksums).unwrap()
+}
+
+/// The node leading the partition of `key`, waiting for one to be elected.
+pub fn leader_of(s: &Server, key: &[u8]) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = status(s, false);
+        if let Some(l) = st.locate(key).and_then(|p| p.leader()) {
+            return l.node;
+        }
+        assert!(Instant::now() < deadline, "no leader for {key:?}: {st:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until every partition is led by the first replica of its placement (the spread the
+/// rebalancer keeps), through `s`.
+pub fn wait_for_preferred_leaders(s: &Server, within: Duration) -> ClusterStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        let st = status(s, false);
+        let settled =
+            st.partitions.iter().all(|p| p.leader().map(|l| l.node) == p.replicas.first().copied());
+        if settled {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "leaders did not go back to their placement: {st:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until the replicas of every partition are at the same applied index, then checks that
+/// their key ranges have equal checksums there.
+pub fn assert_replicas_equal(s: &Server, replicas: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = status(s, true);
+        let converged = st.partitions.iter().all(|p| {
+            p.status.len() == replicas
+                && p.status.iter().all(|r| r.checksum_index == p.status[0].checksum_index)
+        });
+        if converged {
+            for p in &st.partitions {
+                let sums: Vec<u64> = p.status.iter().map(|r| r.checksum).collect();
+                assert!(
+                    sums.iter().all(|c| *c == sums[0]),
+                    "partition {} differs at index {}: {:?}",
+                    p.id,
+                    p.status[0].checksum_index,
+                    p.status
+                );
+            }
+            return;
+        }
+        assert!(Instant::now() < deadline, "replicas did not converge: {st:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A raw TCP connection for sending hand-made (and malformed) frames.

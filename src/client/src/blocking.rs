@@ -4,8 +4,8 @@
 use tokio::runtime::Runtime;
 
 use crate::{
-    ClientOptions, DeleteOptions, Durability, Error, GetOptions, KvItem, LockState, Op, Reply,
-    ScanOptions, ScanPage, SetOptions,
+    ClientOptions, ClusterStatus, DeleteOptions, Durability, Error, GetOptions, KvItem, LockState,
+    Op, Reply, ScanOptions, ScanPage, SetOptions,
 };
 
 pub struct Client {
@@ -70,6 +70,9 @@ impl Client {
     }
     pub fn lock_get(&self, r: &[u8], d: Durability) -> Result<LockState, Error> {
         self.rt.block_on(self.inner.lock_get(r, d))
+    }
+    pub fn cluster_status(&self, checksums: bool) -> Result<ClusterStatus, Error> {
+        self.rt.block_on(self.inner.cluster_status(checksums))
     }
     pub fn seq_next(&self, name: &[u8], count: u64) -> Result<(u64, u64), Error> {
         self.rt.block_on(self.inner.seq_next(name, count))

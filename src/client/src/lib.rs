@@ -1,9 +1,10 @@
 //! The thin Kahuna client: async on tokio, with a blocking wrapper ([`blocking::Client`]).
 //!
 //! Owns: connections to any nodes (a small pool per endpoint), pipelining (many requests in
-//! flight per connection, answers matched by id), a deadline per call, and retries with
-//! exponential backoff for errors that are safe to retry. Must never: depend on the server's
-//! stack (glommio, RocksDB), or retry a write whose outcome is unknown.
+//! flight per connection, answers matched by id), a deadline per call, retries with
+//! exponential backoff for errors that are safe to retry, and a routing cache ([`routes`]) that
+//! sends each key's requests straight to its partition's leader. Must never: depend on the
+//! server's stack (glommio, RocksDB), or retry a write whose outcome is unknown.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), kahuna_client::Error> {
@@ -33,15 +34,17 @@
 
 pub mod blocking;
 mod conn;
+mod routes;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use flatbuffers::FlatBufferBuilder;
 use kahuna_protocol::{encode_request, DEFAULT_MAX_FRAME_BYTES};
 pub use kahuna_protocol::{
-    Durability, ErrorCode, KvItem, LockState, Op, Reply, SetCondition, WireError,
+    ClusterStatus, Durability, ErrorCode, KvItem, LockState, NodeStatus, Op, PartitionStatus,
+    ReplicaRole, ReplicaStatus, Reply, SetCondition, StatusScope, WireError,
 };
 use tokio::sync::Mutex;
 
@@ -61,6 +64,10 @@ pub struct ClientOptions {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub max_frame_bytes: usize,
+    /// Learn the cluster's partitions and leaders (one `cluster status` in the background at
+    /// connect, then the leader hint of every answer) and send each request to its key's
+    /// leader. Off, requests go round-robin to `endpoints` and the nodes forward them.
+    pub route_to_leaders: bool,
 }
 
 impl Default for ClientOptions {
@@ -71,6 +78,7 @@ impl Default for ClientOptions {
             backoff_initial: Duration::from_millis(5),
             backoff_max: Duration::from_millis(500),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            route_to_leaders: true,
         }
     }
 }
@@ -146,6 +154,12 @@ struct Endpoint {
     conns: Vec<Mutex<Option<Arc<Conn>>>>,
 }
 
+impl Endpoint {
+    fn new(addr: &str, per: usize) -> Endpoint {
+        Endpoint { addr: addr.to_string(), conns: (0..per).map(|_| Mutex::new(None)).collect() }
+    }
+}
+
 /// A connection pool to one or more nodes. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Client {
@@ -153,10 +167,23 @@ pub struct Client {
 }
 
 struct Inner {
-    endpoints: Vec<Endpoint>,
+    /// The configured endpoints first, then node addresses learned from the cluster.
+    endpoints: RwLock<Vec<Arc<Endpoint>>>,
+    /// How many of `endpoints` the caller gave: round-robin picks among these.
+    configured: usize,
     opts: ClientOptions,
     next_id: AtomicU64,
     rr: AtomicUsize,
+    routes: std::sync::Mutex<routes::Routes>,
+    refreshing: AtomicBool,
+}
+
+/// Operations that belong to one key's partition (a scan may span several; status, none).
+fn routed_key(op: &Op) -> Option<&[u8]> {
+    match op {
+        Op::KvScan { .. } | Op::ClusterStatus { .. } => None,
+        op => Some(op.routing_key()),
+    }
 }
 
 fn unexpected(r: Reply) -> Error {
@@ -172,9 +199,12 @@ impl Client {
     ) -> Result<Client, Error> {
         let client = Self::new(endpoints, opts)?;
         let mut last = None;
-        for i in 0..client.inner.endpoints.len() {
+        for i in 0..client.inner.configured {
             match client.conn(i, 0).await {
-                Ok(_) => return Ok(client),
+                Ok(_) => {
+                    client.refresh_routes();
+                    return Ok(client);
+                }
                 Err(e) => last = Some(e),
             }
         }
@@ -187,25 +217,63 @@ impl Client {
             return Err(WireError::new(ErrorCode::Invalid, "at least one endpoint is needed"));
         }
         let per = opts.connections_per_endpoint.max(1);
-        let endpoints = endpoints
-            .iter()
-            .map(|e| Endpoint {
-                addr: e.as_ref().to_string(),
-                conns: (0..per).map(|_| Mutex::new(None)).collect(),
-            })
-            .collect();
+        let endpoints: Vec<Arc<Endpoint>> =
+            endpoints.iter().map(|e| Arc::new(Endpoint::new(e.as_ref(), per))).collect();
         Ok(Client {
             inner: Arc::new(Inner {
-                endpoints,
+                configured: endpoints.len(),
+                endpoints: RwLock::new(endpoints),
                 opts,
                 next_id: AtomicU64::new(1),
                 rr: AtomicUsize::new(0),
+                routes: Default::default(),
+                refreshing: AtomicBool::new(false),
             }),
         })
     }
 
+    /// Reloads the routing cache in the background (one at a time), if routing is on.
+    fn refresh_routes(&self) {
+        if !self.inner.opts.route_to_leaders || self.inner.refreshing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.inner.refreshing.store(false, Ordering::SeqCst);
+            return;
+        };
+        let me = self.clone();
+        rt.spawn(async move {
+            if let Ok(st) = me.cluster_status(false).await {
+                me.inner.routes.lock().unwrap().load(&st);
+            }
+            // At most one reload per second, however many hints name unknown nodes.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            me.inner.refreshing.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// The endpoint index of `addr`, adding it when it is new.
+    fn endpoint_of(&self, addr: &str) -> usize {
+        if let Some(i) = self.inner.endpoints.read().unwrap().iter().position(|e| e.addr == addr) {
+            return i;
+        }
+        let mut eps = self.inner.endpoints.write().unwrap();
+        if let Some(i) = eps.iter().position(|e| e.addr == addr) {
+            return i;
+        }
+        let per = self.inner.opts.connections_per_endpoint.max(1);
+        eps.push(Arc::new(Endpoint::new(addr, per)));
+        eps.len() - 1
+    }
+
+    /// Where a request for `partition` should go: its leader's endpoint, if known.
+    fn leader_endpoint(&self, partition: Option<u64>) -> Option<usize> {
+        let addr = self.inner.routes.lock().unwrap().leader_addr(partition?)?.to_string();
+        Some(self.endpoint_of(&addr))
+    }
+
     async fn conn(&self, endpoint: usize, slot: usize) -> Result<Arc<Conn>, Error> {
-        let ep = &self.inner.endpoints[endpoint];
+        let ep = self.inner.endpoints.read().unwrap()[endpoint].clone();
         let mut guard = ep.conns[slot].lock().await;
         if let Some(c) = guard.as_ref() {
             if !c.is_closed() {
@@ -228,11 +296,20 @@ impl Client {
         let is_read = op.is_read();
         let mut backoff = self.inner.opts.backoff_initial;
         let mut fbb = FlatBufferBuilder::new();
-        let n_ep = self.inner.endpoints.len();
+        let n_ep = self.inner.configured;
         let per = self.inner.opts.connections_per_endpoint.max(1);
+        let partition = match routed_key(&op) {
+            Some(key) if self.inner.opts.route_to_leaders => {
+                self.inner.routes.lock().unwrap().partition_of(key)
+            }
+            _ => None,
+        };
         loop {
             let pick = self.inner.rr.fetch_add(1, Ordering::Relaxed);
-            let (endpoint, slot) = ((pick / per) % n_ep, pick % per);
+            let (endpoint, slot) = match self.leader_endpoint(partition) {
+                Some(e) => (e, pick % per),
+                None => ((pick / per) % n_ep, pick % per),
+            };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(WireError::new(
@@ -250,25 +327,47 @@ impl Client {
                 &mut frame,
             );
             let attempt = async {
-                let conn = self.conn(endpoint, slot).await?;
-                let rx = conn.send(id, frame).await?;
+                let conn = self.conn(endpoint, slot).await.map_err(|e| (e, 0))?;
+                let rx = conn.send(id, frame).await.map_err(|e| (e, 0))?;
                 // From here on the server may have the request.
                 match tokio::time::timeout(left, rx).await {
-                    Ok(Ok((result, _hint))) => result,
-                    Ok(Err(_)) => Err(sent_and_lost(is_read)),
+                    Ok(Ok((Ok(reply), hint))) => Ok((reply, hint)),
+                    Ok(Ok((Err(e), hint))) => Err((e, hint)),
+                    Ok(Err(_)) => Err((sent_and_lost(is_read), 0)),
                     Err(_) => {
                         conn.forget(id);
-                        Err(WireError::new(
+                        let e = WireError::new(
                             ErrorCode::Timeout,
                             "deadline passed waiting for the answer",
-                        ))
+                        );
+                        Err((e, 0))
                     }
                 }
             };
-            let err = match tokio::time::timeout(left, attempt).await {
-                Ok(Ok(reply)) => return Ok(reply),
-                Ok(Err(e)) => e,
-                Err(_) => WireError::new(ErrorCode::Timeout, "deadline passed connecting"),
+            let outcome = match tokio::time::timeout(left, attempt).await {
+                Ok(r) => r,
+                Err(_) => {
+                    Err((WireError::new(ErrorCode::Timeout, "deadline passed connecting"), 0))
+                }
+            };
+            if let Some(p) = partition {
+                // Every answer names the node that served it, or the leader a refusal points to;
+                // 0 (a connection failure, say) forgets the entry.
+                let hint = match &outcome {
+                    Ok((_, hint)) | Err((_, hint)) => *hint,
+                };
+                if self.inner.routes.lock().unwrap().learn(p, hint) {
+                    self.refresh_routes();
+                }
+            } else if routed_key(&op).is_some()
+                && self.inner.opts.route_to_leaders
+                && !self.inner.routes.lock().unwrap().is_loaded()
+            {
+                self.refresh_routes();
+            }
+            let err = match outcome {
+                Ok((reply, _)) => return Ok(reply),
+                Err((e, _)) => e,
             };
             if !err.code.is_retryable() {
                 return Err(err);
@@ -279,6 +378,17 @@ impl Client {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(self.inner.opts.backoff_max);
+        }
+    }
+
+    /// The cluster's nodes and every partition's replicas (range, role, term, commit and
+    /// applied index), gathered by the node that answers; nodes that do not answer within a
+    /// second are listed down. `checksums` also checksums every replica's key range (reads
+    /// every key: for audits, not dashboards).
+    pub async fn cluster_status(&self, checksums: bool) -> Result<ClusterStatus, Error> {
+        match self.call(Op::ClusterStatus { scope: StatusScope::Cluster, checksums }).await? {
+            Reply::ClusterStatus(st) => Ok(st),
+            r => Err(unexpected(r)),
         }
     }
 

@@ -151,6 +151,7 @@ impl Limits {
                 }
                 Ok(())
             }
+            Op::ClusterStatus { .. } => Ok(()),
         }
     }
 }

@@ -22,6 +22,14 @@ impl PartitionInfo {
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
     }
+
+    /// Where the leader `me` should hand leadership to keep it spread: the first replica in
+    /// placement order that is `ready` (up and caught up), when that one ranks above `me`.
+    /// Placement order makes every node first for about the same number of partitions, and
+    /// varies who comes second, so a dead node's share spreads over the survivors too.
+    pub fn preferred_leader(&self, me: u64, ready: impl Fn(u64) -> bool) -> Option<u64> {
+        self.replicas.iter().copied().take_while(|n| *n != me).find(|n| ready(*n))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +55,14 @@ impl PartitionMap {
             } else {
                 vec![(lo + (hi - lo) * i as u32 / count as u32) as u8]
             };
-            let replicas = (0..rf).map(|j| nodes[(i + j) % nodes.len()]).collect();
+            // The set is `rf` consecutive nodes; after the first, its order (the preference
+            // order for leadership) rotates from one partition of a node to the next, so a
+            // dead node's partitions fall to different survivors instead of all to its
+            // neighbour.
+            let mut replicas: Vec<u64> = (0..rf).map(|j| nodes[(i + j) % nodes.len()]).collect();
+            if rf > 2 {
+                replicas[1..].rotate_left((i / nodes.len()) % (rf - 1));
+            }
             parts.push(PartitionInfo {
                 id: i as u64 + 1,
                 start,
@@ -125,6 +140,36 @@ mod tests {
         assert!(lead[1..].iter().all(|n| (2..=3).contains(n)), "{lead:?}");
         let two = PartitionMap::initial(4, 1, &[1, 2], 3);
         assert!(two.partitions().iter().all(|p| p.replicas.len() == 2));
+    }
+
+    #[test]
+    fn leadership_goes_to_the_first_ready_replica_above_the_leader() {
+        let m = PartitionMap::initial(3, 1, &[1, 2, 3], 3);
+        let p = &m.partitions()[0];
+        assert_eq!(p.replicas, vec![1, 2, 3]);
+        let m6 = PartitionMap::initial(6, 1, &[1, 2, 3], 3);
+        assert_eq!(m6.partitions()[3].replicas, vec![1, 3, 2], "second place rotates");
+        let all = |_: u64| true;
+        assert_eq!(p.preferred_leader(1, all), None, "the first replica keeps it");
+        assert_eq!(p.preferred_leader(3, all), Some(1));
+        assert_eq!(p.preferred_leader(2, all), Some(1));
+        // Node 1 is down or behind: node 2 is next; node 3 hands to 2, node 2 keeps it.
+        let not_1 = |n: u64| n != 1;
+        assert_eq!(p.preferred_leader(3, not_1), Some(2));
+        assert_eq!(p.preferred_leader(2, not_1), None);
+        assert_eq!(p.preferred_leader(3, |_| false), None);
+        // A leader outside the placement (never the case today) hands to any ready replica.
+        assert_eq!(p.preferred_leader(9, not_1), Some(2));
+        // With one node down, the survivors each end up leading half of its partitions.
+        let m = PartitionMap::initial(12, 1, &[1, 2, 3, 4], 3);
+        let mut lead = [0; 5];
+        for p in m.partitions() {
+            let leader = p.replicas.iter().copied().find(|n| *n != 1).unwrap();
+            assert_eq!(p.preferred_leader(leader, |n| n != 1), None);
+            lead[leader as usize] += 1;
+        }
+        assert_eq!(lead[1], 0);
+        assert!(lead[2..].iter().all(|n| (3..=5).contains(n)), "{lead:?}");
     }
 
     #[test]

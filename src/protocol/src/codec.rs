@@ -8,7 +8,10 @@ use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, VerifierOptions, W
 use thiserror::Error;
 
 use crate::frame::write_frame;
-use crate::types::{Durability, ErrorCode, KvItem, LockState, Op, Reply, SetCondition, WireError};
+use crate::types::{
+    ClusterStatus, Durability, ErrorCode, KvItem, LockState, NodeStatus, Op, PartitionStatus,
+    ReplicaRole, ReplicaStatus, Reply, SetCondition, StatusScope, WireError,
+};
 use crate::wire;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -192,6 +195,16 @@ pub fn decode_request(buf: &[u8]) -> Result<(u64, u32, Op), DecodeError> {
             let o = req.op_as_seq_next().ok_or_else(|| missing("seq next body"))?;
             Op::SeqNext { name: bytes(o.name()), count: o.count() }
         }
+        wire::Op::ClusterStatus => {
+            let o = req.op_as_cluster_status().ok_or_else(|| missing("cluster status body"))?;
+            let scope = match o.scope() {
+                wire::StatusScope::Cluster => StatusScope::Cluster,
+                wire::StatusScope::Node => StatusScope::Node,
+                wire::StatusScope::Shard => StatusScope::Shard,
+                _ => return Err(missing("unknown status scope")),
+            };
+            Op::ClusterStatus { scope, checksums: o.checksums() }
+        }
         other => return Err(DecodeError::UnknownOp { request_id: id, tag: other.0 }),
     };
     Ok((id, req.timeout_ms(), op))
@@ -367,6 +380,18 @@ pub fn encode_request(
                 wire::SeqNext::create(fbb, &wire::SeqNextArgs { name: Some(name), count: *count });
             (wire::Op::SeqNext, o.as_union_value())
         }
+        Op::ClusterStatus { scope, checksums } => {
+            let scope = match scope {
+                StatusScope::Cluster => wire::StatusScope::Cluster,
+                StatusScope::Node => wire::StatusScope::Node,
+                StatusScope::Shard => wire::StatusScope::Shard,
+            };
+            let o = wire::ClusterStatus::create(
+                fbb,
+                &wire::ClusterStatusArgs { scope, checksums: *checksums },
+            );
+            (wire::Op::ClusterStatus, o.as_union_value())
+        }
     };
     let req = wire::Request::create(
         fbb,
@@ -397,6 +422,154 @@ fn items<'a>(
 ) -> WIPOffset<Vector<'a, ForwardsUOffset<wire::KvItem<'a>>>> {
     let offs: Vec<_> = its.iter().map(|it| item(fbb, it)).collect();
     fbb.create_vector(&offs)
+}
+
+fn role_to(r: ReplicaRole) -> wire::ReplicaRole {
+    match r {
+        ReplicaRole::Follower => wire::ReplicaRole::Follower,
+        ReplicaRole::Candidate => wire::ReplicaRole::Candidate,
+        ReplicaRole::PreCandidate => wire::ReplicaRole::PreCandidate,
+        ReplicaRole::Leader => wire::ReplicaRole::Leader,
+    }
+}
+
+fn role_from(r: wire::ReplicaRole) -> ReplicaRole {
+    match r {
+        wire::ReplicaRole::Leader => ReplicaRole::Leader,
+        wire::ReplicaRole::Candidate => ReplicaRole::Candidate,
+        wire::ReplicaRole::PreCandidate => ReplicaRole::PreCandidate,
+        _ => ReplicaRole::Follower,
+    }
+}
+
+fn cluster_status<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    st: &ClusterStatus,
+) -> WIPOffset<wire::ClusterStatusResult<'a>> {
+    let nodes: Vec<_> = st
+        .nodes
+        .iter()
+        .map(|n| {
+            let client_address = fbb.create_string(&n.client_address);
+            let peer_address = fbb.create_string(&n.peer_address);
+            let error = (!n.error.is_empty()).then(|| fbb.create_string(&n.error));
+            wire::NodeStatus::create(
+                fbb,
+                &wire::NodeStatusArgs {
+                    id: n.id,
+                    up: n.up,
+                    client_address: Some(client_address),
+                    peer_address: Some(peer_address),
+                    shards: n.shards,
+                    error,
+                },
+            )
+        })
+        .collect();
+    let nodes = fbb.create_vector(&nodes);
+    let parts: Vec<_> = st
+        .partitions
+        .iter()
+        .map(|p| {
+            let status: Vec<_> = p
+                .status
+                .iter()
+                .map(|r| {
+                    wire::ReplicaStatus::create(
+                        fbb,
+                        &wire::ReplicaStatusArgs {
+                            node: r.node,
+                            shard: r.shard,
+                            role: role_to(r.role),
+                            term: r.term,
+                            leader: r.leader,
+                            commit: r.commit,
+                            applied: r.applied,
+                            last_index: r.last_index,
+                            ephemeral_bytes: r.ephemeral_bytes,
+                            checksum: r.checksum,
+                            checksum_index: r.checksum_index,
+                        },
+                    )
+                })
+                .collect();
+            let status = fbb.create_vector(&status);
+            let start = fbb.create_vector(&p.start);
+            let end = fbb.create_vector(&p.end);
+            let replicas = fbb.create_vector(&p.replicas);
+            wire::PartitionStatus::create(
+                fbb,
+                &wire::PartitionStatusArgs {
+                    id: p.id,
+                    start: Some(start),
+                    end: Some(end),
+                    replicas: Some(replicas),
+                    status: Some(status),
+                },
+            )
+        })
+        .collect();
+    let partitions = fbb.create_vector(&parts);
+    wire::ClusterStatusResult::create(
+        fbb,
+        &wire::ClusterStatusResultArgs {
+            answered_by: st.answered_by,
+            nodes: Some(nodes),
+            partitions: Some(partitions),
+        },
+    )
+}
+
+fn cluster_status_from(r: wire::ClusterStatusResult<'_>) -> ClusterStatus {
+    let nodes = r
+        .nodes()
+        .map(|v| {
+            v.iter()
+                .map(|n| NodeStatus {
+                    id: n.id(),
+                    up: n.up(),
+                    client_address: n.client_address().unwrap_or_default().to_string(),
+                    peer_address: n.peer_address().unwrap_or_default().to_string(),
+                    shards: n.shards(),
+                    error: n.error().unwrap_or_default().to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let partitions = r
+        .partitions()
+        .map(|v| {
+            v.iter()
+                .map(|p| PartitionStatus {
+                    id: p.id(),
+                    start: bytes(p.start()),
+                    end: bytes(p.end()),
+                    replicas: p.replicas().map(|r| r.iter().collect()).unwrap_or_default(),
+                    status: p
+                        .status()
+                        .map(|s| {
+                            s.iter()
+                                .map(|r| ReplicaStatus {
+                                    node: r.node(),
+                                    shard: r.shard(),
+                                    role: role_from(r.role()),
+                                    term: r.term(),
+                                    leader: r.leader(),
+                                    commit: r.commit(),
+                                    applied: r.applied(),
+                                    last_index: r.last_index(),
+                                    ephemeral_bytes: r.ephemeral_bytes(),
+                                    checksum: r.checksum(),
+                                    checksum_index: r.checksum_index(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ClusterStatus { answered_by: r.answered_by(), nodes, partitions }
 }
 
 /// Appends one response frame to `out`.
@@ -521,6 +694,9 @@ pub fn encode_response(
                     )
                     .as_union_value(),
                 ),
+                Reply::ClusterStatus(st) => {
+                    (wire::Reply::ClusterStatusResult, cluster_status(fbb, st).as_union_value())
+                }
             });
         }
     }
@@ -612,6 +788,9 @@ pub fn decode_response(buf: &[u8]) -> Result<DecodedResponse, DecodeError> {
             let r = resp.result_as_seq_result().ok_or_else(|| missing("result"))?;
             Reply::Seq { first: r.first(), count: r.count() }
         }
+        wire::Reply::ClusterStatusResult => Reply::ClusterStatus(cluster_status_from(
+            resp.result_as_cluster_status_result().ok_or_else(|| missing("result"))?,
+        )),
         other => return Err(DecodeError::UnknownOp { request_id: id, tag: other.0 }),
     };
     Ok((id, Ok(reply), hint))
@@ -703,6 +882,9 @@ mod tests {
             },
             Op::LockGet { resource: k.clone(), durability: d },
             Op::SeqNext { name: k.clone(), count: 100 },
+            Op::ClusterStatus { scope: StatusScope::Cluster, checksums: false },
+            Op::ClusterStatus { scope: StatusScope::Node, checksums: true },
+            Op::ClusterStatus { scope: StatusScope::Shard, checksums: false },
         ] {
             roundtrip_op(op);
         }
@@ -741,6 +923,46 @@ mod tests {
             })),
             Ok(Reply::LockAck { fencing_token: 5, expires_at_ms: 2 }),
             Ok(Reply::Seq { first: 1, count: 100 }),
+            Ok(Reply::ClusterStatus(ClusterStatus {
+                answered_by: 2,
+                nodes: vec![
+                    NodeStatus {
+                        id: 1,
+                        up: false,
+                        client_address: String::new(),
+                        peer_address: "127.0.0.1:7100".into(),
+                        shards: 0,
+                        error: "no answer".into(),
+                    },
+                    NodeStatus {
+                        id: 2,
+                        up: true,
+                        client_address: "127.0.0.1:7001".into(),
+                        peer_address: "127.0.0.1:7101".into(),
+                        shards: 2,
+                        error: String::new(),
+                    },
+                ],
+                partitions: vec![PartitionStatus {
+                    id: 3,
+                    start: b"a".to_vec(),
+                    end: vec![],
+                    replicas: vec![2, 3, 1],
+                    status: vec![ReplicaStatus {
+                        node: 2,
+                        shard: 1,
+                        role: ReplicaRole::Leader,
+                        term: 4,
+                        leader: 2,
+                        commit: 10,
+                        applied: 9,
+                        last_index: 11,
+                        ephemeral_bytes: 12,
+                        checksum: 13,
+                        checksum_index: 9,
+                    }],
+                }],
+            })),
             Err(WireError::new(ErrorCode::Conflict, "revision is 3, not 2")),
         ] {
             roundtrip_reply(r);

@@ -29,4 +29,7 @@ pub use codec::{decode_request, decode_response, encode_request, encode_response
 pub use frame::{
     parse_frame, write_frame, FrameError, DEFAULT_MAX_FRAME_BYTES, FRAME_HEADER_BYTES,
 };
-pub use types::{Durability, ErrorCode, KvItem, LockState, Op, Reply, SetCondition, WireError};
+pub use types::{
+    ClusterStatus, Durability, ErrorCode, KvItem, LockState, NodeStatus, Op, PartitionStatus,
+    ReplicaRole, ReplicaStatus, Reply, SetCondition, StatusScope, WireError,
+};

@@ -200,6 +200,23 @@ pub enum Op {
         name: Vec<u8>,
         count: u64,
     },
+    /// The cluster's nodes and partitions; not routed by key.
+    ClusterStatus {
+        scope: StatusScope,
+        checksums: bool,
+    },
+}
+
+/// Which replicas a [`Op::ClusterStatus`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StatusScope {
+    /// Every node, asked by the serving node.
+    #[default]
+    Cluster,
+    /// The serving node's replicas.
+    Node,
+    /// One shard's replicas.
+    Shard,
 }
 
 impl Op {
@@ -218,6 +235,7 @@ impl Op {
             | Op::LockRelease { resource, .. }
             | Op::LockGet { resource, .. } => resource,
             Op::SeqNext { name, .. } => name,
+            Op::ClusterStatus { .. } => &[],
         }
     }
 
@@ -234,7 +252,7 @@ impl Op {
             | Op::LockExtend { durability, .. }
             | Op::LockRelease { durability, .. }
             | Op::LockGet { durability, .. } => *durability,
-            Op::SeqNext { .. } => Durability::Persistent,
+            Op::SeqNext { .. } | Op::ClusterStatus { .. } => Durability::Persistent,
         }
     }
 
@@ -247,6 +265,7 @@ impl Op {
                 | Op::KvScan { .. }
                 | Op::KvHistory { .. }
                 | Op::LockGet { .. }
+                | Op::ClusterStatus { .. }
         )
     }
 
@@ -264,6 +283,7 @@ impl Op {
             Op::LockRelease { .. } => "lock release",
             Op::LockGet { .. } => "lock get",
             Op::SeqNext { .. } => "seq next",
+            Op::ClusterStatus { .. } => "cluster status",
         }
     }
 }
@@ -302,4 +322,120 @@ pub enum Reply {
     Lock(LockState),
     LockAck { fencing_token: u64, expires_at_ms: u64 },
     Seq { first: u64, count: u64 },
+    ClusterStatus(ClusterStatus),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReplicaRole {
+    #[default]
+    Follower,
+    Candidate,
+    PreCandidate,
+    Leader,
+}
+
+impl ReplicaRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplicaRole::Follower => "follower",
+            ReplicaRole::Candidate => "candidate",
+            ReplicaRole::PreCandidate => "pre-candidate",
+            ReplicaRole::Leader => "leader",
+        }
+    }
+}
+
+/// One replica of a partition, as its own node sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub node: u64,
+    pub shard: u32,
+    pub role: ReplicaRole,
+    pub term: u64,
+    /// The leader this replica knows of (0 = none).
+    pub leader: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+    pub ephemeral_bytes: u64,
+    /// CRC32C of the range (low 32 bits) and its key count (high 32 bits) at
+    /// `checksum_index`; 0 when not asked.
+    pub checksum: u64,
+    pub checksum_index: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub id: u64,
+    pub start: Vec<u8>,
+    /// Empty = the end of the key space.
+    pub end: Vec<u8>,
+    /// Placement: the nodes meant to hold a replica, the preferred leader first.
+    pub replicas: Vec<u64>,
+    /// The replicas that answered.
+    pub status: Vec<ReplicaStatus>,
+}
+
+impl PartitionStatus {
+    /// The leader, as the replica with the highest term that claims leadership says.
+    pub fn leader(&self) -> Option<&ReplicaStatus> {
+        self.status.iter().filter(|r| r.role == ReplicaRole::Leader).max_by_key(|r| r.term)
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub up: bool,
+    pub client_address: String,
+    pub peer_address: String,
+    pub shards: u32,
+    /// Why it is marked down.
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The node that gathered the answer.
+    pub answered_by: u64,
+    pub nodes: Vec<NodeStatus>,
+    /// Sorted by key range.
+    pub partitions: Vec<PartitionStatus>,
+}
+
+impl ClusterStatus {
+    /// Folds another answer in: its nodes, and its replicas into the partitions they belong to.
+    pub fn merge(&mut self, other: ClusterStatus) {
+        for n in other.nodes {
+            match self.nodes.iter_mut().find(|m| m.id == n.id) {
+                Some(m) => *m = n,
+                None => self.nodes.push(n),
+            }
+        }
+        for p in other.partitions {
+            match self.partitions.iter_mut().find(|q| q.id == p.id) {
+                Some(q) => {
+                    for r in p.status {
+                        q.status.retain(|s| s.node != r.node);
+                        q.status.push(r);
+                    }
+                }
+                None => self.partitions.push(p),
+            }
+        }
+        self.nodes.sort_by_key(|n| n.id);
+        self.partitions.sort_by(|a, b| a.start.cmp(&b.start));
+        for p in &mut self.partitions {
+            p.status.sort_by_key(|r| r.node);
+        }
+    }
+
+    /// The partition that owns `key`.
+    pub fn locate(&self, key: &[u8]) -> Option<&PartitionStatus> {
+        self.partitions.iter().find(|p| p.contains(key))
+    }
 }

@@ -86,6 +86,11 @@ settings! {
     /// Raft entries a leader keeps in memory for lagging followers; one further behind gets a
     /// snapshot of the partition instead.
     max_log_entries_in_memory: u64 = 100_000;
+    /// Seconds a partition's preferred replica must be up and caught up before its leader hands
+    /// leadership back to it, keeping leaders spread after a node returns; 0 = never move
+    /// leaders. A move drops the partition's ephemeral keys and locks (they live in the
+    /// leader's memory only), as a leader failure does.
+    leader_rebalance_secs: u64 = 3;
     /// Deadline of a request that names none.
     default_timeout_ms: u64 = 5000;
     /// Older revisions kept per key.

@@ -336,12 +336,104 @@ impl<'a> ::flatbuffers::Verifiable for SetCondition {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for SetCondition {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_OP: u8 = 0;
+pub const ENUM_MIN_STATUS_SCOPE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 12;
+pub const ENUM_MAX_STATUS_SCOPE: u8 = 2;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 13] = [
+pub const ENUM_VALUES_STATUS_SCOPE: [StatusScope; 3] = [
+  StatusScope::Cluster,
+  StatusScope::Node,
+  StatusScope::Shard,
+];
+
+/// Which replicas a status request reports.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct StatusScope(pub u8);
+#[allow(non_upper_case_globals)]
+impl StatusScope {
+  /// Every node: the serving node asks the others, and marks those that do not answer down.
+  pub const Cluster: Self = Self(0);
+  /// Only the replicas held by the serving node (what one node asks another).
+  pub const Node: Self = Self(1);
+  /// Only the replicas of one shard of the serving node (what one shard asks another).
+  pub const Shard: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Cluster,
+    Self::Node,
+    Self::Shard,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Cluster => Some("Cluster"),
+      Self::Node => Some("Node"),
+      Self::Shard => Some("Shard"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for StatusScope {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for StatusScope {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for StatusScope {
+    type Output = StatusScope;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for StatusScope {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for StatusScope {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for StatusScope {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_OP: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_OP: u8 = 13;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_OP: [Op; 14] = [
   Op::NONE,
   Op::KvSet,
   Op::KvGet,
@@ -355,6 +447,7 @@ pub const ENUM_VALUES_OP: [Op; 13] = [
   Op::LockRelease,
   Op::LockGet,
   Op::SeqNext,
+  Op::ClusterStatus,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -375,9 +468,10 @@ impl Op {
   pub const LockRelease: Self = Self(10);
   pub const LockGet: Self = Self(11);
   pub const SeqNext: Self = Self(12);
+  pub const ClusterStatus: Self = Self(13);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 12;
+  pub const ENUM_MAX: u8 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::KvSet,
@@ -392,6 +486,7 @@ impl Op {
     Self::LockRelease,
     Self::LockGet,
     Self::SeqNext,
+    Self::ClusterStatus,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -409,6 +504,7 @@ impl Op {
       Self::LockRelease => Some("LockRelease"),
       Self::LockGet => Some("LockGet"),
       Self::SeqNext => Some("SeqNext"),
+      Self::ClusterStatus => Some("ClusterStatus"),
       _ => None,
     }
   }
@@ -466,12 +562,104 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Op {}
 pub struct OpUnionTableOffset {}
 
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_REPLY: u8 = 0;
+pub const ENUM_MIN_REPLICA_ROLE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 10;
+pub const ENUM_MAX_REPLICA_ROLE: u8 = 3;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 11] = [
+pub const ENUM_VALUES_REPLICA_ROLE: [ReplicaRole; 4] = [
+  ReplicaRole::Follower,
+  ReplicaRole::Candidate,
+  ReplicaRole::PreCandidate,
+  ReplicaRole::Leader,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct ReplicaRole(pub u8);
+#[allow(non_upper_case_globals)]
+impl ReplicaRole {
+  pub const Follower: Self = Self(0);
+  pub const Candidate: Self = Self(1);
+  pub const PreCandidate: Self = Self(2);
+  pub const Leader: Self = Self(3);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 3;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Follower,
+    Self::Candidate,
+    Self::PreCandidate,
+    Self::Leader,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Follower => Some("Follower"),
+      Self::Candidate => Some("Candidate"),
+      Self::PreCandidate => Some("PreCandidate"),
+      Self::Leader => Some("Leader"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for ReplicaRole {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for ReplicaRole {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for ReplicaRole {
+    type Output = ReplicaRole;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for ReplicaRole {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for ReplicaRole {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for ReplicaRole {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_REPLY: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_REPLY: u8 = 11;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_REPLY: [Reply; 12] = [
   Reply::NONE,
   Reply::KvSetResult,
   Reply::KvGetResult,
@@ -483,6 +671,7 @@ pub const ENUM_VALUES_REPLY: [Reply; 11] = [
   Reply::LockState,
   Reply::LockAck,
   Reply::SeqResult,
+  Reply::ClusterStatusResult,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -501,9 +690,10 @@ impl Reply {
   pub const LockState: Self = Self(8);
   pub const LockAck: Self = Self(9);
   pub const SeqResult: Self = Self(10);
+  pub const ClusterStatusResult: Self = Self(11);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 11;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::KvSetResult,
@@ -516,6 +706,7 @@ impl Reply {
     Self::LockState,
     Self::LockAck,
     Self::SeqResult,
+    Self::ClusterStatusResult,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -531,6 +722,7 @@ impl Reply {
       Self::LockState => Some("LockState"),
       Self::LockAck => Some("LockAck"),
       Self::SeqResult => Some("SeqResult"),
+      Self::ClusterStatusResult => Some("ClusterStatusResult"),
       _ => None,
     }
   }
@@ -2258,6 +2450,122 @@ impl ::core::fmt::Debug for SeqNext<'_> {
       ds.finish()
   }
 }
+pub enum ClusterStatusOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The cluster's nodes and every partition's replicas, as the replicas themselves see them.
+pub struct ClusterStatus<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClusterStatus<'a> {
+  type Inner = ClusterStatus<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClusterStatus<'a> {
+  pub const VT_SCOPE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CHECKSUMS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClusterStatus { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClusterStatusArgs
+  ) -> ::flatbuffers::WIPOffset<ClusterStatus<'bldr>> {
+    let mut builder = ClusterStatusBuilder::new(_fbb);
+    builder.add_checksums(args.checksums);
+    builder.add_scope(args.scope);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn scope(&self) -> StatusScope {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<StatusScope>(ClusterStatus::VT_SCOPE, Some(StatusScope::Cluster)).unwrap()}
+  }
+  /// Also checksum each replica's key range at its applied index. Reads every key of every
+  /// partition (off the shard loop): for audits and tests, not for dashboards.
+  #[inline]
+  pub fn checksums(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ClusterStatus::VT_CHECKSUMS, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClusterStatus<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<StatusScope>("scope", Self::VT_SCOPE, false)?
+     .visit_field::<bool>("checksums", Self::VT_CHECKSUMS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClusterStatusArgs {
+    pub scope: StatusScope,
+    pub checksums: bool,
+}
+impl<'a> Default for ClusterStatusArgs {
+  #[inline]
+  fn default() -> Self {
+    ClusterStatusArgs {
+      scope: StatusScope::Cluster,
+      checksums: false,
+    }
+  }
+}
+
+pub struct ClusterStatusBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClusterStatusBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_scope(&mut self, scope: StatusScope) {
+    self.fbb_.push_slot::<StatusScope>(ClusterStatus::VT_SCOPE, scope, StatusScope::Cluster);
+  }
+  #[inline]
+  pub fn add_checksums(&mut self, checksums: bool) {
+    self.fbb_.push_slot::<bool>(ClusterStatus::VT_CHECKSUMS, checksums, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClusterStatusBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClusterStatusBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClusterStatus<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClusterStatus<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClusterStatus");
+      ds.field("scope", &self.scope());
+      ds.field("checksums", &self.checksums());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2506,6 +2814,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_cluster_status(&self) -> Option<ClusterStatus<'a>> {
+    if self.op_type() == Op::ClusterStatus {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ClusterStatus::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -2530,6 +2853,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Op::LockRelease => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LockRelease>>("Op::LockRelease", pos),
           Op::LockGet => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LockGet>>("Op::LockGet", pos),
           Op::SeqNext => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SeqNext>>("Op::SeqNext", pos),
+          Op::ClusterStatus => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterStatus>>("Op::ClusterStatus", pos),
           _ => Ok(()),
         }
      })?
@@ -2677,6 +3001,13 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Op::SeqNext => {
           if let Some(x) = self.op_as_seq_next() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::ClusterStatus => {
+          if let Some(x) = self.op_as_cluster_status() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -4201,6 +4532,758 @@ impl ::core::fmt::Debug for SeqResult<'_> {
       ds.finish()
   }
 }
+pub enum ReplicaStatusOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One replica of a partition, as its own node sees it.
+pub struct ReplicaStatus<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReplicaStatus<'a> {
+  type Inner = ReplicaStatus<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReplicaStatus<'a> {
+  pub const VT_NODE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SHARD: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ROLE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TERM: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LEADER: ::flatbuffers::VOffsetT = 12;
+  pub const VT_COMMIT: ::flatbuffers::VOffsetT = 14;
+  pub const VT_APPLIED: ::flatbuffers::VOffsetT = 16;
+  pub const VT_LAST_INDEX: ::flatbuffers::VOffsetT = 18;
+  pub const VT_EPHEMERAL_BYTES: ::flatbuffers::VOffsetT = 20;
+  pub const VT_CHECKSUM: ::flatbuffers::VOffsetT = 22;
+  pub const VT_CHECKSUM_INDEX: ::flatbuffers::VOffsetT = 24;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReplicaStatus { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReplicaStatusArgs
+  ) -> ::flatbuffers::WIPOffset<ReplicaStatus<'bldr>> {
+    let mut builder = ReplicaStatusBuilder::new(_fbb);
+    builder.add_checksum_index(args.checksum_index);
+    builder.add_checksum(args.checksum);
+    builder.add_ephemeral_bytes(args.ephemeral_bytes);
+    builder.add_last_index(args.last_index);
+    builder.add_applied(args.applied);
+    builder.add_commit(args.commit);
+    builder.add_leader(args.leader);
+    builder.add_term(args.term);
+    builder.add_node(args.node);
+    builder.add_shard(args.shard);
+    builder.add_role(args.role);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn node(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaStatus::VT_NODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn shard(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReplicaStatus::VT_SHARD, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn role(&self) -> ReplicaRole {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ReplicaRole>(ReplicaStatus::VT_ROLE, Some(ReplicaRole::Follower)).unwrap()}
+  }
+  #[inline]
+  pub fn term(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaStatus::VT_TERM, Some(0)).unwrap()}
+  }
+  /// The leader this replica knows of (0 = none).
+  #[inline]
+  pub fn leader(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaStatus::VT_LEADER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn commit(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaStatus::VT_COMMIT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn applied(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaStatus::VT_APPLIED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn last_index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaStatus::VT_LAST_INDEX, Some(0)).unwrap()}
+  }
+  /// Bytes of ephemeral state (held by the leader only).
+  #[inline]
+  pub fn ephemeral_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaStatus::VT_EPHEMERAL_BYTES, Some(0)).unwrap()}
+  }
+  /// With `checksums`: CRC32C of the range's keys and values (low 32 bits) and their count
+  /// (high 32 bits), read at `checksum_index`; equal at equal indexes on every replica.
+  #[inline]
+  pub fn checksum(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaStatus::VT_CHECKSUM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn checksum_index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaStatus::VT_CHECKSUM_INDEX, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReplicaStatus<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("node", Self::VT_NODE, false)?
+     .visit_field::<u32>("shard", Self::VT_SHARD, false)?
+     .visit_field::<ReplicaRole>("role", Self::VT_ROLE, false)?
+     .visit_field::<u64>("term", Self::VT_TERM, false)?
+     .visit_field::<u64>("leader", Self::VT_LEADER, false)?
+     .visit_field::<u64>("commit", Self::VT_COMMIT, false)?
+     .visit_field::<u64>("applied", Self::VT_APPLIED, false)?
+     .visit_field::<u64>("last_index", Self::VT_LAST_INDEX, false)?
+     .visit_field::<u64>("ephemeral_bytes", Self::VT_EPHEMERAL_BYTES, false)?
+     .visit_field::<u64>("checksum", Self::VT_CHECKSUM, false)?
+     .visit_field::<u64>("checksum_index", Self::VT_CHECKSUM_INDEX, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaStatusArgs {
+    pub node: u64,
+    pub shard: u32,
+    pub role: ReplicaRole,
+    pub term: u64,
+    pub leader: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+    pub ephemeral_bytes: u64,
+    pub checksum: u64,
+    pub checksum_index: u64,
+}
+impl<'a> Default for ReplicaStatusArgs {
+  #[inline]
+  fn default() -> Self {
+    ReplicaStatusArgs {
+      node: 0,
+      shard: 0,
+      role: ReplicaRole::Follower,
+      term: 0,
+      leader: 0,
+      commit: 0,
+      applied: 0,
+      last_index: 0,
+      ephemeral_bytes: 0,
+      checksum: 0,
+      checksum_index: 0,
+    }
+  }
+}
+
+pub struct ReplicaStatusBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaStatusBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_node(&mut self, node: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaStatus::VT_NODE, node, 0);
+  }
+  #[inline]
+  pub fn add_shard(&mut self, shard: u32) {
+    self.fbb_.push_slot::<u32>(ReplicaStatus::VT_SHARD, shard, 0);
+  }
+  #[inline]
+  pub fn add_role(&mut self, role: ReplicaRole) {
+    self.fbb_.push_slot::<ReplicaRole>(ReplicaStatus::VT_ROLE, role, ReplicaRole::Follower);
+  }
+  #[inline]
+  pub fn add_term(&mut self, term: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaStatus::VT_TERM, term, 0);
+  }
+  #[inline]
+  pub fn add_leader(&mut self, leader: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaStatus::VT_LEADER, leader, 0);
+  }
+  #[inline]
+  pub fn add_commit(&mut self, commit: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaStatus::VT_COMMIT, commit, 0);
+  }
+  #[inline]
+  pub fn add_applied(&mut self, applied: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaStatus::VT_APPLIED, applied, 0);
+  }
+  #[inline]
+  pub fn add_last_index(&mut self, last_index: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaStatus::VT_LAST_INDEX, last_index, 0);
+  }
+  #[inline]
+  pub fn add_ephemeral_bytes(&mut self, ephemeral_bytes: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaStatus::VT_EPHEMERAL_BYTES, ephemeral_bytes, 0);
+  }
+  #[inline]
+  pub fn add_checksum(&mut self, checksum: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaStatus::VT_CHECKSUM, checksum, 0);
+  }
+  #[inline]
+  pub fn add_checksum_index(&mut self, checksum_index: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaStatus::VT_CHECKSUM_INDEX, checksum_index, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplicaStatusBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReplicaStatusBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaStatus<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReplicaStatus<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaStatus");
+      ds.field("node", &self.node());
+      ds.field("shard", &self.shard());
+      ds.field("role", &self.role());
+      ds.field("term", &self.term());
+      ds.field("leader", &self.leader());
+      ds.field("commit", &self.commit());
+      ds.field("applied", &self.applied());
+      ds.field("last_index", &self.last_index());
+      ds.field("ephemeral_bytes", &self.ephemeral_bytes());
+      ds.field("checksum", &self.checksum());
+      ds.field("checksum_index", &self.checksum_index());
+      ds.finish()
+  }
+}
+pub enum PartitionStatusOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PartitionStatus<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PartitionStatus<'a> {
+  type Inner = PartitionStatus<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PartitionStatus<'a> {
+  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_START: ::flatbuffers::VOffsetT = 6;
+  pub const VT_END: ::flatbuffers::VOffsetT = 8;
+  pub const VT_REPLICAS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_STATUS: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PartitionStatus { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PartitionStatusArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PartitionStatus<'bldr>> {
+    let mut builder = PartitionStatusBuilder::new(_fbb);
+    builder.add_id(args.id);
+    if let Some(x) = args.status { builder.add_status(x); }
+    if let Some(x) = args.replicas { builder.add_replicas(x); }
+    if let Some(x) = args.end { builder.add_end(x); }
+    if let Some(x) = args.start { builder.add_start(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PartitionStatus::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn start(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PartitionStatus::VT_START, None)}
+  }
+  /// Empty = the end of the key space.
+  #[inline]
+  pub fn end(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PartitionStatus::VT_END, None)}
+  }
+  /// The nodes placed to hold a replica; the first is the preferred leader.
+  #[inline]
+  pub fn replicas(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(PartitionStatus::VT_REPLICAS, None)}
+  }
+  /// The replicas that answered.
+  #[inline]
+  pub fn status(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaStatus<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaStatus>>>>(PartitionStatus::VT_STATUS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PartitionStatus<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("start", Self::VT_START, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("end", Self::VT_END, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("replicas", Self::VT_REPLICAS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReplicaStatus>>>>("status", Self::VT_STATUS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PartitionStatusArgs<'a> {
+    pub id: u64,
+    pub start: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub end: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub replicas: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub status: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaStatus<'a>>>>>,
+}
+impl<'a> Default for PartitionStatusArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PartitionStatusArgs {
+      id: 0,
+      start: None,
+      end: None,
+      replicas: None,
+      status: None,
+    }
+  }
+}
+
+pub struct PartitionStatusBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PartitionStatusBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(PartitionStatus::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_start(&mut self, start: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PartitionStatus::VT_START, start);
+  }
+  #[inline]
+  pub fn add_end(&mut self, end: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PartitionStatus::VT_END, end);
+  }
+  #[inline]
+  pub fn add_replicas(&mut self, replicas: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PartitionStatus::VT_REPLICAS, replicas);
+  }
+  #[inline]
+  pub fn add_status(&mut self, status: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ReplicaStatus<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PartitionStatus::VT_STATUS, status);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PartitionStatusBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PartitionStatusBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PartitionStatus<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PartitionStatus<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PartitionStatus");
+      ds.field("id", &self.id());
+      ds.field("start", &self.start());
+      ds.field("end", &self.end());
+      ds.field("replicas", &self.replicas());
+      ds.field("status", &self.status());
+      ds.finish()
+  }
+}
+pub enum NodeStatusOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct NodeStatus<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for NodeStatus<'a> {
+  type Inner = NodeStatus<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> NodeStatus<'a> {
+  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_UP: ::flatbuffers::VOffsetT = 6;
+  pub const VT_CLIENT_ADDRESS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_PEER_ADDRESS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SHARDS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    NodeStatus { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args NodeStatusArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<NodeStatus<'bldr>> {
+    let mut builder = NodeStatusBuilder::new(_fbb);
+    builder.add_id(args.id);
+    if let Some(x) = args.error { builder.add_error(x); }
+    builder.add_shards(args.shards);
+    if let Some(x) = args.peer_address { builder.add_peer_address(x); }
+    if let Some(x) = args.client_address { builder.add_client_address(x); }
+    builder.add_up(args.up);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(NodeStatus::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn up(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(NodeStatus::VT_UP, Some(false)).unwrap()}
+  }
+  /// The address clients reach it at (known only from its own answer).
+  #[inline]
+  pub fn client_address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(NodeStatus::VT_CLIENT_ADDRESS, None)}
+  }
+  #[inline]
+  pub fn peer_address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(NodeStatus::VT_PEER_ADDRESS, None)}
+  }
+  #[inline]
+  pub fn shards(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(NodeStatus::VT_SHARDS, Some(0)).unwrap()}
+  }
+  /// Why it is marked down.
+  #[inline]
+  pub fn error(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(NodeStatus::VT_ERROR, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for NodeStatus<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<bool>("up", Self::VT_UP, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_address", Self::VT_CLIENT_ADDRESS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("peer_address", Self::VT_PEER_ADDRESS, false)?
+     .visit_field::<u32>("shards", Self::VT_SHARDS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error", Self::VT_ERROR, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct NodeStatusArgs<'a> {
+    pub id: u64,
+    pub up: bool,
+    pub client_address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub peer_address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub shards: u32,
+    pub error: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for NodeStatusArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    NodeStatusArgs {
+      id: 0,
+      up: false,
+      client_address: None,
+      peer_address: None,
+      shards: 0,
+      error: None,
+    }
+  }
+}
+
+pub struct NodeStatusBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeStatusBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(NodeStatus::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_up(&mut self, up: bool) {
+    self.fbb_.push_slot::<bool>(NodeStatus::VT_UP, up, false);
+  }
+  #[inline]
+  pub fn add_client_address(&mut self, client_address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(NodeStatus::VT_CLIENT_ADDRESS, client_address);
+  }
+  #[inline]
+  pub fn add_peer_address(&mut self, peer_address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(NodeStatus::VT_PEER_ADDRESS, peer_address);
+  }
+  #[inline]
+  pub fn add_shards(&mut self, shards: u32) {
+    self.fbb_.push_slot::<u32>(NodeStatus::VT_SHARDS, shards, 0);
+  }
+  #[inline]
+  pub fn add_error(&mut self, error: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(NodeStatus::VT_ERROR, error);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NodeStatusBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    NodeStatusBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<NodeStatus<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for NodeStatus<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("NodeStatus");
+      ds.field("id", &self.id());
+      ds.field("up", &self.up());
+      ds.field("client_address", &self.client_address());
+      ds.field("peer_address", &self.peer_address());
+      ds.field("shards", &self.shards());
+      ds.field("error", &self.error());
+      ds.finish()
+  }
+}
+pub enum ClusterStatusResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ClusterStatusResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClusterStatusResult<'a> {
+  type Inner = ClusterStatusResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClusterStatusResult<'a> {
+  pub const VT_ANSWERED_BY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NODES: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClusterStatusResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClusterStatusResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ClusterStatusResult<'bldr>> {
+    let mut builder = ClusterStatusResultBuilder::new(_fbb);
+    builder.add_answered_by(args.answered_by);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.nodes { builder.add_nodes(x); }
+    builder.finish()
+  }
+
+
+  /// The node that gathered the answer.
+  #[inline]
+  pub fn answered_by(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ClusterStatusResult::VT_ANSWERED_BY, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn nodes(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeStatus<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeStatus>>>>(ClusterStatusResult::VT_NODES, None)}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionStatus<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionStatus>>>>(ClusterStatusResult::VT_PARTITIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClusterStatusResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("answered_by", Self::VT_ANSWERED_BY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<NodeStatus>>>>("nodes", Self::VT_NODES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PartitionStatus>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClusterStatusResultArgs<'a> {
+    pub answered_by: u64,
+    pub nodes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeStatus<'a>>>>>,
+    pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionStatus<'a>>>>>,
+}
+impl<'a> Default for ClusterStatusResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ClusterStatusResultArgs {
+      answered_by: 0,
+      nodes: None,
+      partitions: None,
+    }
+  }
+}
+
+pub struct ClusterStatusResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClusterStatusResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_answered_by(&mut self, answered_by: u64) {
+    self.fbb_.push_slot::<u64>(ClusterStatusResult::VT_ANSWERED_BY, answered_by, 0);
+  }
+  #[inline]
+  pub fn add_nodes(&mut self, nodes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<NodeStatus<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterStatusResult::VT_NODES, nodes);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<PartitionStatus<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterStatusResult::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClusterStatusResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClusterStatusResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClusterStatusResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClusterStatusResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClusterStatusResult");
+      ds.field("answered_by", &self.answered_by());
+      ds.field("nodes", &self.nodes());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
 pub enum ResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4429,6 +5512,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_cluster_status_result(&self) -> Option<ClusterStatusResult<'a>> {
+    if self.result_type() == Reply::ClusterStatusResult {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ClusterStatusResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -4451,6 +5549,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           Reply::LockState => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LockState>>("Reply::LockState", pos),
           Reply::LockAck => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LockAck>>("Reply::LockAck", pos),
           Reply::SeqResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SeqResult>>("Reply::SeqResult", pos),
+          Reply::ClusterStatusResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterStatusResult>>("Reply::ClusterStatusResult", pos),
           _ => Ok(()),
         }
      })?
@@ -4591,6 +5690,13 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         Reply::SeqResult => {
           if let Some(x) = self.result_as_seq_result() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::ClusterStatusResult => {
+          if let Some(x) = self.result_as_cluster_status_result() {
             ds.field("result", &x)
           } else {
             ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -44,6 +44,8 @@ pub struct Partition {
     pub sweep_cursor: Option<Vec<u8>>,
     /// The role at the last `Ready`, to notice a lost leadership.
     pub role: StateRole,
+    /// The replica leadership should move to, and since when it has been ready for it.
+    pub handover: Option<(u64, std::time::Instant)>,
     proposals: BTreeMap<u64, Pending>,
     next_read_ctx: u64,
     /// Reads waiting for their ReadIndex answer, by context.
@@ -69,6 +71,7 @@ impl Partition {
             ephemeral_grants: 0,
             sweep_cursor: None,
             role: StateRole::Follower,
+            handover: None,
             proposals: BTreeMap::new(),
             next_read_ctx: 1,
             read_requests: BTreeMap::new(),
@@ -198,6 +201,45 @@ impl Partition {
             }
         }
         self.read_ready = keep;
+    }
+
+    /// Keeps leaders spread: once the replica placement prefers over this leader has been up
+    /// and caught up for `hold`, hands leadership to it (raft-rs sends it the log's tail, then
+    /// `TimeoutNow`). Returns the node it was handed to.
+    pub fn rebalance(
+        &mut self,
+        me: u64,
+        now: std::time::Instant,
+        hold: std::time::Duration,
+        alive: impl Fn(u64) -> bool,
+    ) -> Option<u64> {
+        if !self.is_leader() || self.node.raft.lead_transferee.is_some() {
+            self.handover = None;
+            return None;
+        }
+        let last = self.node.raft.raft_log.last_index();
+        let prs = self.node.raft.prs();
+        // Caught up to within a few entries: a busy partition is never exactly caught up.
+        let ready = |n: u64| alive(n) && prs.get(n).is_some_and(|pr| pr.matched + 64 >= last);
+        let target = self.info.preferred_leader(me, ready);
+        match (target, self.handover) {
+            (Some(t), Some((was, since))) if t == was => {
+                if now.duration_since(since) < hold {
+                    return None;
+                }
+                self.handover = None;
+                self.node.transfer_leader(t);
+                Some(t)
+            }
+            (Some(t), _) => {
+                self.handover = Some((t, now));
+                None
+            }
+            (None, _) => {
+                self.handover = None;
+                None
+            }
+        }
     }
 
     /// Leadership was lost: every waiter learns it now instead of at its deadline.

@@ -167,9 +167,22 @@ fn start_flush(shard: &Rc<Shard>, done: Rc<std::cell::RefCell<Option<HashMap<u64
 
 fn on_tick(shard: &Shard) {
     let now_ms = shard.now_ms();
+    let now = Instant::now();
+    let hold = Duration::from_secs(shard.cfg.leader_rebalance_secs);
     let mut freed = 0usize;
-    for p in shard.parts.borrow_mut().values_mut() {
+    // Heard from within two election timeouts: heartbeats come every two ticks.
+    let alive_within = Duration::from_millis(shard.cfg.raft_tick_ms * 20);
+    let heard = shard.heard.borrow();
+    let alive = |n: u64| heard.get(&n).is_some_and(|t| now.duration_since(*t) < alive_within);
+    for (pid, p) in shard.parts.borrow_mut().iter_mut() {
         p.node.tick();
+        if shard.peers.is_some() && !hold.is_zero() {
+            if let Some(to) = p.rebalance(shard.node_id, now, hold, alive) {
+                log::info!(
+                    "partition {pid}: handing leadership to node {to}, its preferred leader"
+                );
+            }
+        }
         if !p.ephemeral.is_empty() {
             let before = p.ephemeral.bytes();
             let (lo, hi) = (vec![kahuna_core::keys::KIND_MIN], vec![0xff]);

@@ -13,6 +13,7 @@
 
 pub mod driver;
 pub mod mesh;
+mod status;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -55,6 +56,8 @@ pub struct Shard {
     pub peers: Option<PeerLinks>,
     forwarded: crate::transport::peer::ForwardWaiters,
     next_forward: Cell<u64>,
+    /// When a Raft message last came from each node: who is alive, for leader rebalancing.
+    pub heard: RefCell<std::collections::HashMap<u64, std::time::Instant>>,
 }
 
 /// A forwarded request may be forwarded once more (to a leader the first hop learned of), never
@@ -112,6 +115,7 @@ impl Shard {
             peers,
             forwarded,
             next_forward: Cell::new(1),
+            heard: Default::default(),
         }
     }
 
@@ -138,8 +142,12 @@ impl Shard {
         if let Err(e) = self.limits.validate(&op) {
             return (Err(e), 0);
         }
-        if let Op::KvScan { .. } = op {
-            return self.scan_across(op, deadline).await;
+        match op {
+            Op::KvScan { .. } => return self.scan_across(op, deadline).await,
+            Op::ClusterStatus { scope, checksums } => {
+                return self.status(scope, checksums, deadline).await
+            }
+            _ => {}
         }
         let part = self.map.locate(op.routing_key());
         self.execute_on(part.id, part.shard, op, deadline).await
@@ -204,11 +212,14 @@ impl Shard {
 
     /// Runs a request on a partition this shard owns, or forwards it to the node that leads it.
     pub async fn execute_local(
-        &self,
+        self: &Rc<Self>,
         partition: u64,
         op: Op,
         deadline: std::time::Instant,
     ) -> Answer {
+        if let Op::ClusterStatus { scope, checksums } = op {
+            return self.status(scope, checksums, deadline).await;
+        }
         self.execute_hops(partition, op, deadline, 0).await
     }
 
@@ -278,14 +289,12 @@ impl Shard {
         encode_request(&mut fbb, token, left_ms.max(1), &op, &mut frame);
         let (tx, rx) = oneshot::channel();
         self.forwarded.borrow_mut().insert(token, tx);
-        let is_read = op.is_read();
+        // A status answer with checksums reads whole ranges: it gets the caller's deadline.
+        let is_read = op.is_read() && !matches!(op, Op::ClusterStatus { checksums: true, .. });
         if !peers.send(to, PeerOut::Request { token, partition, hops, frame: frame.split_off(4) }) {
             self.forwarded.borrow_mut().remove(&token);
             return (
-                Err(WireError::new(
-                    ErrorCode::Unavailable,
-                    format!("node {to}, the partition leader, is not reachable"),
-                )),
+                Err(WireError::new(ErrorCode::Unavailable, format!("node {to} is not reachable"))),
                 0,
             );
         }
@@ -322,6 +331,9 @@ impl Shard {
         frame: Vec<u8>,
     ) {
         let (result, hint) = match decode_request(&frame) {
+            Ok((_, timeout_ms, Op::ClusterStatus { scope, checksums })) => {
+                self.status(scope, checksums, self.deadline(timeout_ms)).await
+            }
             Ok((_, timeout_ms, op)) => {
                 let deadline = self.deadline(timeout_ms);
                 match self.map.get(partition).map(|p| p.shard) {
@@ -357,6 +369,7 @@ impl Shard {
 
     /// A Raft message from a peer for one of this shard's partitions.
     pub fn step_raft(&self, partition: u64, msg: raft::eraftpb::Message) {
+        self.heard.borrow_mut().insert(msg.from, std::time::Instant::now());
         if let Some(p) = self.parts.borrow_mut().get_mut(&partition) {
             // A message from a stale term or an unknown peer is refused by raft-rs itself.
             let _ = p.node.step(msg);
