@@ -111,6 +111,14 @@ struct Args {
     /// No live progress line.
     #[arg(long)]
     quiet: bool,
+    /// Send requests round-robin to the endpoints and let the nodes forward them, instead of
+    /// straight to each key's leader (to measure what the client's leader cache saves).
+    #[arg(long)]
+    no_leader_routing: bool,
+}
+
+fn client_options(a: &Args) -> ClientOptions {
+    ClientOptions { route_to_leaders: !a.no_leader_routing, ..ClientOptions::default() }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -185,8 +193,7 @@ fn durability(d: Dur) -> Durability {
 
 /// Writes the key space read workloads need, with many writes in flight, bounded in time.
 async fn preload(endpoints: &[String], a: &Args) -> Result<(), String> {
-    let client =
-        Client::connect(endpoints, ClientOptions::default()).await.map_err(|e| e.to_string())?;
+    let client = Client::connect(endpoints, client_options(a)).await.map_err(|e| e.to_string())?;
     let value = vec![b'p'; a.value_size];
     let d = durability(a.durability);
     let next = Arc::new(AtomicU64::new(0));
@@ -240,9 +247,8 @@ async fn run_one(
     let per_worker_rate = if a.rate > 0.0 { Some(a.rate / workers as f64) } else { None };
     let mut tasks = Vec::new();
     for conn in 0..a.connections.max(1) {
-        let client = Client::connect(endpoints, ClientOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
+        let client =
+            Client::connect(endpoints, client_options(a)).await.map_err(|e| e.to_string())?;
         for p in 0..a.pipeline.max(1) {
             let worker = (conn * a.pipeline.max(1) + p) as u64;
             let ctx = OpCtx {

@@ -287,11 +287,13 @@ impl Shard {
         let mut fbb = flatbuffers::FlatBufferBuilder::new();
         let mut frame = Vec::new();
         encode_request(&mut fbb, token, left_ms.max(1), &op, &mut frame);
-        let (tx, rx) = oneshot::channel();
-        self.forwarded.borrow_mut().insert(token, tx);
         // A status answer with checksums reads whole ranges: it gets the caller's deadline.
         let is_read = op.is_read() && !matches!(op, Op::ClusterStatus { checksums: true, .. });
-        if !peers.send(to, PeerOut::Request { token, partition, hops, frame: frame.split_off(4) }) {
+        let (tx, rx) = oneshot::channel();
+        self.forwarded.borrow_mut().insert(token, tx);
+        let out =
+            PeerOut::Request { token, partition, hops, read: is_read, frame: frame.split_off(4) };
+        if !peers.send(to, out) {
             self.forwarded.borrow_mut().remove(&token);
             return (
                 Err(WireError::new(ErrorCode::Unavailable, format!("node {to} is not reachable"))),

@@ -39,9 +39,22 @@ const PEER_QUEUE: usize = 8192;
 const MAX_PEER_FRAME: usize = 16 << 20;
 
 pub enum PeerOut {
-    Raft { partition: u64, msg: Message },
-    Request { token: u64, partition: u64, hops: u8, frame: Vec<u8> },
-    Response { token: u64, frame: Vec<u8> },
+    Raft {
+        partition: u64,
+        msg: Message,
+    },
+    /// `read`: safe to send again (not on the wire; decides how a lost link answers it).
+    Request {
+        token: u64,
+        partition: u64,
+        hops: u8,
+        read: bool,
+        frame: Vec<u8>,
+    },
+    Response {
+        token: u64,
+        frame: Vec<u8>,
+    },
 }
 
 /// This shard's outgoing links, one bounded queue and sender task per remote node.
@@ -123,7 +136,7 @@ fn encode(me: u64, m: PeerOut, out: &mut Vec<u8>) {
             // Writing a message into memory cannot fail.
             msg.write_to_vec(out).expect("encoding a raft message");
         }
-        PeerOut::Request { token, partition, hops, frame } => {
+        PeerOut::Request { token, partition, hops, frame, .. } => {
             out.push(KIND_REQUEST);
             out.extend_from_slice(&me.to_le_bytes());
             out.extend_from_slice(&token.to_le_bytes());
@@ -164,6 +177,32 @@ fn peer_closed(fd: i32) -> bool {
     n == 0 || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock)
 }
 
+/// The connection that carried forwarded requests is gone: their answers will never come back
+/// on it. A read is answered UNAVAILABLE (retry it); a write TIMEOUT, since the peer may have
+/// carried it out before it went away.
+fn lost_in_flight(link: &Link, sent: &mut Vec<(u64, bool)>) {
+    let mut waiters = link.waiters.borrow_mut();
+    for (token, read) in sent.drain(..) {
+        let Some(tx) = waiters.remove(&token) else { continue };
+        let err = if read {
+            WireError::new(
+                ErrorCode::Unavailable,
+                format!("lost {} before the answer; retry", link.addr),
+            )
+        } else {
+            WireError::new(
+                ErrorCode::Timeout,
+                format!("lost {} after the write was sent; its outcome is unknown", link.addr),
+            )
+        };
+        let _ = tx.send((Err(err), 0));
+    }
+}
+
+/// Forwarded requests sent on a connection and perhaps not answered yet; pruned of answered
+/// ones when it grows, so it stays bounded by the requests actually waiting.
+const SENT_PRUNE_AT: usize = 4096;
+
 async fn sender_loop(link: Link, rx: LocalReceiver<PeerOut>) {
     let mut backoff = Duration::from_millis(20);
     loop {
@@ -194,6 +233,7 @@ async fn sender_loop(link: Link, rx: LocalReceiver<PeerOut>) {
         let fd = stream.as_raw_fd();
         let mut out = Vec::with_capacity(64 << 10);
         let mut batch = Vec::new();
+        let mut sent: Vec<(u64, bool)> = Vec::new();
         loop {
             let Some(first) = rx.recv().await else { return };
             batch.push(first);
@@ -216,14 +256,23 @@ async fn sender_loop(link: Link, rx: LocalReceiver<PeerOut>) {
                     never_sent(&link.waiters, m);
                 }
                 batch.clear();
+                lost_in_flight(&link, &mut sent);
                 break;
             }
+            if sent.len() >= SENT_PRUNE_AT {
+                let waiters = link.waiters.borrow();
+                sent.retain(|(t, _)| waiters.contains_key(t));
+            }
             for m in batch.drain(..) {
+                if let PeerOut::Request { token, read, .. } = &m {
+                    sent.push((*token, *read));
+                }
                 encode(link.me, m, &mut out);
             }
             if let Err(e) = stream.write_all(&out).await {
                 log::info!("peer link to {} failed: {e}", link.addr);
                 link.connected.set(false);
+                lost_in_flight(&link, &mut sent);
                 break;
             }
             out.clear();
