@@ -24,6 +24,7 @@ any request. In another terminal:
   alias kahuna-cli=$BIN/kahuna-cli
   kahuna-cli kv set hello world
   kahuna-cli --endpoints 127.0.0.1:7002 kv get hello
+  kahuna-cli cluster status
 Ctrl-C stops the cluster.
 MSG
 wait
