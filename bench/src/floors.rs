@@ -14,16 +14,23 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Median of a 4 KiB append followed by `fdatasync`, through io_uring, in `dir`.
-pub fn fdatasync_us(dir: &Path, rounds: usize) -> std::io::Result<f64> {
+/// Median of a 4 KiB write followed by `fdatasync`, through io_uring, in `dir`: appending
+/// (`overwrite` false: the file grows, so the sync also commits its new size through the
+/// filesystem journal), or overwriting blocks written and synced before (`overwrite` true: a
+/// pure data sync, what a log that zero-fills ahead pays).
+pub fn fdatasync_us(dir: &Path, rounds: usize, overwrite: bool) -> std::io::Result<f64> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!(".kahuna-bench-fsync-{}", std::process::id()));
-    let file = std::fs::OpenOptions::new()
+    let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
         .read(true)
         .write(true)
         .open(&path)?;
+    if overwrite {
+        file.write_all(&vec![0u8; rounds * 4096])?;
+        file.sync_all()?;
+    }
     let mut ring = IoUring::new(8)?;
     let buf = vec![0x5au8; 4096];
     let mut samples = Vec::with_capacity(rounds);

@@ -378,14 +378,23 @@ fn main() {
     let endpoints: Vec<String> =
         args.endpoints.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     eprintln!("measuring floors in {} ...", args.floor_dir.display());
-    let fdatasync_us = floors::fdatasync_us(&args.floor_dir, 200).unwrap_or_else(|e| {
-        eprintln!("fdatasync floor failed: {e}");
-        f64::NAN
-    });
+    let fsync = |overwrite| {
+        floors::fdatasync_us(&args.floor_dir, 200, overwrite).unwrap_or_else(|e| {
+            eprintln!("fdatasync floor failed: {e}");
+            f64::NAN
+        })
+    };
+    let (fdatasync_us, overwrite_fdatasync_us) = (fsync(false), fsync(true));
     let loopback_rtt_us = floors::loopback_rtt_us(2000).unwrap_or(f64::NAN);
-    let floors =
-        Floors { fdatasync_us: fdatasync_us.round(), loopback_rtt_us: loopback_rtt_us.round() };
-    eprintln!("floors: fdatasync p50 {fdatasync_us:.0} µs, loopback round trip p50 {loopback_rtt_us:.0} µs");
+    let floors = Floors {
+        fdatasync_us: fdatasync_us.round(),
+        overwrite_fdatasync_us: overwrite_fdatasync_us.round(),
+        loopback_rtt_us: loopback_rtt_us.round(),
+    };
+    eprintln!(
+        "floors: fdatasync p50 {fdatasync_us:.0} µs appending, {overwrite_fdatasync_us:.0} µs \
+         overwriting; loopback round trip p50 {loopback_rtt_us:.0} µs"
+    );
     let runs = match args.suite {
         Some(s) => suite_runs(&args, s),
         None => vec![(args.workload.name().to_string(), args.clone())],
