@@ -546,4 +546,30 @@ fn restart_with_another_shard_count_or_cluster_is_refused_clearly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in cluster") && err.contains(&other), "{err}");
+
+    // While it runs, a second server can take neither its data directory nor its port (its
+    // listeners share the port between shards, which would otherwise let a stranger in).
+    s.restart();
+    let elsewhere = tempfile_dir(&s);
+    for (listen, dir, what) in [
+        (format!("127.0.0.1:{}", kahuna_tests::free_port()), s.data_dir.clone(), "data directory"),
+        (s.endpoint(), elsewhere.clone(), "client address"),
+    ] {
+        let out = std::process::Command::new(kahuna_tests::bin("kahuna-server"))
+            .args(["--listen", &listen, "--shards", "2", "--no-pin", "--data-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(what) && err.contains("already in use"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&elsewhere);
+    let c = s.client();
+    assert!(c.kv_set(b"still/mine", b"1", Default::default()).is_ok());
+}
+
+/// A scratch directory beside a server's data directory.
+fn tempfile_dir(s: &Server) -> std::path::PathBuf {
+    s.data_dir.with_extension("other")
 }

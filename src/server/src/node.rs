@@ -43,6 +43,52 @@ pub enum NodeError {
     MemLock { limit: u64, shards: usize },
     #[error("shard {shard}: {reason}")]
     Shard { shard: usize, reason: String },
+    #[error("{what} is already in use by another kahuna-server on this host")]
+    InUse { what: String },
+}
+
+/// What this process holds exclusively while it runs: its data directory (an `flock`) and its
+/// addresses. Sockets are bound with `SO_REUSEPORT` so that every shard can accept on one port,
+/// and the kernel would let a second server of the same user bind them too and take half the
+/// connections; an abstract Unix socket named after each address is exclusive per host (and
+/// network namespace) and vanishes with the process, however it ends.
+struct Claims {
+    _lock: std::fs::File,
+    _names: Vec<std::os::unix::net::UnixListener>,
+}
+
+fn claim(cfg: &NodeConfig, peer_base: SocketAddr) -> Result<Claims, NodeError> {
+    use std::os::fd::AsRawFd;
+    use std::os::linux::net::SocketAddrExt;
+    let dir = &cfg.data_dir;
+    std::fs::create_dir_all(dir)
+        .map_err(|source| NodeError::DataDir { path: dir.display().to_string(), source })?;
+    let path = dir.join("LOCK");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| NodeError::DataDir { path: dir.display().to_string(), source })?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(NodeError::InUse { what: format!("data directory {}", dir.display()) });
+    }
+    let mut addrs = vec![("client address", cfg.listen)];
+    if cfg.members().map(|m| m.len() > 1).unwrap_or(false) {
+        for shard in 0..cfg.shards {
+            addrs.push(("peer address", peer::shard_addr(peer_base, shard)));
+        }
+    }
+    let mut names = Vec::new();
+    for (what, addr) in addrs {
+        let name = format!("kahuna-server:{addr}");
+        let taken = || NodeError::InUse { what: format!("{what} {addr}") };
+        let sa = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .map_err(|_| taken())?;
+        names.push(std::os::unix::net::UnixListener::bind_addr(&sa).map_err(|_| taken())?);
+    }
+    Ok(Claims { _lock: lock, _names: names })
 }
 
 /// What a data directory was created with; a restart must agree.
@@ -134,14 +180,15 @@ fn io_memory_bytes(shards: usize) -> Result<Option<usize>, NodeError> {
 }
 
 pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
+    let peer_base =
+        cfg.peer_addr().map_err(|e| NodeError::Shard { shard: 0, reason: e.to_string() })?;
+    let _claims = claim(&cfg, peer_base)?;
     let layout = check_layout(&cfg)?;
     let io_memory = io_memory_bytes(cfg.shards)?;
     let members =
         cfg.members().map_err(|e| NodeError::Shard { shard: 0, reason: e.to_string() })?;
     let ids: Vec<u64> = members.keys().copied().collect();
     let map = PartitionMap::initial(layout.partitions, cfg.shards, &ids, cfg.replication_factor);
-    let peer_base =
-        cfg.peer_addr().map_err(|e| NodeError::Shard { shard: 0, reason: e.to_string() })?;
     let plan = MeshPlan::new(cfg.shards);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let cfg = Arc::new(cfg);

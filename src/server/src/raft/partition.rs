@@ -46,6 +46,8 @@ pub struct Partition {
     pub role: StateRole,
     /// The replica leadership should move to, and since when it has been ready for it.
     pub handover: Option<(u64, std::time::Instant)>,
+    /// This replica was found to have lost acknowledged entries (said once in the log).
+    pub lost_data: bool,
     proposals: BTreeMap<u64, Pending>,
     next_read_ctx: u64,
     /// Reads waiting for their ReadIndex answer, by context.
@@ -72,6 +74,7 @@ impl Partition {
             sweep_cursor: None,
             role: StateRole::Follower,
             handover: None,
+            lost_data: false,
             proposals: BTreeMap::new(),
             next_read_ctx: 1,
             read_requests: BTreeMap::new(),

@@ -296,8 +296,6 @@ async fn turn(shard: &Shard, wal: &mut Wal) {
         install_snapshot(shard, pid, &snap).await;
         restored.push((pid, snap.get_metadata().index));
     }
-    // Committed entries are already durable: apply them before waiting on the new batch's sync.
-    apply(shard, committed);
     if !records.is_empty() {
         let checkpoint = || {
             shard
@@ -318,9 +316,18 @@ async fn turn(shard: &Shard, wal: &mut Wal) {
                 })
                 .collect()
         };
-        if let Err(e) = wal.append(&records, checkpoint).await {
+        // Committed entries are already durable here (raft-rs hands out only persisted ones):
+        // apply them while the new batch's write is in flight. `zip` polls the append first,
+        // which builds the batch (and its checkpoint) and submits the write before applying.
+        let (written, ()) = futures_lite::future::zip(wal.append(&records, checkpoint), async {
+            apply(shard, committed)
+        })
+        .await;
+        if let Err(e) = written {
             fatal("writing the WAL", e);
         }
+    } else {
+        apply(shard, committed);
     }
     let mut more = false;
     {
