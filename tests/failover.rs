@@ -26,7 +26,8 @@ struct Known {
 fn killing_the_busiest_leader_mid_load_loses_no_acknowledged_write() {
     watchdog(Duration::from_secs(300));
     let mut nodes = start_cluster(3, &[]);
-    wait_for_preferred_leaders(&nodes[0], Duration::from_secs(30));
+    let out = nodes[1].cli(&["--timeout-ms", "30000", "cluster", "wait", "--balanced"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // The status lists every node up and every partition with a leader and three replicas.
     let (ok, v) = nodes[1].cli_json(&["cluster", "status"]);

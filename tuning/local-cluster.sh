@@ -18,6 +18,9 @@ for _ in $(seq 1 100); do
   "$BIN/kahuna-cli" --timeout-ms 300 lock get __ready >/dev/null 2>&1 && break
   sleep 0.2
 done
+# Every partition led by its preferred node (leaders spread evenly) before saying it is up.
+"$BIN/kahuna-cli" --endpoints 127.0.0.1:7000 --timeout-ms 30000 cluster wait --balanced >/dev/null ||
+  echo "warning: the cluster did not settle its leaders within 30 s" >&2
 cat <<MSG
 Kahuna: 3 nodes on 127.0.0.1:7000, :7001, :7002 (logs in ./data/node-N.log). Any node serves
 any request. In another terminal:

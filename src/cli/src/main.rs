@@ -66,6 +66,12 @@ enum ClusterCmd {
         #[arg(long)]
         checksums: bool,
     },
+    /// Wait until every node is up and every partition has a leader (with `--balanced`, its
+    /// preferred one); exits non-zero with the last status if `--timeout-ms` passes first.
+    Wait {
+        #[arg(long)]
+        balanced: bool,
+    },
 }
 
 #[derive(Args)]
@@ -356,7 +362,7 @@ fn status_table(st: &ClusterStatus) -> String {
 }
 
 /// Runs the command; returns its JSON answer and its table form.
-fn run(c: &Client, cmd: Cmd) -> Result<(Value, String), Error> {
+fn run(c: &Client, cmd: Cmd, wait_for: Duration) -> Result<(Value, String), Error> {
     Ok(match cmd {
         Cmd::Kv(KvCmd::Set {
             key,
@@ -502,6 +508,33 @@ fn run(c: &Client, cmd: Cmd) -> Result<(Value, String), Error> {
             let st = c.cluster_status(checksums)?;
             (status_json(&st), status_table(&st))
         }
+        Cmd::Cluster(ClusterCmd::Wait { balanced }) => {
+            let deadline = std::time::Instant::now() + wait_for;
+            loop {
+                let st = c.cluster_status(false);
+                if let Ok(st) = &st {
+                    let ready = st.nodes.iter().all(|n| n.up)
+                        && st.partitions.iter().all(|p| match p.leader() {
+                            Some(l) => !balanced || p.replicas.first() == Some(&l.node),
+                            None => false,
+                        });
+                    if ready {
+                        break (status_json(st), "ready".to_string());
+                    }
+                }
+                if std::time::Instant::now() >= deadline {
+                    let detail = match st {
+                        Ok(st) => status_table(&st),
+                        Err(e) => e.to_string(),
+                    };
+                    return Err(Error::new(
+                        kahuna_client::ErrorCode::Timeout,
+                        format!("the cluster was not ready in time:\n{detail}"),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
     })
 }
 
@@ -515,7 +548,8 @@ fn main() -> ExitCode {
         route_to_leaders: false,
         ..ClientOptions::default()
     };
-    let result = Client::connect(&endpoints, opts).and_then(|c| run(&c, cli.cmd));
+    let wait_for = Duration::from_millis(cli.timeout_ms);
+    let result = Client::connect(&endpoints, opts).and_then(|c| run(&c, cli.cmd, wait_for));
     match result {
         Ok((v, table)) => {
             match cli.output {
