@@ -305,6 +305,7 @@ async fn recover(
         let mut store = LogStore::new(hs, cs, applied.applied_index, applied.applied_term, entries);
         store.set_snapshot_source(SnapshotSource {
             db: db.clone(),
+            partition: info.id,
             start: info.start.clone(),
             end: info.end.clone(),
         });

@@ -3,6 +3,13 @@
 //! The entries live in memory from `snapshot_index + 1` on; everything at or below
 //! `snapshot_index` has been applied to RocksDB and is compacted away. Only the ready loop
 //! mutates it, after the WAL write that made the change durable.
+//!
+//! Snapshots for lagging followers are built off the shard loop: the first request starts a
+//! blocking read of the partition's range (one RocksDB snapshot, so data and index agree) and
+//! answers "temporarily unavailable"; raft-rs asks again on a later append, and gets it.
+
+use std::cell::RefCell;
+use std::rc::Rc;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -18,13 +25,24 @@ pub struct LogStore {
     /// The applied (index, term), and where to read the partition's state for a snapshot.
     applied: (u64, u64),
     source: Option<SnapshotSource>,
+    building: Rc<RefCell<Building>>,
 }
 
 /// The partition's range in the shard's RocksDB, read to build a snapshot.
 pub struct SnapshotSource {
     pub db: crate::storage::state::StateDb,
+    pub partition: u64,
     pub start: Vec<u8>,
     pub end: Vec<u8>,
+}
+
+/// A snapshot being built on a blocking thread, or built and not yet sent.
+#[derive(Default)]
+enum Building {
+    #[default]
+    Idle,
+    Running,
+    Ready(Snapshot),
 }
 
 impl LogStore {
@@ -44,6 +62,7 @@ impl LogStore {
             entries,
             applied: (snapshot_index, snapshot_term),
             source: None,
+            building: Rc::default(),
         }
     }
 
@@ -145,20 +164,55 @@ impl Storage for LogStore {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let Some(src) = &self.source else {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
-        };
-        // The applied state is what RocksDB holds now: every apply commits before raft runs.
-        let mut snap = Snapshot {
-            data: src.db.snapshot_data(&src.start, &src.end).into(),
-            ..Default::default()
-        };
-        let meta = snap.mut_metadata();
-        meta.index = self.applied.0;
-        meta.term = self.applied.1;
-        meta.set_conf_state(self.conf_state.clone());
-        Ok(snap)
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let unavailable = Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        let Some(src) = &self.source else { return unavailable };
+        let mut building = self.building.borrow_mut();
+        match std::mem::take(&mut *building) {
+            // Usable while the log still continues right after it.
+            Building::Ready(snap)
+                if snap.get_metadata().index >= request_index
+                    && snap.get_metadata().index + 1 >= self.first() =>
+            {
+                return Ok(snap);
+            }
+            Building::Running => {
+                *building = Building::Running;
+                return unavailable;
+            }
+            _ => {}
+        }
+        *building = Building::Running;
+        let (db, pid, start, end) =
+            (src.db.clone(), src.partition, src.start.clone(), src.end.clone());
+        let conf_state = self.conf_state.clone();
+        let slot = self.building.clone();
+        glommio::spawn_local(async move {
+            let built = glommio::executor()
+                .spawn_blocking(move || db.snapshot_data(pid, &start, &end))
+                .await;
+            *slot.borrow_mut() = match built {
+                Ok((state, data)) => {
+                    let mut snap = Snapshot { data: data.into(), ..Default::default() };
+                    let meta = snap.mut_metadata();
+                    meta.index = state.applied_index;
+                    meta.term = state.applied_term;
+                    meta.set_conf_state(conf_state);
+                    log::info!(
+                        "partition {pid}: built a snapshot at index {} ({} bytes)",
+                        state.applied_index,
+                        snap.data.len()
+                    );
+                    Building::Ready(snap)
+                }
+                Err(e) => {
+                    log::warn!("partition {pid}: building a snapshot failed: {e}");
+                    Building::Idle
+                }
+            };
+        })
+        .detach();
+        unavailable
     }
 }
 

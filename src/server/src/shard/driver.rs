@@ -69,19 +69,26 @@ async fn install_snapshot(shard: &Shard, pid: u64, snap: &Snapshot) {
         applied_term: meta.term,
         applied_hlc: shard.hlc.borrow().last().0,
     };
-    let pairs = match crate::storage::state::decode_snapshot(&snap.data) {
-        Some(p) => p,
-        None => {
+    // Parsing, writing a whole range and flushing it are blocking: all go to a blocking
+    // thread, and the turn waits for them before it applies anything.
+    let db = shard.db.clone();
+    let data = snap.data.clone();
+    let installed = glommio::executor()
+        .spawn_blocking(move || {
+            let Some(pairs) = crate::storage::state::decode_snapshot(&data) else {
+                return Ok(false);
+            };
+            db.install_snapshot(&start, &end, pairs, pid, state)?;
+            db.flush_blocking().map(|()| true)
+        })
+        .await;
+    match installed {
+        Ok(true) => {}
+        Ok(false) => {
             log::error!("partition {pid}: snapshot at {} is malformed; ignored", meta.index);
             return;
         }
-    };
-    if let Err(e) = shard.db.install_snapshot(&start, &end, pairs, pid, state) {
-        fatal("installing a snapshot", e);
-    }
-    let db = shard.db.clone();
-    if let Err(e) = glommio::executor().spawn_blocking(move || db.flush_blocking()).await {
-        fatal("flushing an installed snapshot", e);
+        Err(e) => fatal("installing a snapshot", e),
     }
     if let Some(p) = shard.parts.borrow_mut().get_mut(&pid) {
         p.applied = state;

@@ -105,40 +105,21 @@ impl StateDb {
         self.db.write_opt(batch, &wo)
     }
 
-    /// Every key of the partition range `[start, end)`, all kinds, as snapshot bytes:
-    /// `[klen u32][key][vlen u32][value]...`. Reads on the calling thread.
-    pub fn snapshot_data(&self, start: &[u8], end: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for kind in kahuna_core::keys::DATA_KINDS {
-            let (lo, hi) = kahuna_core::keys::kind_range(kind, start, end);
-            self.scan(&lo, &hi, &mut |k, v| {
-                out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-                out.extend_from_slice(k);
-                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-                out.extend_from_slice(v);
-                true
-            });
-        }
-        out
-    }
-
-    /// A checksum of the partition range `[start, end)` and the applied index it describes, read
-    /// from one RocksDB snapshot: CRC32C over every key and value (length-prefixed) in the low
-    /// 32 bits, the number of pairs in the high 32. Equal on replicas at equal indexes.
-    /// Blocking: reads the whole range.
-    pub fn range_checksum(
+    /// Visits every key of the partition range `[start, end)`, all kinds, as one RocksDB
+    /// snapshot sees it, and returns the partition's apply state in that same snapshot: the
+    /// index and term the visited state is exactly the effect of. Blocking: reads the range.
+    fn visit_range_at(
         &self,
         partition: u64,
         start: &[u8],
         end: &[u8],
-    ) -> Result<(u64, u64), rocksdb::Error> {
+        visit: &mut dyn FnMut(&[u8], &[u8]),
+    ) -> Result<ApplyState, rocksdb::Error> {
         let snap = self.db.snapshot();
-        let applied = snap
+        let state = snap
             .get(apply_state_key(partition))?
             .and_then(|b| ApplyState::decode(&b))
-            .unwrap_or_default()
-            .applied_index;
-        let (mut crc, mut count) = (0u32, 0u64);
+            .unwrap_or_default();
         for kind in kahuna_core::keys::DATA_KINDS {
             let (lo, hi) = kahuna_core::keys::kind_range(kind, start, end);
             let mut ro = ReadOptions::default();
@@ -147,16 +128,50 @@ impl StateDb {
             let mut it = self.db.raw_iterator_opt(ro);
             it.seek(&lo);
             while let (Some(k), Some(v)) = (it.key(), it.value()) {
-                for part in [k, v] {
-                    crc = crc32c::crc32c_append(crc, &(part.len() as u32).to_le_bytes());
-                    crc = crc32c::crc32c_append(crc, part);
-                }
-                count += 1;
+                visit(k, v);
                 it.next();
             }
             it.status()?;
         }
-        Ok((applied, (count << 32) | crc as u64))
+        Ok(state)
+    }
+
+    /// A Raft snapshot of the partition: its apply state and every pair of its range as
+    /// `[klen u32][key][vlen u32][value]...`, from one consistent view. Blocking.
+    pub fn snapshot_data(
+        &self,
+        partition: u64,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<(ApplyState, Vec<u8>), rocksdb::Error> {
+        let mut out = Vec::new();
+        let state = self.visit_range_at(partition, start, end, &mut |k, v| {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(k);
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            out.extend_from_slice(v);
+        })?;
+        Ok((state, out))
+    }
+
+    /// A checksum of the partition range `[start, end)` and the applied index it describes:
+    /// CRC32C over every key and value (length-prefixed) in the low 32 bits, the number of
+    /// pairs in the high 32. Equal on replicas at equal indexes. Blocking.
+    pub fn range_checksum(
+        &self,
+        partition: u64,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<(u64, u64), rocksdb::Error> {
+        let (mut crc, mut count) = (0u32, 0u64);
+        let state = self.visit_range_at(partition, start, end, &mut |k, v| {
+            for part in [k, v] {
+                crc = crc32c::crc32c_append(crc, &(part.len() as u32).to_le_bytes());
+                crc = crc32c::crc32c_append(crc, part);
+            }
+            count += 1;
+        })?;
+        Ok((state.applied_index, (count << 32) | crc as u64))
     }
 
     /// Replaces the partition range with a snapshot's pairs and sets its apply state, atomically.
@@ -260,8 +275,11 @@ mod tests {
             ApplyState { applied_index: 7, applied_term: 2, applied_hlc: 9 }
         );
         assert_eq!(db.get(b"kx"), Some(b"1".to_vec()));
-        // A snapshot of the whole range carries kx; installing it elsewhere replaces that range.
-        let pairs = decode_snapshot(&db.snapshot_data(b"", b"")).unwrap();
+        // A snapshot of the whole range carries kx and the apply state it matches; installing
+        // it elsewhere replaces that range.
+        let (st3, data) = db.snapshot_data(3, b"", b"").unwrap();
+        assert_eq!(st3.applied_index, 7);
+        let pairs = decode_snapshot(&data).unwrap();
         assert_eq!(pairs, vec![(b"kx".to_vec(), b"1".to_vec())]);
         let other = tempfile::tempdir().unwrap();
         let db2 = StateDb::open(other.path(), 1 << 20).unwrap();
