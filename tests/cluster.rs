@@ -1,12 +1,13 @@
 //! Three real nodes: replication, any node serving any request, a minority and a majority
-//! killed with `kill -9`, a follower caught up by snapshot.
+//! killed with `kill -9`, a follower caught up by snapshot, clients that learn the leaders.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kahuna_client::{ClientOptions, GetOptions, SetOptions};
 use kahuna_tests::{
-    assert_replicas_equal, start_cluster, watchdog, Client, Durability, ErrorCode, Server,
+    assert_replicas_equal, client_via, start_cluster, status, watchdog, Client, Durability,
+    ErrorCode, Server,
 };
 
 fn client(s: &Server, timeout_ms: u64) -> Client {
@@ -144,4 +145,36 @@ fn a_follower_that_missed_compacted_entries_catches_up_by_snapshot() {
     let c = client(&nodes[2], 15_000);
     let l = c.lock_get(b"lk", Durability::Persistent).unwrap();
     assert_eq!(l.owner.as_deref(), Some(&b"owner-a"[..]));
+}
+
+#[test]
+fn clients_learn_leaders_and_skip_the_forwarding_hop() {
+    watchdog(Duration::from_secs(120));
+    let nodes = start_cluster(3, &[]);
+    let out = nodes[0].cli(&["--timeout-ms", "30000", "cluster", "wait", "--balanced"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let forwarded = || -> u64 { status(&nodes[0], false).nodes.iter().map(|n| n.forwarded).sum() };
+    // Keys over every partition; both clients know only node 1, which leads a third of them.
+    let keys: Vec<String> =
+        (0..300).map(|i| format!("{}/{i}", (b'!' + (i % 90) as u8) as char)).collect();
+    let write_all = |c: &Client| {
+        for k in &keys {
+            c.kv_set(k.as_bytes(), b"v", SetOptions::default()).unwrap();
+        }
+    };
+
+    let before = forwarded();
+    write_all(&client_via(&nodes[0], 10_000));
+    let via_node = forwarded() - before;
+    assert!(via_node >= 150, "only {via_node} of 300 writes were forwarded without routing");
+
+    let routed = client(&nodes[0], 10_000);
+    // The routing table loads in the background; give it a moment, as a long-lived client has.
+    routed.lock_get(b"warm-up", Durability::Persistent).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = forwarded();
+    write_all(&routed);
+    let with_routing = forwarded() - before;
+    eprintln!("forwarded: {via_node} of 300 without routing, {with_routing} with");
+    assert!(with_routing <= 10, "{with_routing} of 300 routed writes still took a hop");
 }

@@ -256,6 +256,7 @@ fn status_json(st: &ClusterStatus) -> Value {
                 "client_address": n.client_address,
                 "peer_address": n.peer_address,
                 "shards": n.shards,
+                "forwarded": n.forwarded,
                 "error": (!n.error.is_empty()).then_some(&n.error),
             })
         })
@@ -309,12 +310,13 @@ fn status_table(st: &ClusterStatus) -> String {
     for n in &st.nodes {
         let state = if n.up { "up" } else { "down" };
         out.push_str(&format!(
-            "{:<5} {:<6} {:<22} {:<22} {}{}\n",
+            "{:<5} {:<6} {:<22} {:<22} {:<7} {}{}\n",
             n.id,
             state,
             if n.client_address.is_empty() { "-" } else { &n.client_address },
             n.peer_address,
             n.shards,
+            n.forwarded,
             if n.error.is_empty() { String::new() } else { format!("  ({})", n.error) },
         ));
     }

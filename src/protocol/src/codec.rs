@@ -462,6 +462,7 @@ fn cluster_status<'a>(
                     peer_address: Some(peer_address),
                     shards: n.shards,
                     error,
+                    forwarded: n.forwarded,
                 },
             )
         })
@@ -532,6 +533,7 @@ fn cluster_status_from(r: wire::ClusterStatusResult<'_>) -> ClusterStatus {
                     peer_address: n.peer_address().unwrap_or_default().to_string(),
                     shards: n.shards(),
                     error: n.error().unwrap_or_default().to_string(),
+                    forwarded: n.forwarded(),
                 })
                 .collect()
         })
@@ -933,6 +935,7 @@ mod tests {
                         peer_address: "127.0.0.1:7100".into(),
                         shards: 0,
                         error: "no answer".into(),
+                        forwarded: 0,
                     },
                     NodeStatus {
                         id: 2,
@@ -941,6 +944,7 @@ mod tests {
                         peer_address: "127.0.0.1:7101".into(),
                         shards: 2,
                         error: String::new(),
+                        forwarded: 7,
                     },
                 ],
                 partitions: vec![PartitionStatus {

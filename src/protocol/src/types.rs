@@ -396,6 +396,8 @@ pub struct NodeStatus {
     pub shards: u32,
     /// Why it is marked down.
     pub error: String,
+    /// Requests it forwarded to another node since it started.
+    pub forwarded: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -4992,6 +4992,7 @@ impl<'a> NodeStatus<'a> {
   pub const VT_PEER_ADDRESS: ::flatbuffers::VOffsetT = 10;
   pub const VT_SHARDS: ::flatbuffers::VOffsetT = 12;
   pub const VT_ERROR: ::flatbuffers::VOffsetT = 14;
+  pub const VT_FORWARDED: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5003,6 +5004,7 @@ impl<'a> NodeStatus<'a> {
     args: &'args NodeStatusArgs<'args>
   ) -> ::flatbuffers::WIPOffset<NodeStatus<'bldr>> {
     let mut builder = NodeStatusBuilder::new(_fbb);
+    builder.add_forwarded(args.forwarded);
     builder.add_id(args.id);
     if let Some(x) = args.error { builder.add_error(x); }
     builder.add_shards(args.shards);
@@ -5057,6 +5059,15 @@ impl<'a> NodeStatus<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(NodeStatus::VT_ERROR, None)}
   }
+  /// Requests this node forwarded to another node since it started (clients that route to
+  /// leaders keep this low).
+  #[inline]
+  pub fn forwarded(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(NodeStatus::VT_FORWARDED, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for NodeStatus<'_> {
@@ -5071,6 +5082,7 @@ impl ::flatbuffers::Verifiable for NodeStatus<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("peer_address", Self::VT_PEER_ADDRESS, false)?
      .visit_field::<u32>("shards", Self::VT_SHARDS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error", Self::VT_ERROR, false)?
+     .visit_field::<u64>("forwarded", Self::VT_FORWARDED, false)?
      .finish();
     Ok(())
   }
@@ -5082,6 +5094,7 @@ pub struct NodeStatusArgs<'a> {
     pub peer_address: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub shards: u32,
     pub error: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub forwarded: u64,
 }
 impl<'a> Default for NodeStatusArgs<'a> {
   #[inline]
@@ -5093,6 +5106,7 @@ impl<'a> Default for NodeStatusArgs<'a> {
       peer_address: None,
       shards: 0,
       error: None,
+      forwarded: 0,
     }
   }
 }
@@ -5127,6 +5141,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeStatusBuilder<'a, 'b, A> 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(NodeStatus::VT_ERROR, error);
   }
   #[inline]
+  pub fn add_forwarded(&mut self, forwarded: u64) {
+    self.fbb_.push_slot::<u64>(NodeStatus::VT_FORWARDED, forwarded, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NodeStatusBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     NodeStatusBuilder {
@@ -5150,6 +5168,7 @@ impl ::core::fmt::Debug for NodeStatus<'_> {
       ds.field("peer_address", &self.peer_address());
       ds.field("shards", &self.shards());
       ds.field("error", &self.error());
+      ds.field("forwarded", &self.forwarded());
       ds.finish()
   }
 }

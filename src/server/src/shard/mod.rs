@@ -56,6 +56,8 @@ pub struct Shard {
     pub peers: Option<PeerLinks>,
     forwarded: crate::transport::peer::ForwardWaiters,
     next_forward: Cell<u64>,
+    /// Requests this shard forwarded to another node (reported by `cluster status`).
+    pub forwarded_count: Cell<u64>,
     /// When a Raft message last came from each node: who is alive, for leader rebalancing.
     pub heard: RefCell<std::collections::HashMap<u64, std::time::Instant>>,
 }
@@ -116,6 +118,7 @@ impl Shard {
             forwarded,
             next_forward: Cell::new(1),
             heard: Default::default(),
+            forwarded_count: Cell::new(0),
         }
     }
 
@@ -281,6 +284,9 @@ impl Shard {
         };
         let token = self.next_forward.get();
         self.next_forward.set(token + 1);
+        if !matches!(op, Op::ClusterStatus { .. }) {
+            self.forwarded_count.set(self.forwarded_count.get() + 1);
+        }
         let left_ms =
             deadline.saturating_duration_since(std::time::Instant::now()).as_millis().min(60_000)
                 as u32;

@@ -95,10 +95,16 @@ impl Shard {
                 }
             }
         }
-        ClusterStatus { answered_by: self.node_id, nodes: vec![], partitions }
+        // The node's entry is filled in by the node scope; this one only carries the counter.
+        let counters = NodeStatus {
+            id: self.node_id,
+            forwarded: self.forwarded_count.get(),
+            ..Default::default()
+        };
+        ClusterStatus { answered_by: self.node_id, nodes: vec![counters], partitions }
     }
 
-    fn this_node(&self) -> NodeStatus {
+    fn this_node(&self, forwarded: u64) -> NodeStatus {
         let peer_address = match self.cfg.peer_addr() {
             Ok(a) => a.to_string(),
             Err(_) => String::new(),
@@ -110,20 +116,25 @@ impl Shard {
             peer_address,
             shards: self.cfg.shards as u32,
             error: String::new(),
+            forwarded,
         }
     }
 
     /// Every replica of this node: this shard's, and the other shards' over the mesh.
     async fn node_status(self: &Rc<Self>, checksums: bool, deadline: Instant) -> ClusterStatus {
         let mut st = self.shard_status(checksums).await;
-        st.nodes.push(self.this_node());
+        let mut forwarded: u64 = st.nodes.drain(..).map(|n| n.forwarded).sum();
         for s in (0..self.cfg.shards).filter(|s| *s != self.id) {
             let op = Op::ClusterStatus { scope: StatusScope::Shard, checksums };
             match self.mesh.forward(s, 0, op, deadline).await {
-                (Ok(Reply::ClusterStatus(part)), _) => st.merge(part),
+                (Ok(Reply::ClusterStatus(mut part)), _) => {
+                    forwarded += part.nodes.drain(..).map(|n| n.forwarded).sum::<u64>();
+                    st.merge(part);
+                }
                 (other, _) => log::warn!("shard {s} gave no status: {:?}", other.err()),
             }
         }
+        st.nodes.push(self.this_node(forwarded));
         st
     }
 
@@ -155,10 +166,9 @@ impl Shard {
                     st.nodes.push(NodeStatus {
                         id,
                         up: false,
-                        client_address: String::new(),
                         peer_address: members.get(&id).map(|a| a.to_string()).unwrap_or_default(),
-                        shards: 0,
                         error,
+                        ..Default::default()
                     });
                 }
             }
