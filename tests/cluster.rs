@@ -119,7 +119,7 @@ fn three_nodes_replicate_serve_anywhere_and_survive_a_minority() {
 }
 
 #[test]
-fn a_follower_that_missed_compacted_entries_catches_up_by_snapshot() {
+fn followers_that_missed_compacted_entries_or_lost_their_data_catch_up_by_snapshot() {
     watchdog(Duration::from_secs(240));
     // A small in-memory log: the leader compacts past the stopped follower quickly.
     let mut nodes = start_cluster(3, &["--max-log-entries-in-memory", "50"]);
@@ -139,7 +139,26 @@ fn a_follower_that_missed_compacted_entries_catches_up_by_snapshot() {
     }
     // The restarted follower holds exactly the leader's state: equal checksums per partition.
     assert_replicas_equal(&nodes[0], 3);
-    // Without node 1, every quorum includes the restarted node: all acknowledged writes are there.
+
+    // A node whose data directory is wiped comes back empty under its id: its leaders notice it
+    // lost what it had acknowledged and send it everything again (a snapshot).
+    nodes[1].kill9();
+    std::fs::remove_dir_all(&nodes[1].data_dir).unwrap();
+    nodes[1].relaunch();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !nodes[1].log_text().contains("installed a snapshot") {
+        assert!(
+            Instant::now() < deadline,
+            "the wiped node got no snapshot:\n{}",
+            nodes[1].log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_replicas_equal(&nodes[0], 3);
+    let noticed = nodes.iter().any(|n| n.log_text().contains("lost entries it had acknowledged"));
+    assert!(noticed, "no leader noticed the wiped replica:\n{}", nodes[1].log_text());
+
+    // Without node 1, every quorum is the two restarted nodes: all acknowledged writes are there.
     nodes[0].kill9();
     audit(&[&nodes[1], &nodes[2]], &acked);
     let c = client(&nodes[2], 15_000);

@@ -17,6 +17,7 @@ use futures_channel::oneshot;
 use kahuna_core::partition::PartitionInfo;
 use kahuna_core::store::MemStore;
 use kahuna_protocol::{ErrorCode, Reply, WireError};
+use raft::eraftpb::{Message, MessageType};
 use raft::{RawNode, StateRole};
 
 use super::log_store::LogStore;
@@ -204,6 +205,64 @@ impl Partition {
             }
         }
         self.read_ready = keep;
+    }
+
+    /// Steps a Raft message from a peer; returns a message to send back, if any.
+    ///
+    /// Handles a replica that lost entries it had acknowledged (its data directory was wiped or
+    /// damaged). Its leader still counts those entries as matched, so it would never send them
+    /// again, and raft-rs panics on a heartbeat whose commit index lies beyond the log. Instead:
+    /// the replica takes the heartbeat up to its own last index and answers with a rejection
+    /// naming where its log really ends; the leader, seeing a rejection below what it counted as
+    /// matched, starts replicating to it from there (by snapshot if the log was compacted).
+    /// Votes the replica cast before losing its data are forgotten too: see the README.
+    pub fn step_peer(&mut self, me: u64, mut msg: Message) -> Option<Message> {
+        let pid = self.info.id;
+        let last = self.node.raft.raft_log.last_index();
+        let mut reply = None;
+        if msg.get_msg_type() == MessageType::MsgHeartbeat && msg.commit > last {
+            if !std::mem::replace(&mut self.lost_data, true) {
+                log::error!(
+                    "partition {pid}: leader {} counts entries up to {} as held here, but this \
+                     replica's log ends at {last}: its data was lost after it acknowledged them; \
+                     asking for them again",
+                    msg.from,
+                    msg.commit
+                );
+            }
+            let mut r = Message::default();
+            r.set_msg_type(MessageType::MsgAppendResponse);
+            r.to = msg.from;
+            r.from = me;
+            r.term = msg.term;
+            r.index = msg.commit;
+            r.reject = true;
+            r.reject_hint = last;
+            reply = Some(r);
+            msg.commit = last;
+        }
+        if msg.get_msg_type() == MessageType::MsgAppendResponse
+            && msg.reject
+            && msg.term == self.term()
+            && self.is_leader()
+        {
+            let (from, hint) = (msg.from, msg.reject_hint);
+            if let Some(pr) = self.node.raft.mut_prs().get_mut(from) {
+                if hint < pr.matched {
+                    log::warn!(
+                        "partition {pid}: node {from} lost entries it had acknowledged (matched \
+                         {}, its log ends at {hint}); replicating to it again from there",
+                        pr.matched
+                    );
+                    pr.matched = hint;
+                    pr.become_probe();
+                    return reply;
+                }
+            }
+        }
+        // A message from a stale term or an unknown peer is refused by raft-rs itself.
+        let _ = self.node.step(msg);
+        reply
     }
 
     /// Keeps leaders spread: once the replica placement prefers over this leader has been up

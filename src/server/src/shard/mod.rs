@@ -378,28 +378,12 @@ impl Shard {
     /// A Raft message from a peer for one of this shard's partitions.
     pub fn step_raft(&self, partition: u64, msg: raft::eraftpb::Message) {
         self.heard.borrow_mut().insert(msg.from, std::time::Instant::now());
-        if let Some(p) = self.parts.borrow_mut().get_mut(&partition) {
-            // A leader only sends a commit index this replica has acknowledged. One beyond our
-            // log means this replica lost entries it had acknowledged (a wiped or damaged data
-            // directory): raft-rs would panic; refuse the message and say why instead.
-            if msg.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat
-                && msg.commit > p.node.raft.raft_log.last_index()
-            {
-                if std::mem::replace(&mut p.lost_data, true) {
-                    return;
-                }
-                log::error!(
-                    "partition {partition}: leader {} says entries up to {} are committed here, \
-                     but this replica's log ends at {}: its data was lost after it acknowledged \
-                     them; replace this node's data, do not reuse the directory",
-                    msg.from,
-                    msg.commit,
-                    p.node.raft.raft_log.last_index()
-                );
-                return;
-            }
-            // A message from a stale term or an unknown peer is refused by raft-rs itself.
-            let _ = p.node.step(msg);
+        let reply = match self.parts.borrow_mut().get_mut(&partition) {
+            Some(p) => p.step_peer(self.node_id, msg),
+            None => None,
+        };
+        if let (Some(r), Some(peers)) = (reply, &self.peers) {
+            peers.send(r.to, PeerOut::Raft { partition, msg: r });
         }
         self.kick();
     }
