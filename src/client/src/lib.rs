@@ -64,6 +64,9 @@ pub struct ClientOptions {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub max_frame_bytes: usize,
+    /// Longest wait for a new connection. A host that does not answer (powered off, cut off)
+    /// costs this, then the request goes to another node, instead of the caller's deadline.
+    pub connect_timeout: Duration,
     /// Learn the cluster's partitions and leaders (one `cluster status` in the background at
     /// connect, then the leader hint of every answer) and send each request to its key's
     /// leader. Off, requests go round-robin to `endpoints` and the nodes forward them.
@@ -78,6 +81,7 @@ impl Default for ClientOptions {
             backoff_initial: Duration::from_millis(5),
             backoff_max: Duration::from_millis(500),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            connect_timeout: Duration::from_secs(1),
             route_to_leaders: true,
         }
     }
@@ -280,7 +284,17 @@ impl Client {
                 return Ok(c.clone());
             }
         }
-        let c = Arc::new(Conn::open(&ep.addr, self.inner.opts.max_frame_bytes).await?);
+        let open = Conn::open(&ep.addr, self.inner.opts.max_frame_bytes);
+        let c = match tokio::time::timeout(self.inner.opts.connect_timeout, open).await {
+            Ok(c) => Arc::new(c?),
+            // Nothing was sent: safe to try another node.
+            Err(_) => {
+                return Err(WireError::new(
+                    ErrorCode::Unavailable,
+                    format!("connecting to {} timed out", ep.addr),
+                ))
+            }
+        };
         *guard = Some(c.clone());
         Ok(c)
     }
