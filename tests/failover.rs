@@ -41,7 +41,8 @@ fn killing_the_busiest_leader_mid_load_loses_no_acknowledged_write() {
         assert_eq!(p["replicas"].as_array().unwrap().len(), 3, "{p}");
     }
     let table = String::from_utf8_lossy(&nodes[2].cli(&["cluster", "status"]).stdout).to_string();
-    assert!(table.contains("LEADER") && table.contains("127.0.0.1"), "{table}");
+    assert!(table.contains("LEADER") && table.contains("FORWARDED"), "{table}");
+    assert!(table.contains("127.0.0.1"), "{table}");
 
     // Two writers per node, each overwriting its own 40 keys, for the whole run.
     let stop = Arc::new(AtomicBool::new(false));

@@ -305,8 +305,9 @@ fn status_json(st: &ClusterStatus) -> Value {
 }
 
 fn status_table(st: &ClusterStatus) -> String {
-    let mut out =
-        String::from("NODE  STATE  CLIENT                 PEER                   SHARDS\n");
+    let mut out = String::from(
+        "NODE  STATE  CLIENT                 PEER                   SHARDS  FORWARDED\n",
+    );
     for n in &st.nodes {
         let state = if n.up { "up" } else { "down" };
         out.push_str(&format!(
