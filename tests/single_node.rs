@@ -159,6 +159,42 @@ fn ttl_expiry_and_history_through_the_client() {
     assert!(hist[0].deleted);
 }
 
+#[test]
+fn expired_keys_are_collected_and_their_revisions_never_reused() {
+    watchdog(Duration::from_secs(90));
+    let mut s = Server::start(&["--shards", "1", "--no-pin", "--expired-key-grace-secs", "0"]);
+    let c = s.client();
+    let pairs = |s: &Server| -> u64 {
+        let st = kahuna_tests::status(s, true);
+        st.partitions.iter().flat_map(|p| &p.status).map(|r| r.checksum >> 32).sum()
+    };
+    let empty = pairs(&s);
+    for i in 0..200 {
+        for _ in 0..3 {
+            c.kv_set(format!("gc/{i}").as_bytes(), b"v", SetOptions::default().ttl_ms(3000))
+                .unwrap();
+        }
+    }
+    c.kv_set(b"gc-keep", b"v", SetOptions::default()).unwrap();
+    // 200 current records and 400 history entries, then the keep key.
+    assert!(pairs(&s) >= empty + 601, "{}", pairs(&s));
+    // Expired keys go, with their history; the partition keeps one revision floor record.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pairs(&s) > empty + 1 + 1 {
+        assert!(Instant::now() < deadline, "expired keys were not collected: {}", pairs(&s));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(c.kv_get(b"gc-keep", GetOptions::default()).unwrap().revision, 1);
+    // Collected state is durable, and a key created again continues above its old revisions.
+    s.kill9();
+    s.restart();
+    let c = s.client();
+    assert!(pairs(&s) <= empty + 2);
+    assert_eq!(c.kv_get(b"gc/7", GetOptions::default()).unwrap_err().code, ErrorCode::NotFound);
+    let rev = c.kv_set(b"gc/7", b"again", SetOptions::default()).unwrap();
+    assert!(rev > 3, "revision {rev} was handed out before");
+}
+
 #[derive(Default)]
 struct Acked {
     kv: HashMap<String, (String, u64)>,

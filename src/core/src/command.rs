@@ -20,13 +20,46 @@ pub enum Cond {
 /// A state change. Reads never become one.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum WriteOp {
-    KvSet { key: Vec<u8>, value: Vec<u8>, ttl_ms: u64, cond: Cond },
-    KvDelete { key: Vec<u8>, expected_revision: u64 },
-    KvExtend { key: Vec<u8>, ttl_ms: u64 },
-    LockAcquire { resource: Vec<u8>, owner: Vec<u8>, lease_ms: u64 },
-    LockExtend { resource: Vec<u8>, owner: Vec<u8>, lease_ms: u64, fencing_token: u64 },
-    LockRelease { resource: Vec<u8>, owner: Vec<u8>, fencing_token: u64 },
-    SeqNext { name: Vec<u8>, count: u64 },
+    KvSet {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl_ms: u64,
+        cond: Cond,
+    },
+    KvDelete {
+        key: Vec<u8>,
+        expected_revision: u64,
+    },
+    KvExtend {
+        key: Vec<u8>,
+        ttl_ms: u64,
+    },
+    LockAcquire {
+        resource: Vec<u8>,
+        owner: Vec<u8>,
+        lease_ms: u64,
+    },
+    LockExtend {
+        resource: Vec<u8>,
+        owner: Vec<u8>,
+        lease_ms: u64,
+        fencing_token: u64,
+    },
+    LockRelease {
+        resource: Vec<u8>,
+        owner: Vec<u8>,
+        fencing_token: u64,
+    },
+    SeqNext {
+        name: Vec<u8>,
+        count: u64,
+    },
+    /// Removes keys whose TTL ran out at least `grace_ms` ago, with their history (proposed by
+    /// the partition leader's collector; each key is checked again at apply).
+    KvCollect {
+        keys: Vec<Vec<u8>>,
+        grace_ms: u64,
+    },
 }
 
 /// One Raft entry's payload.

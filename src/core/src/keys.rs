@@ -9,6 +9,8 @@
 //!  b'h' key !revision(be)   an older revision; inverted so a forward scan is newest first
 //!  b'l' resource            lock record
 //!  b's' name                sequence: the last value handed out
+//!  b'r' partition start     the partition's revision floor: new keys start above it, so a key
+//!                           whose record was collected never reuses a revision (no ABA)
 //! ```
 //! Bytes below `KIND_MIN` are reserved for the server's own per-partition metadata.
 
@@ -16,9 +18,11 @@ pub const KV: u8 = b'k';
 pub const HISTORY: u8 = b'h';
 pub const LOCK: u8 = b'l';
 pub const SEQ: u8 = b's';
+pub const REVISION_FLOOR: u8 = b'r';
 /// Every data kind is at or above this byte; the server keeps its metadata below it.
 pub const KIND_MIN: u8 = b'a';
-pub const DATA_KINDS: [u8; 4] = [KV, HISTORY, LOCK, SEQ];
+/// Every kind a partition's snapshot, checksum and range operations cover.
+pub const DATA_KINDS: [u8; 5] = [KV, HISTORY, LOCK, REVISION_FLOOR, SEQ];
 
 pub fn data_key(kind: u8, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len());

@@ -95,6 +95,10 @@ settings! {
     default_timeout_ms: u64 = 5000;
     /// Older revisions kept per key.
     history_retention: u64 = 32;
+    /// Seconds after a persistent key's TTL runs out before its record and history are removed
+    /// (until then `get --revision` and `history` still show it). New keys of a partition start
+    /// above the highest revision it removed, so revisions are never reused.
+    expired_key_grace_secs: u64 = 60;
     /// Spin this long before parking an idle shard (trades CPU for cross-core latency).
     spin_before_park_us: u64 = 0;
 }

@@ -65,7 +65,10 @@ pub(super) fn set<T: Txn>(
         }
         _ => {}
     }
-    let revision = cur.as_ref().map(|r| r.revision).unwrap_or(0) + 1;
+    let revision = match &cur {
+        Some(r) => r.revision,
+        None => revision_floor(txn, ctx)?,
+    } + 1;
     let create_revision = live.map(|r| r.create_revision).unwrap_or(revision);
     let new = KvRecord {
         value: value.to_vec(),
@@ -76,6 +79,68 @@ pub(super) fn set<T: Txn>(
     };
     replace(txn, key, cur, &new, ctx);
     Ok(Reply::KvSet { revision })
+}
+
+fn floor_key(ctx: &ApplyCtx) -> Option<Vec<u8>> {
+    ctx.partition_start.as_deref().map(|start| data_key(keys::REVISION_FLOOR, start))
+}
+
+/// The highest revision a collected key of this partition had: a new key starts above it.
+fn revision_floor<G: Get>(store: &G, ctx: &ApplyCtx) -> Result<u64, WireError> {
+    let Some(k) = floor_key(ctx) else { return Ok(0) };
+    match store.get(&k) {
+        None => Ok(0),
+        Some(b) => b.as_slice().try_into().map(u64::from_le_bytes).map_err(|_| {
+            WireError::new(kahuna_protocol::ErrorCode::Internal, "corrupt revision floor")
+        }),
+    }
+}
+
+/// Removes each key whose TTL ran out at least `grace_ms` before this command's time, with its
+/// retained history, and raises the partition's revision floor to the highest revision removed,
+/// so a key created again later continues above it. A key written again since the collector
+/// looked is alive now and stays. Replies with the number of keys removed (as `revision`).
+pub(super) fn collect<T: Txn>(
+    txn: &mut T,
+    keys_: &[Vec<u8>],
+    grace_ms: u64,
+    ctx: &ApplyCtx,
+) -> Result<Reply, WireError> {
+    let Some(fk) = floor_key(ctx) else {
+        return Err(WireError::new(
+            kahuna_protocol::ErrorCode::Internal,
+            "collecting keys outside a partition",
+        ));
+    };
+    let mut floor = revision_floor(txn, ctx)?;
+    let mut removed = 0u64;
+    for key in keys_ {
+        let Some(r) = current(txn, key)? else { continue };
+        let expired_long_ago =
+            r.expires_at_ms != 0 && r.expires_at_ms.saturating_add(grace_ms) <= ctx.now_ms;
+        if r.deleted || !expired_long_ago {
+            continue;
+        }
+        let oldest = r.revision.saturating_sub(ctx.history_retention).max(1);
+        for rev in oldest..r.revision {
+            txn.delete(history_key(key, rev));
+        }
+        txn.delete(data_key(keys::KV, key));
+        floor = floor.max(r.revision);
+        removed += 1;
+    }
+    if removed > 0 {
+        txn.put(fk, floor.to_le_bytes().to_vec());
+    }
+    Ok(Reply::KvDelete { deleted: removed > 0, revision: removed })
+}
+
+/// Whether the stored current record (a value of kind `k`) expired at least `grace_ms` before
+/// `now_ms`: what the collector proposes for removal.
+pub fn expired_before(value: &[u8], now_ms: u64, grace_ms: u64) -> bool {
+    decode_kv(value).is_ok_and(|r| {
+        !r.deleted && r.expires_at_ms != 0 && r.expires_at_ms.saturating_add(grace_ms) <= now_ms
+    })
 }
 
 pub(super) fn delete<T: Txn>(

@@ -12,6 +12,8 @@
 
 mod kv;
 mod locks;
+
+pub use kv::expired_before;
 mod sequences;
 
 use kahuna_protocol::{ErrorCode, Op, Reply, WireError};
@@ -35,6 +37,9 @@ pub struct ApplyCtx {
     pub keep_released_locks: bool,
     /// Older revisions kept per key.
     pub history_retention: u64,
+    /// The start key of the partition the write applies to, which names its revision floor;
+    /// `None` where nothing is ever collected (ephemeral state): the floor is 0.
+    pub partition_start: Option<Vec<u8>>,
 }
 
 impl ApplyCtx {
@@ -44,7 +49,14 @@ impl ApplyCtx {
             token_floor: 0,
             keep_released_locks: true,
             history_retention: limits.history_retention,
+            partition_start: None,
         }
+    }
+
+    /// The same, for the partition starting at `start` (persistent state keeps a floor there).
+    pub fn in_partition(mut self, start: &[u8]) -> ApplyCtx {
+        self.partition_start = Some(start.to_vec());
+        self
     }
 }
 
@@ -97,6 +109,7 @@ pub fn apply<T: Txn>(txn: &mut T, op: &WriteOp, ctx: &ApplyCtx) -> Result<Reply,
             locks::release(txn, resource, owner, *fencing_token, ctx)
         }
         WriteOp::SeqNext { name, count } => sequences::next(txn, name, *count),
+        WriteOp::KvCollect { keys, grace_ms } => kv::collect(txn, keys, *grace_ms, ctx),
     }
 }
 

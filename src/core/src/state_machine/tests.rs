@@ -303,3 +303,50 @@ fn sequence_blocks_never_overlap() {
     let over = apply(&mut s2, &WriteOp::SeqNext { name: "x".into(), count: 2 }, &ctx(0));
     assert_eq!(over.unwrap_err().code, ErrorCode::Invalid);
 }
+
+#[test]
+fn collecting_expired_keys_frees_them_without_reusing_a_revision() {
+    let mut s = MemStore::default();
+    let part = |now| ctx(now).in_partition(b"");
+    let set_in = |s: &mut MemStore, key: &str, ttl_ms: u64, now: u64| {
+        let op = WriteOp::KvSet { key: key.into(), value: b"v".to_vec(), ttl_ms, cond: Cond::None };
+        match apply(s, &op, &part(now)) {
+            Ok(Reply::KvSet { revision }) => revision,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    for _ in 0..3 {
+        set_in(&mut s, "session", 100, 1_000);
+    }
+    assert_eq!(set_in(&mut s, "kept", 0, 1_000), 1);
+    let collect = |s: &mut MemStore, now: u64| {
+        let op = WriteOp::KvCollect {
+            keys: vec![b"session".to_vec(), b"kept".to_vec(), b"absent".to_vec()],
+            grace_ms: 500,
+        };
+        match apply(s, &op, &part(now)) {
+            Ok(Reply::KvDelete { revision: removed, .. }) => removed,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    // Expired at 1100, but not yet 500 ms ago: nothing goes.
+    assert_eq!(collect(&mut s, 1_200), 0);
+    assert!(s.get(&crate::keys::data_key(crate::keys::KV, b"session")).is_some());
+    // Past the grace: the record and its history go, the key without a TTL stays.
+    assert_eq!(collect(&mut s, 1_700), 1);
+    assert!(s.get(&crate::keys::data_key(crate::keys::KV, b"session")).is_none());
+    for rev in 1..=3 {
+        assert!(s.get(&crate::keys::history_key(b"session", rev)).is_none(), "history {rev}");
+    }
+    assert_eq!(get(&s, "kept", 0, 1_700), Ok(("v".into(), 1)));
+    // Created again, the key continues above every revision it had: a stale compare-and-set
+    // on revision 1, 2 or 3 can never match it.
+    assert_eq!(set_in(&mut s, "session", 0, 2_000), 4);
+    assert_eq!(set_in(&mut s, "brand-new", 0, 2_000), 4, "new keys start above the floor");
+    // A key written again after the collector looked is alive at apply and stays.
+    assert_eq!(collect(&mut s, 2_100), 0);
+    // State without a partition (ephemeral) has no floor and collects nothing.
+    let op = WriteOp::KvCollect { keys: vec![b"kept".to_vec()], grace_ms: 0 };
+    assert!(apply(&mut s, &op, &ctx(9_999)).is_err());
+    assert!(!expired_before(&s.get(b"ksession").unwrap(), 9_999, 0));
+}

@@ -49,6 +49,8 @@ pub struct Partition {
     pub handover: Option<(u64, std::time::Instant)>,
     /// This replica was found to have lost acknowledged entries (said once in the log).
     pub lost_data: bool,
+    /// Where the expired-key collector goes on (a storage key), `None` = from the start.
+    pub collect_cursor: Option<Vec<u8>>,
     proposals: BTreeMap<u64, Pending>,
     next_read_ctx: u64,
     /// Reads waiting for their ReadIndex answer, by context.
@@ -76,6 +78,7 @@ impl Partition {
             role: StateRole::Follower,
             handover: None,
             lost_data: false,
+            collect_cursor: None,
             proposals: BTreeMap::new(),
             next_read_ctx: 1,
             read_requests: BTreeMap::new(),

@@ -21,7 +21,7 @@ use glommio::channels::local_channel::LocalReceiver;
 use kahuna_core::hlc::Hlc;
 use kahuna_core::state_machine::{self, ApplyCtx};
 use kahuna_core::store::WriteBuffer;
-use kahuna_core::LogCommand;
+use kahuna_core::{LogCommand, WriteOp};
 use kahuna_protocol::{ErrorCode, Reply, WireError};
 use raft::eraftpb::{Entry, EntryType, MessageType, Snapshot};
 
@@ -33,6 +33,9 @@ use crate::storage::wal::{EntryRec, HardStateRec, Wal, WalRecord};
 const LOG_TAIL: u64 = 256;
 /// Ephemeral keys looked at per partition per tick by the expiry sweep.
 const SWEEP_BUDGET: usize = 1024;
+/// Persistent keys the collector looks at per led partition per pass, and how often it passes.
+const COLLECT_BATCH: usize = 512;
+const COLLECT_EVERY_TICKS: u64 = 10;
 
 pub fn entry_rec(e: &Entry) -> EntryRec {
     EntryRec {
@@ -181,8 +184,13 @@ fn on_tick(shard: &Shard) {
     let alive_within = Duration::from_millis(shard.cfg.raft_tick_ms * 20);
     let heard = shard.heard.borrow();
     let alive = |n: u64| heard.get(&n).is_some_and(|t| now.duration_since(*t) < alive_within);
+    let collect = shard.ticks.get().is_multiple_of(COLLECT_EVERY_TICKS);
+    shard.ticks.set(shard.ticks.get() + 1);
     for (pid, p) in shard.parts.borrow_mut().iter_mut() {
         p.node.tick();
+        if collect && p.is_leader() {
+            collect_expired(shard, p, now_ms);
+        }
         if shard.peers.is_some() && !hold.is_zero() {
             if let Some(to) = p.rebalance(shard.node_id, now, hold, alive) {
                 log::info!(
@@ -201,6 +209,48 @@ fn on_tick(shard: &Shard) {
         }
     }
     shard.ephemeral_bytes.set(shard.ephemeral_bytes.get().saturating_sub(freed));
+}
+
+/// Looks at the next [`COLLECT_BATCH`] keys of a led partition and proposes removing those
+/// whose TTL ran out more than the grace ago. Replicated like any write, so every replica frees
+/// the same keys; a key written again meanwhile is kept at apply.
+fn collect_expired(shard: &Shard, p: &mut crate::raft::partition::Partition, now_ms: u64) {
+    use crate::clock::Clock;
+    use kahuna_core::store::Scan;
+    let grace_ms = shard.cfg.expired_key_grace_secs.saturating_mul(1000);
+    let (lo, hi) = kahuna_core::keys::kind_range(kahuna_core::keys::KV, &p.info.start, &p.info.end);
+    let from = match p.collect_cursor.take() {
+        Some(c) => c,
+        None => lo,
+    };
+    let mut keys = Vec::new();
+    let mut seen = 0;
+    let mut last = None;
+    shard.db.scan(&from, &hi, &mut |k, v| {
+        seen += 1;
+        if state_machine::expired_before(v, now_ms, grace_ms) {
+            keys.push(k[1..].to_vec());
+        }
+        last = Some(k.to_vec());
+        seen < COLLECT_BATCH
+    });
+    // Go on after the last key looked at next time; wrap around at the end of the range.
+    p.collect_cursor = match last {
+        Some(mut k) if seen >= COLLECT_BATCH => {
+            k.push(0);
+            Some(k)
+        }
+        _ => None,
+    };
+    if keys.is_empty() {
+        return;
+    }
+    let hlc = shard.hlc.borrow_mut().now(shard.clock.now_ms()).0;
+    let data = LogCommand { hlc, op: WriteOp::KvCollect { keys, grace_ms } }.encode();
+    // Nobody waits for the answer; a refused proposal (busy, leadership moving) is retried on a
+    // later pass.
+    let _ = p.propose(data);
+    shard.kick();
 }
 
 /// A `Ready` handed to the WAL, to report durable once the batch is synced.
@@ -379,7 +429,8 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
                 let result = match LogCommand::decode(&e.data) {
                     Ok(cmd) => {
                         shard.hlc.borrow_mut().observe(Hlc(cmd.hlc));
-                        let ctx = ApplyCtx::persistent(Hlc(cmd.hlc).physical_ms(), &shard.limits);
+                        let ctx = ApplyCtx::persistent(Hlc(cmd.hlc).physical_ms(), &shard.limits)
+                            .in_partition(&p.info.start);
                         state_machine::apply(&mut buf, &cmd.op, &ctx)
                     }
                     Err(err) => {

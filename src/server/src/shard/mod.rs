@@ -56,6 +56,8 @@ pub struct Shard {
     pub peers: Option<PeerLinks>,
     forwarded: crate::transport::peer::ForwardWaiters,
     next_forward: Cell<u64>,
+    /// Raft ticks so far (the expired-key collector runs every few).
+    pub ticks: Cell<u64>,
     /// Requests this shard forwarded to another node (reported by `cluster status`).
     pub forwarded_count: Cell<u64>,
     /// When a Raft message last came from each node: who is alive, for leader rebalancing.
@@ -119,6 +121,7 @@ impl Shard {
             next_forward: Cell::new(1),
             heard: Default::default(),
             forwarded_count: Cell::new(0),
+            ticks: Cell::new(0),
         }
     }
 
@@ -439,6 +442,7 @@ impl Shard {
                 token_floor: floor + 1,
                 keep_released_locks: false,
                 history_retention: retention,
+                partition_start: None,
             };
             let before = p.ephemeral.bytes();
             let reply = state_machine::apply(&mut p.ephemeral, &wop, &ctx)?;
