@@ -18,7 +18,8 @@ fn item(key: &[u8], r: KvRecord) -> KvItem {
         key: key.to_vec(),
         value: r.value,
         revision: r.revision,
-        expires_at_ms: r.expires_at_ms,
+        // A tombstone's stored expiry is its delete time, for the collector only.
+        expires_at_ms: if r.deleted { 0 } else { r.expires_at_ms },
         deleted: r.deleted,
     }
 }
@@ -96,8 +97,8 @@ fn revision_floor<G: Get>(store: &G, ctx: &ApplyCtx) -> Result<u64, WireError> {
     }
 }
 
-/// Removes each key whose TTL ran out at least `grace_ms` before this command's time, with its
-/// retained history, and raises the partition's revision floor to the highest revision removed,
+/// Removes each key whose TTL ran out (or that was deleted) at least `grace_ms` before this
+/// command's time, with its retained history, and raises the partition's revision floor to the highest revision removed,
 /// so a key created again later continues above it. A key written again since the collector
 /// looked is alive now and stays. Replies with the number of keys removed (as `revision`).
 pub(super) fn collect<T: Txn>(
@@ -118,7 +119,7 @@ pub(super) fn collect<T: Txn>(
         let Some(r) = current(txn, key)? else { continue };
         let expired_long_ago =
             r.expires_at_ms != 0 && r.expires_at_ms.saturating_add(grace_ms) <= ctx.now_ms;
-        if r.deleted || !expired_long_ago {
+        if !expired_long_ago {
             continue;
         }
         let oldest = r.revision.saturating_sub(ctx.history_retention).max(1);
@@ -135,12 +136,11 @@ pub(super) fn collect<T: Txn>(
     Ok(Reply::KvDelete { deleted: removed > 0, revision: removed })
 }
 
-/// Whether the stored current record (a value of kind `k`) expired at least `grace_ms` before
-/// `now_ms`: what the collector proposes for removal.
+/// Whether the stored current record (a value of kind `k`) expired, or was deleted, at least
+/// `grace_ms` before `now_ms`: what the collector proposes for removal.
 pub fn expired_before(value: &[u8], now_ms: u64, grace_ms: u64) -> bool {
-    decode_kv(value).is_ok_and(|r| {
-        !r.deleted && r.expires_at_ms != 0 && r.expires_at_ms.saturating_add(grace_ms) <= now_ms
-    })
+    decode_kv(value)
+        .is_ok_and(|r| r.expires_at_ms != 0 && r.expires_at_ms.saturating_add(grace_ms) <= now_ms)
 }
 
 pub(super) fn delete<T: Txn>(
@@ -160,7 +160,14 @@ pub(super) fn delete<T: Txn>(
     let Some(old_rev) = live_rev else {
         return Ok(Reply::KvDelete { deleted: false, revision: 0 });
     };
-    let tomb = KvRecord { revision: old_rev + 1, deleted: true, ..KvRecord::default() };
+    // A tombstone's expiry is the moment of the delete: the collector removes it like an
+    // expired key, once the grace has passed.
+    let tomb = KvRecord {
+        revision: old_rev + 1,
+        deleted: true,
+        expires_at_ms: ctx.now_ms.max(1),
+        ..KvRecord::default()
+    };
     replace(txn, key, cur, &tomb, ctx);
     Ok(Reply::KvDelete { deleted: true, revision: tomb.revision })
 }

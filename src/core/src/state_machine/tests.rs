@@ -345,6 +345,13 @@ fn collecting_expired_keys_frees_them_without_reusing_a_revision() {
     assert_eq!(set_in(&mut s, "brand-new", 0, 2_000), 4, "new keys start above the floor");
     // A key written again after the collector looked is alive at apply and stays.
     assert_eq!(collect(&mut s, 2_100), 0);
+    // A deleted key's tombstone goes the same way, the grace counted from the delete.
+    let del = WriteOp::KvDelete { key: b"kept".to_vec(), expected_revision: 0 };
+    assert!(matches!(apply(&mut s, &del, &part(3_000)), Ok(Reply::KvDelete { deleted: true, .. })));
+    assert_eq!(collect(&mut s, 3_400), 0);
+    assert_eq!(collect(&mut s, 3_500), 1);
+    assert!(s.get(&crate::keys::data_key(crate::keys::KV, b"kept")).is_none());
+    assert_eq!(set_in(&mut s, "kept", 0, 4_000), 4, "above the floor (3, from session)");
     // State without a partition (ephemeral) has no floor and collects nothing.
     let op = WriteOp::KvCollect { keys: vec![b"kept".to_vec()], grace_ms: 0 };
     assert!(apply(&mut s, &op, &ctx(9_999)).is_err());
