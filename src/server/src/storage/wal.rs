@@ -205,8 +205,10 @@ async fn create_segment(dir: &Path, id: u64) -> io::Result<(Segment, DmaFile)> {
         .dma_open(&path)
         .await
         .map_err(io_err)?;
-    // The new name must survive a crash before anything in it is acknowledged.
-    std::fs::File::open(dir)?.sync_all()?;
+    // The new name must survive a crash before anything in it is acknowledged. Syncing a
+    // directory is a blocking call: it runs on a blocking thread while the writer waits.
+    let d = dir.to_path_buf();
+    glommio::executor().spawn_blocking(move || std::fs::File::open(d)?.sync_all()).await?;
     Ok((Segment { id, path, max_index: HashMap::new() }, file))
 }
 
