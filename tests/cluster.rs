@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kahuna_client::{ClientOptions, GetOptions, SetOptions};
+use kahuna_client::{ClientOptions, GetOptions, ScanOptions, SetOptions};
 use kahuna_tests::{
     assert_replicas_equal, client_via, start_cluster, status, watchdog, Client, Durability,
     ErrorCode, Server,
@@ -64,6 +64,17 @@ fn three_nodes_replicate_serve_anywhere_and_survive_a_minority() {
         seq_max = first + count - 1;
     }
     audit(&[&nodes[0], &nodes[1], &nodes[2]], &acked);
+    // A big scan page (read off the shard loop) through every node sees exactly those keys.
+    for s in &nodes {
+        let page = client(s, 10_000)
+            .kv_scan(b"alpha/", ScanOptions { limit: 1000, ..Default::default() })
+            .unwrap();
+        let want: Vec<&String> = acked.keys().filter(|k| k.starts_with("alpha/")).collect();
+        let got: Vec<String> =
+            page.items.iter().map(|i| String::from_utf8(i.key.clone()).unwrap()).collect();
+        assert_eq!(got.iter().collect::<Vec<_>>(), want);
+        assert!(page.next.is_none());
+    }
 
     // Kill one node: the other two keep writing and reading (after an election, within the
     // client's deadline), and sequences keep growing.

@@ -68,6 +68,10 @@ pub struct Shard {
 /// in a loop.
 const MAX_HOPS: u8 = 2;
 
+/// Scan pages of up to this many keys read on the shard loop (a few hundred microseconds at
+/// most); bigger ones on a blocking thread.
+const SCAN_ON_LOOP_KEYS: u32 = 256;
+
 /// How long a forwarded read waits for its answer before it is answered UNAVAILABLE (retryable).
 const FORWARDED_READ_WAIT: Duration = Duration::from_millis(1500);
 
@@ -471,14 +475,31 @@ impl Shard {
             }
         }
         let now_ms = self.now_ms();
-        let parts = self.parts.borrow();
-        let Some(p) = parts.get(&partition) else {
-            return Err(WireError::new(
-                ErrorCode::Moved,
-                format!("partition {partition} is not on this shard"),
-            ));
+        let (start, end) = match self.parts.borrow().get(&partition) {
+            Some(p) => (p.info.start.clone(), p.info.end.clone()),
+            None => {
+                return Err(WireError::new(
+                    ErrorCode::Moved,
+                    format!("partition {partition} is not on this shard"),
+                ))
+            }
         };
-        let bounds = Bounds { start: &p.info.start, end: &p.info.end };
+        // A big scan page (up to thousands of keys and megabytes) would hold up every request of
+        // the shard: it reads on a blocking thread. RocksDB iterators read one consistent view,
+        // taken after the barrier above, so the answer is as linearizable as on the loop.
+        if let Op::KvScan { limit, .. } = op {
+            let keys = if *limit == 0 { self.limits.default_scan_limit } else { *limit };
+            if keys > SCAN_ON_LOOP_KEYS {
+                let (db, op, limits) = (self.db.clone(), op.clone(), self.limits.clone());
+                return glommio::executor()
+                    .spawn_blocking(move || {
+                        let bounds = Bounds { start: &start, end: &end };
+                        state_machine::read(&db, &op, now_ms, bounds, &limits)
+                    })
+                    .await;
+            }
+        }
+        let bounds = Bounds { start: &start, end: &end };
         state_machine::read(&self.db, op, now_ms, bounds, &self.limits)
     }
 
