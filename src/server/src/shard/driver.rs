@@ -1,7 +1,8 @@
 //! The shard's ready loop: the only code that writes the WAL and RocksDB.
 //!
 //! One turn, for all partitions of the shard at once:
-//! 1. tick the Raft groups when the tick is due, sweep expired ephemeral state;
+//! 1. tick the Raft groups when the tick is due, sweep expired ephemeral state, hand leadership
+//!    back to preferred replicas, and (each second) propose removing expired persistent keys;
 //! 2. collect every partition's `Ready`: committed entries to apply, new entries and hard
 //!    states to persist, read states to release;
 //! 3. apply the committed entries into one RocksDB batch (with each partition's apply state);
