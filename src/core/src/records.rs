@@ -74,6 +74,13 @@ pub fn peek_kv(bytes: &[u8], now_ms: u64) -> Result<(u64, bool), CorruptRecord> 
     Ok((a.revision.to_native(), live))
 }
 
+/// A kv record's expiry (a tombstone's: its delete time), read in place; 0 = never.
+pub fn peek_kv_expiry(bytes: &[u8]) -> Result<u64, CorruptRecord> {
+    let a = rkyv::access::<ArchivedKvRecord, rancor::Error>(bytes)
+        .map_err(|e| CorruptRecord { what: "kv", detail: e.to_string() })?;
+    Ok(a.expires_at_ms.to_native())
+}
+
 pub fn encode_lock(r: &LockRecord) -> Vec<u8> {
     rkyv::to_bytes::<rancor::Error>(r).expect("serialising a LockRecord").into_vec()
 }
