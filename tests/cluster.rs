@@ -152,7 +152,10 @@ fn followers_that_missed_compacted_entries_or_lost_their_data_catch_up_by_snapsh
     assert_replicas_equal(&nodes[0], 3);
 
     // A node whose data directory is wiped comes back empty under its id: its leaders notice it
-    // lost what it had acknowledged and send it everything again (a snapshot).
+    // lost what it had acknowledged and send it everything again (a snapshot). Leaders settle
+    // first, so the wiped node follows partitions whose leaders stay put.
+    let out = nodes[0].cli(&["--timeout-ms", "30000", "cluster", "wait", "--balanced"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     nodes[1].kill9();
     std::fs::remove_dir_all(&nodes[1].data_dir).unwrap();
     nodes[1].relaunch();
