@@ -17,6 +17,9 @@ pub(crate) struct Routes {
     ranges: Vec<(Vec<u8>, Vec<u8>, u64)>,
     leaders: HashMap<u64, u64>,
     addrs: HashMap<u64, String>,
+    /// Every node a status listed up, reachable or not: a hint naming one is no news (one listed
+    /// down that leads again has come back, and the reload learns its address).
+    known: std::collections::HashSet<u64>,
 }
 
 impl Routes {
@@ -28,6 +31,9 @@ impl Routes {
             st.partitions.iter().map(|p| (p.start.clone(), p.end.clone(), p.id)).collect();
         self.ranges.sort();
         for n in &st.nodes {
+            if n.up {
+                self.known.insert(n.id);
+            }
             match n.client_address.parse::<SocketAddr>() {
                 Ok(a) if n.up && !a.ip().is_unspecified() => {
                     self.addrs.insert(n.id, n.client_address.clone());
@@ -59,14 +65,15 @@ impl Routes {
     }
 
     /// An answer said node `hint` leads `partition` (0 = unknown: forget the entry). Returns
-    /// true when that node's address is unknown, so the table is worth reloading.
+    /// true when no status has listed that node yet, so the table is worth reloading (a node
+    /// listed without a reachable address stays reached by forwarding, without reloads).
     pub(crate) fn learn(&mut self, partition: u64, hint: u64) -> bool {
         if hint == 0 {
             self.leaders.remove(&partition);
             return false;
         }
         self.leaders.insert(partition, hint);
-        !self.addrs.contains_key(&hint)
+        !self.known.contains(&hint)
     }
 }
 
@@ -134,12 +141,15 @@ mod tests {
     }
 
     #[test]
-    fn hints_move_leaders_and_ask_for_a_reload_only_when_the_node_is_unknown() {
+    fn hints_move_leaders_and_ask_for_a_reload_only_for_unlisted_nodes() {
         let mut r = Routes::default();
         r.load(&status());
         assert!(!r.learn(2, 1));
         assert_eq!(r.leader_addr(2), Some("127.0.0.1:7000"));
-        assert!(r.learn(2, 3), "node 3's address is unknown");
+        assert!(!r.learn(2, 2), "node 2 is listed, on 0.0.0.0: no reload");
+        assert_eq!(r.leader_addr(2), None);
+        assert!(r.learn(2, 3), "node 3 was listed down: it is back");
+        assert!(r.learn(2, 4), "node 4 was never listed");
         assert_eq!(r.leader_addr(2), None);
         assert!(!r.learn(2, 0));
         assert_eq!(r.leader_addr(2), None);
