@@ -22,8 +22,7 @@ pub struct LogStore {
     snapshot_term: u64,
     /// `entries[0].index == snapshot_index + 1` when not empty.
     entries: Vec<Entry>,
-    /// The applied (index, term), and where to read the partition's state for a snapshot.
-    applied: (u64, u64),
+    /// Where to read the partition's state (and the index it stands for) for a snapshot.
     source: Option<SnapshotSource>,
     building: Rc<RefCell<Building>>,
 }
@@ -60,7 +59,6 @@ impl LogStore {
             snapshot_index,
             snapshot_term,
             entries,
-            applied: (snapshot_index, snapshot_term),
             source: None,
             building: Rc::default(),
         }
@@ -95,11 +93,6 @@ impl LogStore {
         self.conf_state = conf_state;
         self.hard_state.commit = self.hard_state.commit.max(index);
         self.hard_state.term = self.hard_state.term.max(term);
-    }
-
-    /// Where the state machine is, so that a snapshot can be cut at it.
-    pub fn set_applied(&mut self, index: u64, term: u64) {
-        self.applied = (index, term);
     }
 
     pub fn set_snapshot_source(&mut self, source: SnapshotSource) {

@@ -96,7 +96,6 @@ async fn install_snapshot(shard: &Shard, pid: u64, snap: &Snapshot) {
     }
     if let Some(p) = shard.parts.borrow_mut().get_mut(&pid) {
         p.applied = state;
-        p.node.mut_store().set_applied(meta.index, meta.term);
         log::info!(
             "partition {pid}: installed a snapshot at index {} term {}",
             meta.index,
@@ -443,7 +442,6 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
             }
             let applied_hlc = p.applied.applied_hlc.max(shard.hlc.borrow().last().0);
             p.applied = ApplyState { applied_index: e.index, applied_term: e.term, applied_hlc };
-            p.node.mut_store().set_applied(e.index, e.term);
         }
         states.push((*pid, p.applied));
     }

@@ -475,31 +475,33 @@ impl Shard {
             }
         }
         let now_ms = self.now_ms();
-        let (start, end) = match self.parts.borrow().get(&partition) {
-            Some(p) => (p.info.start.clone(), p.info.end.clone()),
-            None => {
-                return Err(WireError::new(
-                    ErrorCode::Moved,
-                    format!("partition {partition} is not on this shard"),
-                ))
-            }
+        let big_scan = match op {
+            Op::KvScan { limit: 0, .. } => self.limits.default_scan_limit > SCAN_ON_LOOP_KEYS,
+            Op::KvScan { limit, .. } => *limit > SCAN_ON_LOOP_KEYS,
+            _ => false,
+        };
+        let moved = || {
+            WireError::new(ErrorCode::Moved, format!("partition {partition} is not on this shard"))
         };
         // A big scan page (up to thousands of keys and megabytes) would hold up every request of
         // the shard: it reads on a blocking thread. RocksDB iterators read one consistent view,
         // taken after the barrier above, so the answer is as linearizable as on the loop.
-        if let Op::KvScan { limit, .. } = op {
-            let keys = if *limit == 0 { self.limits.default_scan_limit } else { *limit };
-            if keys > SCAN_ON_LOOP_KEYS {
-                let (db, op, limits) = (self.db.clone(), op.clone(), self.limits.clone());
-                return glommio::executor()
-                    .spawn_blocking(move || {
-                        let bounds = Bounds { start: &start, end: &end };
-                        state_machine::read(&db, &op, now_ms, bounds, &limits)
-                    })
-                    .await;
-            }
+        if big_scan {
+            let (start, end) = match self.parts.borrow().get(&partition) {
+                Some(p) => (p.info.start.clone(), p.info.end.clone()),
+                None => return Err(moved()),
+            };
+            let (db, op, limits) = (self.db.clone(), op.clone(), self.limits.clone());
+            return glommio::executor()
+                .spawn_blocking(move || {
+                    let bounds = Bounds { start: &start, end: &end };
+                    state_machine::read(&db, &op, now_ms, bounds, &limits)
+                })
+                .await;
         }
-        let bounds = Bounds { start: &start, end: &end };
+        let parts = self.parts.borrow();
+        let p = parts.get(&partition).ok_or_else(moved)?;
+        let bounds = Bounds { start: &p.info.start, end: &p.info.end };
         state_machine::read(&self.db, op, now_ms, bounds, &self.limits)
     }
 

@@ -234,6 +234,7 @@ async fn sender_loop(link: Link, rx: LocalReceiver<PeerOut>) {
         let mut out = Vec::with_capacity(64 << 10);
         let mut batch = Vec::new();
         let mut sent: Vec<(u64, bool)> = Vec::new();
+        let mut prune_at = SENT_PRUNE_AT;
         loop {
             let Some(first) = rx.recv().await else { return };
             batch.push(first);
@@ -259,9 +260,11 @@ async fn sender_loop(link: Link, rx: LocalReceiver<PeerOut>) {
                 lost_in_flight(&link, &mut sent);
                 break;
             }
-            if sent.len() >= SENT_PRUNE_AT {
+            if sent.len() >= prune_at {
                 let waiters = link.waiters.borrow();
                 sent.retain(|(t, _)| waiters.contains_key(t));
+                // Amortised: many requests still waiting must not make every batch rescan them.
+                prune_at = SENT_PRUNE_AT.max(sent.len() * 2);
             }
             for m in batch.drain(..) {
                 if let PeerOut::Request { token, read, .. } = &m {
