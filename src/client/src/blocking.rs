@@ -23,6 +23,17 @@ impl Client {
         Ok(Client { rt, inner })
     }
 
+    /// A client that has not touched the network yet: its first call connects (and retries
+    /// a refused connection like any request that was never sent, until its deadline).
+    pub fn new<S: AsRef<str>>(endpoints: &[S], opts: ClientOptions) -> Result<Client, Error> {
+        let rt =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+                Error::new(crate::ErrorCode::Internal, format!("starting a runtime: {e}"))
+            })?;
+        let inner = crate::Client::new(endpoints, opts)?;
+        Ok(Client { rt, inner })
+    }
+
     pub fn call(&self, op: Op) -> Result<Reply, Error> {
         self.rt.block_on(self.inner.call(op))
     }

@@ -54,7 +54,7 @@ impl Conn {
             }
             closed_w.store(true, Ordering::SeqCst);
         });
-        let (w, closed_r, addr_r) = (waiters.clone(), closed.clone(), addr.to_string());
+        let (w, closed_r) = (waiters.clone(), closed.clone());
         tokio::spawn(async move {
             let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
             let mut chunk = vec![0u8; 64 << 10];
@@ -72,10 +72,16 @@ impl Conn {
                                 decode_response(&buf[start + s..start + e])
                             {
                                 if id == 0 {
-                                    // A connection-level error (limit, bad frame): everyone waiting
-                                    // on this connection learns it.
+                                    // A connection-level error. Refused at accept
+                                    // (UNAVAILABLE): the server read nothing, so everyone
+                                    // waiting may retry. Anything else (a frame it could not
+                                    // read) closes the connection after requests it may have
+                                    // carried out: those learn it as a lost connection below.
                                     if let Err(err) = &result {
-                                        fail_all(&w, err.clone());
+                                        if err.code == ErrorCode::Unavailable {
+                                            closed_r.store(true, Ordering::SeqCst);
+                                            fail_all(&w, err.clone());
+                                        }
                                     }
                                 } else if let Some(tx) = w.lock().unwrap().remove(&id) {
                                     let _ = tx.send((result, hint));
@@ -89,8 +95,14 @@ impl Conn {
                 }
                 buf.drain(..start);
             }
+            // Set before the waiters are dropped: a sender that still finds the connection
+            // open has its waiter in the map, and it is dropped here (see `send`).
             closed_r.store(true, Ordering::SeqCst);
-            fail_all(&w, lost(format!("connection to {addr_r} closed")));
+            // The answers of requests already sent will never come: their callers learn that
+            // the connection was lost after sending (a write's outcome is then unknown), never
+            // a retryable error (`Client::call` decides by the kind of request).
+            let lost_waiters: Vec<_> = w.lock().unwrap().drain().collect();
+            drop(lost_waiters);
         });
         Ok(Conn { tx, waiters, closed })
     }
@@ -99,7 +111,13 @@ impl Conn {
         self.closed.load(Ordering::SeqCst) || self.tx.is_closed()
     }
 
-    /// Sends one encoded request; the receiver yields its answer. `Err` means it was not sent.
+    /// Sends one encoded request; the receiver yields its answer, or is dropped if the
+    /// connection is lost first. `Err` means the request was provably never sent, so it is safe
+    /// to send again elsewhere.
+    ///
+    /// The waiter goes in before the connection is checked: a reader that closes after the
+    /// check drops it (so the caller learns the loss), and a connection found closed before the
+    /// frame is handed to the writer means the server reads nothing more from it.
     pub(crate) async fn send(
         &self,
         id: u64,
@@ -107,7 +125,12 @@ impl Conn {
     ) -> Result<oneshot::Receiver<Answer>, WireError> {
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().unwrap().insert(id, tx);
-        if self.tx.send(frame).await.is_err() || self.is_closed() {
+        if self.is_closed() {
+            self.waiters.lock().unwrap().remove(&id);
+            return Err(lost("connection closed"));
+        }
+        if self.tx.send(frame).await.is_err() {
+            // The writer stopped before it took the frame: it was never written.
             self.waiters.lock().unwrap().remove(&id);
             return Err(lost("connection closed"));
         }

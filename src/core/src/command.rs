@@ -62,11 +62,31 @@ pub enum WriteOp {
     },
 }
 
+/// The settings that change what applying a command does. They travel in every entry, as the
+/// proposing leader had them, so that every replica reaches the same state from the same log,
+/// whatever its own flags say (a replica that applied with its own retention would keep other
+/// history than its peers, and its checksum would differ).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ApplySettings {
+    /// Older revisions kept per key.
+    pub history_retention: u64,
+    /// The largest clock offset between nodes the cluster assumes: a lease granted under an
+    /// earlier leader is honoured this much past its expiry before another owner may take it.
+    pub max_clock_offset_ms: u64,
+}
+
+impl Default for ApplySettings {
+    fn default() -> Self {
+        ApplySettings { history_retention: 32, max_clock_offset_ms: 500 }
+    }
+}
+
 /// One Raft entry's payload.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct LogCommand {
     /// The proposing leader's hybrid logical clock (see [`crate::hlc`]).
     pub hlc: u64,
+    pub settings: ApplySettings,
     pub op: WriteOp,
 }
 
@@ -120,6 +140,7 @@ mod tests {
     fn log_commands_roundtrip_and_reject_garbage() {
         let c = LogCommand {
             hlc: 99,
+            settings: ApplySettings::default(),
             op: WriteOp::KvSet {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),

@@ -12,6 +12,7 @@
 //!                      └──────▶ read(op, now) on the applied state ──▶ Reply
 //! ```
 
+pub mod clock_offsets;
 pub mod command;
 pub mod hlc;
 pub mod keys;
@@ -21,7 +22,7 @@ pub mod records;
 pub mod state_machine;
 pub mod store;
 
-pub use command::{LogCommand, WriteOp};
+pub use command::{ApplySettings, LogCommand, WriteOp};
 pub use hlc::Hlc;
 pub use limits::Limits;
 pub use partition::{PartitionInfo, PartitionMap};

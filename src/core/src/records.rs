@@ -44,11 +44,22 @@ pub struct LockRecord {
     pub fencing_token: u64,
     pub expires_at_ms: u64,
     pub held: bool,
+    /// The Raft term of the leader that granted or last extended the lease: its clock set
+    /// `expires_at_ms`.
+    pub lease_term: u64,
 }
 
 impl LockRecord {
     pub fn is_held(&self, now_ms: u64) -> bool {
         self.held && !expired(self.expires_at_ms, now_ms)
+    }
+
+    /// Whether the lease still keeps *another* owner out at `now_ms`, on a leader of `term`.
+    /// A lease timed by an earlier leader's clock is honoured `max_offset_ms` longer: that
+    /// clock may have run behind this one by up to the offset the cluster assumes.
+    pub fn excludes_others(&self, now_ms: u64, term: u64, max_offset_ms: u64) -> bool {
+        let slack = if self.lease_term < term { max_offset_ms } else { 0 };
+        self.held && !expired(self.expires_at_ms.saturating_add(slack), now_ms)
     }
 }
 
@@ -123,7 +134,13 @@ mod tests {
         let mut shifted = vec![0u8];
         shifted.extend_from_slice(&b);
         assert_eq!(decode_kv(&shifted[1..]).unwrap(), r);
-        let l = LockRecord { owner: b"o".to_vec(), fencing_token: 9, expires_at_ms: 0, held: true };
+        let l = LockRecord {
+            owner: b"o".to_vec(),
+            fencing_token: 9,
+            expires_at_ms: 0,
+            held: true,
+            lease_term: 3,
+        };
         assert_eq!(decode_lock(&encode_lock(&l)).unwrap(), l);
         assert_eq!(decode_seq(&encode_seq(77)).unwrap(), 77);
     }

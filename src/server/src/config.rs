@@ -53,7 +53,9 @@ settings! {
     /// Client listener address.
     listen: SocketAddr = "127.0.0.1:7000".parse().unwrap();
     /// Peer listener (Raft and forwarded requests); shard N listens on its port + N. Default:
-    /// the client port + 100.
+    /// this node's address in `initial_cluster` (where its peers reach it), else the client
+    /// port + 100. Set it apart from that address only when something forwards one to the
+    /// other (a proxy or NAT).
     peer_listen: String = String::new();
     /// Every member of a new cluster, `id=host:peer_port,...`; default: this node alone.
     initial_cluster: String = String::new();
@@ -101,6 +103,11 @@ settings! {
     expired_key_grace_secs: u64 = 60;
     /// Spin this long before parking an idle shard (trades CPU for cross-core latency).
     spin_before_park_us: u64 = 0;
+    /// The largest difference between nodes' clocks the cluster assumes (as CockroachDB's
+    /// `--max-offset`, 500 ms). A timestamp further ahead than this is not taken into this
+    /// node's clock; a node whose clock is further than this from most of its peers grants no
+    /// leases; a lock whose lease an earlier leader granted is honoured this much past its expiry.
+    max_clock_offset_ms: u64 = 500;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +160,7 @@ impl NodeConfig {
             );
         }
         self.members()?;
+        self.check_ports()?;
         if self.raft_tick_ms == 0 || self.wal_segment_mb == 0 {
             return bad("raft_tick_ms and wal_segment_mb must be positive".into());
         }
@@ -161,27 +169,66 @@ impl NodeConfig {
 
     /// This node's peer listener address (shard 0; shard N adds N to the port).
     pub fn peer_addr(&self) -> Result<SocketAddr, ConfigError> {
+        if !self.peer_listen.is_empty() {
+            return self.peer_listen.parse().map_err(|_| {
+                ConfigError::Invalid(format!("peer_listen {:?} is not host:port", self.peer_listen))
+            });
+        }
         if let Some(listed) = self.listed_peer_addr()? {
-            if !self.peer_listen.is_empty()
-                && self.peer_listen.parse::<SocketAddr>().ok() != Some(listed)
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "peer_listen {} differs from this node's address {listed} in initial_cluster",
-                    self.peer_listen
-                )));
-            }
             return Ok(listed);
         }
-        if self.peer_listen.is_empty() {
-            let mut a = self.listen;
-            a.set_port(self.listen.port().checked_add(100).ok_or_else(|| {
-                ConfigError::Invalid("listen port too high for the default peer port".into())
-            })?);
-            return Ok(a);
+        let mut a = self.listen;
+        a.set_port(self.listen.port().checked_add(100).ok_or_else(|| {
+            ConfigError::Invalid("listen port too high for the default peer port".into())
+        })?);
+        Ok(a)
+    }
+
+    /// Refuses addresses that would collide once every shard listens: shard N of a node takes
+    /// its peer port + N, so consecutive peer ports on one host overlap as soon as nodes run
+    /// more than one shard (node 1's shard 1 would listen on node 2's peer port, and every
+    /// request would then fail with `NOT_LEADER`/`UNAVAILABLE`).
+    fn check_ports(&self) -> Result<(), ConfigError> {
+        let members = self.members()?;
+        if members.len() < 2 {
+            return Ok(());
         }
-        self.peer_listen.parse().map_err(|_| {
-            ConfigError::Invalid(format!("peer_listen {:?} is not host:port", self.peer_listen))
-        })
+        let n = self.shards as u32;
+        let mut taken: Vec<(String, SocketAddr, u32)> =
+            members.iter().map(|(id, a)| (format!("node {id}'s peer ports"), *a, n)).collect();
+        taken.push(("this node's client address".into(), self.listen, 1));
+        let own = self.peer_addr()?;
+        if members.get(&self.id) != Some(&own) {
+            taken.push(("this node's peer_listen ports".into(), own, n));
+        }
+        for (what, a, len) in &taken {
+            if a.port() as u32 + len - 1 > u16::MAX as u32 {
+                return Err(ConfigError::Invalid(format!(
+                    "{what} {a} + {} shards run past port 65535",
+                    len - 1
+                )));
+            }
+        }
+        let span = |a: &SocketAddr, len: u32| (a.port() as u32, a.port() as u32 + len - 1);
+        for (i, (w1, a1, l1)) in taken.iter().enumerate() {
+            for (w2, a2, l2) in &taken[i + 1..] {
+                let same_host =
+                    a1.ip() == a2.ip() || a1.ip().is_unspecified() || a2.ip().is_unspecified();
+                let ((s1, e1), (s2, e2)) = (span(a1, *l1), span(a2, *l2));
+                if same_host && s1 <= e2 && s2 <= e1 {
+                    return Err(ConfigError::Invalid(format!(
+                        "{w1} {}:{s1}-{e1} overlap {w2} {}:{s2}-{e2}: with {} shards per node, \
+                         shard N listens on its node's peer port + N, so give each node {} \
+                         free ports apart from the others",
+                        a1.ip(),
+                        a2.ip(),
+                        self.shards,
+                        self.shards
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn listed_peer_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
@@ -300,12 +347,58 @@ mod tests {
             "--id",
             "2",
             "--initial-cluster",
-            "1=127.0.0.1:1, 2=127.0.0.1:2",
+            "1=127.0.0.1:1000, 2=127.0.0.1:2000",
         ]);
         assert_eq!(NodeConfig::from_settings(flags).unwrap().members().unwrap().len(), 2);
         let flags = Settings::parse_from(["kahuna-server", "--listen", "127.0.0.1:7000"]);
         assert_eq!(NodeConfig::from_settings(flags).unwrap().peer_addr().unwrap().port(), 7100);
         let flags = Settings::parse_from(["kahuna-server", "--id", "0"]);
         assert!(matches!(NodeConfig::from_settings(flags), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn members_whose_shard_ports_collide_are_refused_with_the_reason() {
+        let cfg = |shards: &str, members: &str, listen: &str| {
+            NodeConfig::from_settings(Settings::parse_from([
+                "kahuna-server",
+                "--id",
+                "1",
+                "--shards",
+                shards,
+                "--listen",
+                listen,
+                "--initial-cluster",
+                members,
+            ]))
+        };
+        let consecutive = "1=127.0.0.1:7100,2=127.0.0.1:7101,3=127.0.0.1:7102";
+        // (shards, members, client address, refused because)
+        let cases = [
+            ("1", consecutive, "127.0.0.1:7000", None),
+            (
+                "2",
+                consecutive,
+                "127.0.0.1:7000",
+                Some("node 1's peer ports 127.0.0.1:7100-7101 overlap node 2's"),
+            ),
+            ("2", "1=127.0.0.1:7100,2=127.0.0.1:7102,3=127.0.0.1:7104", "127.0.0.1:7000", None),
+            ("2", "1=10.0.0.1:7100,2=10.0.0.2:7100", "10.0.0.1:7000", None),
+            (
+                "1",
+                "1=127.0.0.1:7100,2=127.0.0.1:7101",
+                "127.0.0.1:7101",
+                Some("this node's client address"),
+            ),
+            ("2", "1=0.0.0.0:7100,2=10.0.0.2:7101", "10.0.0.1:7000", Some("overlap")),
+        ];
+        for (shards, members, listen, refused) in cases {
+            match (cfg(shards, members, listen), refused) {
+                (Ok(_), None) => {}
+                (Err(ConfigError::Invalid(m)), Some(why)) => {
+                    assert!(m.contains(why), "{shards} {members}: {m}")
+                }
+                (got, want) => panic!("{shards} {members} {listen}: {got:?}, wanted {want:?}"),
+            }
+        }
     }
 }

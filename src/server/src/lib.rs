@@ -7,6 +7,8 @@
 
 pub mod clock;
 pub mod config;
+pub mod fatal;
+pub mod faults;
 pub mod node;
 pub mod raft;
 pub mod shard;

@@ -1,17 +1,17 @@
 //! `kahuna-server`: parse the configuration, start the node, exit non-zero with the reason if
-//! it cannot start.
+//! it cannot start (the codes are in [`kahuna_server::fatal`]).
+
+use kahuna_server::fatal;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    fatal::install_panic_hook();
     let cfg = match kahuna_server::config::NodeConfig::from_args() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("kahuna-server: {e}");
-            std::process::exit(2);
-        }
+        Err(e) => fatal::exit_now(fatal::EXIT_CONFIG, &e.to_string()),
     };
+    kahuna_server::faults::start(&cfg.data_dir);
     if let Err(e) = kahuna_server::node::run(cfg) {
-        eprintln!("kahuna-server: {e}");
-        std::process::exit(1);
+        fatal::exit_now(e.exit_code(), &e.to_string());
     }
 }

@@ -28,7 +28,7 @@ use crate::raft::partition::Partition;
 use crate::shard::mesh::{spawn_receivers, MeshPlan};
 use crate::shard::{driver, Shard};
 use crate::storage::state::StateDb;
-use crate::storage::wal::{prime_dma_probe, Wal};
+use crate::storage::wal::{prime_dma_probe, Wal, WalError};
 use crate::transport;
 use crate::transport::peer::{self, PeerLinks};
 use std::net::SocketAddr;
@@ -45,6 +45,20 @@ pub enum NodeError {
     Shard { shard: usize, reason: String },
     #[error("{what} is already in use by another kahuna-server on this host")]
     InUse { what: String },
+    #[error("shard {shard}: {reason}")]
+    Damaged { shard: usize, reason: String },
+    #[error("data directory {path} holds data format {found}; this build reads format {FORMAT} only (start it on an empty directory)")]
+    Format { path: String, found: u32 },
+}
+
+impl NodeError {
+    /// The process exit code for this failure (see [`crate::fatal`]).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            NodeError::Damaged { .. } => crate::fatal::EXIT_DAMAGED,
+            _ => crate::fatal::EXIT_START,
+        }
+    }
 }
 
 /// What this process holds exclusively while it runs: its data directory (an `flock`) and its
@@ -103,6 +117,17 @@ struct Layout {
     members: String,
     #[serde(default)]
     replication_factor: usize,
+    /// The on-disk format of the WAL entries and records ([`FORMAT`]); absent = 1.
+    #[serde(default = "format_one")]
+    format: u32,
+}
+
+/// The data format this build writes and reads. 2: log entries carry their apply settings,
+/// lock records the term of their lease.
+const FORMAT: u32 = 2;
+
+fn format_one() -> u32 {
+    1
 }
 
 impl Layout {
@@ -128,11 +153,18 @@ fn check_layout(cfg: &NodeConfig) -> Result<Layout, NodeError> {
         partitions: cfg.partitions,
         members: members.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(","),
         replication_factor: cfg.replication_factor.clamp(1, members.len()),
+        format: FORMAT,
     };
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let found: Layout =
                 toml::from_str(&text).map_err(|e| io(std::io::Error::other(e.to_string())))?;
+            if found.format != FORMAT {
+                return Err(NodeError::Format {
+                    path: dir.display().to_string(),
+                    found: found.format,
+                });
+            }
             // Files written before membership was recorded carry none: nothing to compare.
             let cluster_differs = !found.members.is_empty()
                 && (found.members != wanted.members
@@ -221,7 +253,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     for (shard, handle) in handles {
         match handle.join() {
             Ok(Ok(())) => {}
-            Ok(Err(reason)) => return Err(NodeError::Shard { shard, reason }),
+            Ok(Err(e)) => return Err(e),
             Err(e) => {
                 return Err(NodeError::Shard { shard, reason: format!("executor failed: {e}") })
             }
@@ -245,6 +277,10 @@ fn raft_config(cfg: &NodeConfig, applied: u64) -> raft::Config {
     }
 }
 
+fn shard_err(shard: usize, reason: String) -> NodeError {
+    NodeError::Shard { shard, reason }
+}
+
 /// Rebuilds the partitions of `shard` from RocksDB (applied state) and the WAL (the log).
 /// What a shard recovers: its WAL, its partitions, and a clock above every timestamp it saw.
 type Recovered = (Wal, BTreeMap<u64, Partition>, HlcClock);
@@ -255,16 +291,20 @@ async fn recover(
     map: &PartitionMap,
     db: &StateDb,
     wal_dir: &Path,
-) -> Result<Recovered, String> {
-    let (wal, mut logs) = Wal::open(wal_dir, cfg.wal_segment_mb << 20)
-        .await
-        .map_err(|e| format!("opening the WAL: {e}"))?;
+) -> Result<Recovered, NodeError> {
+    let (wal, mut logs) =
+        Wal::open(wal_dir, cfg.wal_segment_mb << 20).await.map_err(|e| match e {
+            WalError::Damaged { .. } => NodeError::Damaged { shard, reason: e.to_string() },
+            WalError::Io(e) => NodeError::Shard { shard, reason: format!("opening the WAL: {e}") },
+        })?;
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let mut parts = BTreeMap::new();
     let mut hlc = HlcClock::default();
     for info in map.partitions().iter().filter(|p| p.shard == shard && p.replicas.contains(&cfg.id))
     {
-        let applied = db.apply_state(info.id).map_err(|e| format!("reading apply state: {e}"))?;
+        let applied = db
+            .apply_state(info.id)
+            .map_err(|e| shard_err(shard, format!("reading apply state: {e}")))?;
         hlc.observe(Hlc(applied.applied_hlc));
         let log = logs.remove(&info.id).unwrap_or_default();
         let entries: Vec<_> = log
@@ -284,10 +324,13 @@ async fn recover(
         }
         if let Some(first) = entries.first() {
             if first.index != applied.applied_index + 1 {
-                return Err(format!(
-                    "partition {}: the WAL resumes at entry {} but RocksDB has applied only {}: entries are missing",
-                    info.id, first.index, applied.applied_index
-                ));
+                return Err(NodeError::Damaged {
+                    shard,
+                    reason: format!(
+                        "partition {}: the WAL resumes at entry {} but RocksDB has applied only {}: entries are missing",
+                        info.id, first.index, applied.applied_index
+                    ),
+                });
             }
         }
         let last_index = applied.applied_index + entries.len() as u64;
@@ -311,11 +354,12 @@ async fn recover(
         });
         let rcfg = raft_config(cfg, applied.applied_index);
         let mut node = RawNode::new(&rcfg, store, &logger)
-            .map_err(|e| format!("partition {}: {e}", info.id))?;
+            .map_err(|e| shard_err(shard, format!("partition {}: {e}", info.id)))?;
         // The only voter of its group, or the designated first leader of a new group: elect it
         // now rather than after an election timeout.
         if info.replicas.len() == 1 || (fresh && info.replicas[0] == cfg.id) {
-            node.campaign().map_err(|e| format!("partition {}: campaign: {e}", info.id))?;
+            node.campaign()
+                .map_err(|e| shard_err(shard, format!("partition {}: campaign: {e}", info.id)))?;
         }
         parts.insert(info.id, Partition::new(info.clone(), node, applied));
     }
@@ -329,16 +373,20 @@ async fn run_shard(
     plan: MeshPlan,
     members: BTreeMap<u64, SocketAddr>,
     peer_base: SocketAddr,
-) -> Result<(), String> {
+) -> Result<(), NodeError> {
     let dir = cfg.data_dir.join(format!("shard-{shard}"));
     let wal_dir = dir.join("wal");
-    std::fs::create_dir_all(&wal_dir).map_err(|e| format!("{}: {e}", wal_dir.display()))?;
-    prime_dma_probe(&dir).await.map_err(|e| format!("priming the DMA probe: {e}"))?;
+    std::fs::create_dir_all(&wal_dir)
+        .map_err(|e| shard_err(shard, format!("{}: {e}", wal_dir.display())))?;
+    prime_dma_probe(&dir)
+        .await
+        .map_err(|e| shard_err(shard, format!("priming the DMA probe: {e}")))?;
     let db = StateDb::open(&dir.join("state"), cfg.block_cache_mb << 20)
-        .map_err(|e| format!("opening RocksDB: {e}"))?;
+        .map_err(|e| shard_err(shard, format!("opening RocksDB: {e}")))?;
     let (wal, parts, hlc) = recover(shard, &cfg, &map, &db, &wal_dir).await?;
     let (kick_tx, kick_rx) = local_channel::new_bounded(1);
-    let (link, receivers, shard_of_peer) = plan.join(shard).await?;
+    let (link, receivers, shard_of_peer) =
+        plan.join(shard).await.map_err(|reason| NodeError::Shard { shard, reason })?;
     let shard_ctx = Rc::new(Shard::new(
         shard,
         Rc::new((*cfg).clone()),
@@ -352,15 +400,15 @@ async fn run_shard(
     ));
     if members.len() > 1 {
         let addr = peer::shard_addr(peer_base, shard);
-        let peer_listener =
-            TcpListener::bind(addr).map_err(|e| format!("binding peer address {addr}: {e}"))?;
+        let peer_listener = TcpListener::bind(addr)
+            .map_err(|e| shard_err(shard, format!("binding peer address {addr}: {e}")))?;
         glommio::spawn_local(peer::serve(shard_ctx.clone(), peer_listener)).detach();
     }
     spawn_receivers(shard_ctx.clone(), receivers, shard_of_peer);
     glommio::spawn_local(driver::run(shard_ctx.clone(), wal, kick_rx)).detach();
     shard_ctx.kick();
-    let listener =
-        TcpListener::bind(cfg.listen).map_err(|e| format!("binding {}: {e}", cfg.listen))?;
+    let listener = TcpListener::bind(cfg.listen)
+        .map_err(|e| shard_err(shard, format!("binding {}: {e}", cfg.listen)))?;
     if shard == 0 {
         log::info!(
             "kahuna-server node {} serving on {} ({} shards, {} partitions, data in {})",

@@ -30,10 +30,10 @@ fn replace<T: Txn>(txn: &mut T, key: &[u8], old: Option<KvRecord>, new: &KvRecor
     if let Some(old) = old {
         let rev = old.revision;
         txn.put(history_key(key, rev), encode_kv(&old));
-        if ctx.history_retention == 0 {
+        if ctx.settings.history_retention == 0 {
             txn.delete(history_key(key, rev));
-        } else if rev > ctx.history_retention {
-            txn.delete(history_key(key, rev - ctx.history_retention));
+        } else if rev > ctx.settings.history_retention {
+            txn.delete(history_key(key, rev - ctx.settings.history_retention));
         }
     }
     txn.put(data_key(keys::KV, key), encode_kv(new));
@@ -122,7 +122,7 @@ pub(super) fn collect<T: Txn>(
         if !expired_long_ago {
             continue;
         }
-        let oldest = r.revision.saturating_sub(ctx.history_retention).max(1);
+        let oldest = r.revision.saturating_sub(ctx.settings.history_retention).max(1);
         for rev in oldest..r.revision {
             txn.delete(history_key(key, rev));
         }

@@ -33,14 +33,21 @@ pub(super) fn acquire<T: Txn>(
 ) -> Result<Reply, WireError> {
     let rec = load(txn, resource)?;
     let key = data_key(keys::LOCK, resource);
-    if let Some(r) = rec.as_ref().filter(|r| r.is_held(ctx.now_ms)) {
-        if r.owner != owner {
+    if let Some(r) = rec.as_ref() {
+        let offset = ctx.settings.max_clock_offset_ms;
+        if r.owner != owner && r.excludes_others(ctx.now_ms, ctx.term, offset) {
             return Ok(Reply::Lock(state(r, false)));
         }
-        // The holder asks again (a retry whose answer was lost): same grant, lease renewed.
-        let renewed = LockRecord { expires_at_ms: deadline(ctx.now_ms, lease_ms), ..r.clone() };
-        txn.put(key, encode_lock(&renewed));
-        return Ok(Reply::Lock(state(&renewed, true)));
+        if r.owner == owner && r.is_held(ctx.now_ms) {
+            // The holder asks again (a retry whose answer was lost): same grant, lease renewed.
+            let renewed = LockRecord {
+                expires_at_ms: deadline(ctx.now_ms, lease_ms),
+                lease_term: ctx.term,
+                ..r.clone()
+            };
+            txn.put(key, encode_lock(&renewed));
+            return Ok(Reply::Lock(state(&renewed, true)));
+        }
     }
     let last = rec.map(|r| r.fencing_token).unwrap_or(0);
     let token = (last + 1).max(ctx.token_floor);
@@ -50,6 +57,7 @@ pub(super) fn acquire<T: Txn>(
         fencing_token: token,
         expires_at_ms: deadline(ctx.now_ms, lease_ms),
         held: true,
+        lease_term: ctx.term,
     };
     txn.put(key, encode_lock(&granted));
     Ok(Reply::Lock(state(&granted, true)))
@@ -91,7 +99,11 @@ pub(super) fn extend<T: Txn>(
 ) -> Result<Reply, WireError> {
     let rec = load(txn, resource)?;
     let r = held_by(&rec, owner, fencing_token, ctx.now_ms)?;
-    let renewed = LockRecord { expires_at_ms: deadline(ctx.now_ms, lease_ms), ..r.clone() };
+    let renewed = LockRecord {
+        expires_at_ms: deadline(ctx.now_ms, lease_ms),
+        lease_term: ctx.term,
+        ..r.clone()
+    };
     txn.put(data_key(keys::LOCK, resource), encode_lock(&renewed));
     Ok(Reply::LockAck {
         fencing_token: renewed.fencing_token,

@@ -18,16 +18,19 @@ mod sequences;
 
 use kahuna_protocol::{ErrorCode, Op, Reply, WireError};
 
-use crate::command::WriteOp;
+use crate::command::{ApplySettings, LogCommand, WriteOp};
 use crate::limits::Limits;
 use crate::records::CorruptRecord;
 use crate::store::{Scan, Txn};
 
-/// What an apply may depend on besides the store and the command.
+/// What an apply may depend on besides the store and the command: all of it comes from the
+/// log entry (its command, its term) or from the partition, never from a node's own settings.
 #[derive(Clone, Debug)]
 pub struct ApplyCtx {
     /// The proposing leader's HLC, in milliseconds.
     pub now_ms: u64,
+    /// The Raft term of the entry (ephemeral state: the leader's current term).
+    pub term: u64,
     /// The smallest fencing token a new grant may take. Persistent state uses 0 (tokens count
     /// 1, 2, 3 per resource). Ephemeral state, which a new leader starts empty, uses
     /// `term << 40 | grants`, above every token any earlier leader could have handed out.
@@ -35,28 +38,24 @@ pub struct ApplyCtx {
     /// Keep a released lock's record (and so its last token). Ephemeral state drops it, since
     /// its floor already guarantees growth.
     pub keep_released_locks: bool,
-    /// Older revisions kept per key.
-    pub history_retention: u64,
+    /// Retention and clock assumptions, as carried by the entry.
+    pub settings: ApplySettings,
     /// The start key of the partition the write applies to, which names its revision floor;
     /// `None` where nothing is ever collected (ephemeral state): the floor is 0.
     pub partition_start: Option<Vec<u8>>,
 }
 
 impl ApplyCtx {
-    pub fn persistent(now_ms: u64, limits: &Limits) -> ApplyCtx {
+    /// Applying a replicated command of `term` in the partition starting at `start`.
+    pub fn persistent(cmd: &LogCommand, term: u64, start: &[u8]) -> ApplyCtx {
         ApplyCtx {
-            now_ms,
+            now_ms: crate::hlc::Hlc(cmd.hlc).physical_ms(),
+            term,
             token_floor: 0,
             keep_released_locks: true,
-            history_retention: limits.history_retention,
-            partition_start: None,
+            settings: cmd.settings,
+            partition_start: Some(start.to_vec()),
         }
-    }
-
-    /// The same, for the partition starting at `start` (persistent state keeps a floor there).
-    pub fn in_partition(mut self, start: &[u8]) -> ApplyCtx {
-        self.partition_start = Some(start.to_vec());
-        self
     }
 }
 

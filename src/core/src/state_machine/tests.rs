@@ -3,11 +3,18 @@
 use kahuna_protocol::{Durability::Persistent, ErrorCode, LockState, Op, Reply};
 
 use super::*;
-use crate::command::Cond;
+use crate::command::{ApplySettings, Cond};
 use crate::store::{Get, MemStore, Txn};
 
 fn ctx(now_ms: u64) -> ApplyCtx {
-    ApplyCtx::persistent(now_ms, &Limits::default())
+    ApplyCtx {
+        now_ms,
+        term: 1,
+        token_floor: 0,
+        keep_released_locks: true,
+        settings: ApplySettings::default(),
+        partition_start: None,
+    }
 }
 
 fn set(
@@ -307,7 +314,7 @@ fn sequence_blocks_never_overlap() {
 #[test]
 fn collecting_expired_keys_frees_them_without_reusing_a_revision() {
     let mut s = MemStore::default();
-    let part = |now| ctx(now).in_partition(b"");
+    let part = |now| ApplyCtx { partition_start: Some(Vec::new()), ..ctx(now) };
     let set_in = |s: &mut MemStore, key: &str, ttl_ms: u64, now: u64| {
         let op = WriteOp::KvSet { key: key.into(), value: b"v".to_vec(), ttl_ms, cond: Cond::None };
         match apply(s, &op, &part(now)) {
@@ -356,4 +363,63 @@ fn collecting_expired_keys_frees_them_without_reusing_a_revision() {
     let op = WriteOp::KvCollect { keys: vec![b"kept".to_vec()], grace_ms: 0 };
     assert!(apply(&mut s, &op, &ctx(9_999)).is_err());
     assert!(!expired_before(&s.get(b"ksession").unwrap(), 9_999, 0));
+}
+
+#[test]
+fn a_lease_timed_by_an_earlier_leader_is_honoured_for_the_clock_offset_too() {
+    // (granted in term, lease ends at, asked in term, at, by) -> granted to the new owner?
+    // The lease (100 ms from 0) ends at 100; the cluster assumes clocks within 500 ms.
+    let cases = [
+        (1, 1, 99, "b", false),  // same leader, lease running
+        (1, 1, 100, "b", true),  // same leader, lease over: its own clock timed it
+        (1, 2, 100, "b", false), // a new leader: the old leader's clock may have been behind
+        (1, 2, 599, "b", false),
+        (1, 2, 600, "b", true), // expiry + offset: free for anyone
+        (1, 2, 300, "a", true), // the holder itself: a fresh grant, never blocked by its own lease
+    ];
+    for (granted_in, asked_in, at, by, want) in cases {
+        let mut s = MemStore::default();
+        let mut c = ctx(0);
+        c.term = granted_in;
+        assert!(granted(apply(&mut s, &acquire("a", 100), &c).map_err(|e| e.code)).0);
+        let mut c = ctx(at);
+        c.term = asked_in;
+        let got = granted(apply(&mut s, &acquire(by, 100), &c).map_err(|e| e.code));
+        assert_eq!(
+            got.0, want,
+            "granted in term {granted_in}, {by} asks at {at} in term {asked_in}"
+        );
+        if want && by == "b" {
+            assert_eq!(got.1, 2, "a new owner gets a new token");
+        }
+    }
+}
+
+#[test]
+fn the_same_log_gives_the_same_state_whatever_a_node_s_own_settings() {
+    // Retention comes from the entry: two replicas that would be configured differently apply
+    // the same commands to the same result.
+    let run = |retention: u64| {
+        let mut s = MemStore::default();
+        for i in 0..10u64 {
+            let op = WriteOp::KvSet {
+                key: "k".into(),
+                value: vec![i as u8],
+                ttl_ms: 0,
+                cond: Cond::None,
+            };
+            let mut c = ctx(i);
+            c.settings.history_retention = retention;
+            apply(&mut s, &op, &c).unwrap();
+        }
+        let mut all = Vec::new();
+        s.scan(b"", &[0xff], &mut |k, v| {
+            all.push((k.to_vec(), v.to_vec()));
+            true
+        });
+        all
+    };
+    assert_eq!(run(3), run(3));
+    assert_ne!(run(3), run(5), "retention is what the entry says");
+    assert_eq!(run(3).len(), 1 + 3);
 }

@@ -186,7 +186,7 @@ impl Storage for LogStore {
                 .await;
             *slot.borrow_mut() = match built {
                 Ok((state, data)) => {
-                    let mut snap = Snapshot { data: data.into(), ..Default::default() };
+                    let mut snap = Snapshot { data, ..Default::default() };
                     let meta = snap.mut_metadata();
                     meta.index = state.applied_index;
                     meta.term = state.applied_term;

@@ -7,9 +7,16 @@
 //! 2. the shard's ready loop persists, commits and applies it, then calls
 //!    [`Partition::complete`], which wakes the waiter (or tells it the entry was superseded).
 //!
-//! Lifecycle of a linearizable read: [`Partition::read_barrier`] either answers at once (a
-//! leader that is the group's only voter cannot be deposed) or issues a ReadIndex; the ready
-//! loop delivers the read state, and once `applied >= index` the reader proceeds.
+//! Lifecycle of a linearizable read:
+//! 1. [`Partition::read_barrier`]: a leader that has not yet applied an entry of its own term
+//!    queues the read (it may not know everything committed before it, and raft-rs drops a
+//!    ReadIndex in that window); otherwise a sole voter answers at once (nobody can depose
+//!    it) and any other leader issues a ReadIndex;
+//! 2. the ready loop delivers the read state, and once `applied >= index` the reader proceeds;
+//!    queued reads are let through (or their ReadIndex issued) once the own-term entry is
+//!    applied;
+//! 3. [`Partition::retry_reads`] (each tick) issues again a ReadIndex that got no answer, and
+//!    forgets readers that gave up; every queue is bounded and emptied when leadership ends.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -28,7 +35,12 @@ pub type ReplyRx = oneshot::Receiver<Result<Reply, WireError>>;
 
 /// Waiting proposals per partition beyond which new ones are refused (retryable).
 const MAX_PENDING_PROPOSALS: usize = 65_536;
+/// Reads waiting on one partition, in all stages, beyond which new ones get OVERLOADED.
 const MAX_PENDING_READS: usize = 65_536;
+/// A ReadIndex unanswered this long is issued again (raft-rs may have dropped it).
+const READ_INDEX_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+type ReadTx = oneshot::Sender<Result<(), WireError>>;
 
 struct Pending {
     term: u64,
@@ -53,10 +65,12 @@ pub struct Partition {
     pub collect_cursor: Option<Vec<u8>>,
     proposals: BTreeMap<u64, Pending>,
     next_read_ctx: u64,
-    /// Reads waiting for their ReadIndex answer, by context.
-    read_requests: BTreeMap<u64, oneshot::Sender<Result<(), WireError>>>,
+    /// Reads that came before this leader applied an entry of its own term.
+    reads_before_term: Vec<ReadTx>,
+    /// Reads waiting for their ReadIndex answer, by context, with when it was issued.
+    read_requests: BTreeMap<u64, (ReadTx, std::time::Instant)>,
     /// Reads whose index is known, waiting for the state machine to reach it.
-    read_ready: VecDeque<(u64, oneshot::Sender<Result<(), WireError>>)>,
+    read_ready: VecDeque<(u64, ReadTx)>,
 }
 
 pub fn not_leader(hint: u64) -> WireError {
@@ -81,6 +95,7 @@ impl Partition {
             collect_cursor: None,
             proposals: BTreeMap::new(),
             next_read_ctx: 1,
+            reads_before_term: Vec::new(),
             read_requests: BTreeMap::new(),
             read_ready: VecDeque::new(),
         }
@@ -169,35 +184,63 @@ impl Partition {
         &mut self,
     ) -> Result<Option<oneshot::Receiver<Result<(), WireError>>>, WireError> {
         self.ensure_leader()?;
-        if self.sole_voter() {
-            // Every acknowledged write is applied before its answer, and nobody can depose us.
+        if self.own_term_applied() && self.sole_voter() {
+            // Everything acknowledged was committed at or before this term's first entry, which
+            // is applied; and nobody can depose us.
             return Ok(None);
         }
-        if self.read_requests.len() + self.read_ready.len() >= MAX_PENDING_READS {
+        let waiting =
+            self.reads_before_term.len() + self.read_requests.len() + self.read_ready.len();
+        if waiting >= MAX_PENDING_READS {
             return Err(WireError::new(
                 ErrorCode::Overloaded,
                 "too many reads waiting on this partition",
             ));
         }
+        let (tx, rx) = oneshot::channel();
+        if self.own_term_applied() {
+            self.issue_read(tx);
+        } else {
+            self.reads_before_term.push(tx);
+        }
+        Ok(Some(rx))
+    }
+
+    /// The leader has applied an entry of its own term: it knows every entry committed before.
+    fn own_term_applied(&self) -> bool {
+        self.applied.applied_term == self.term()
+    }
+
+    fn issue_read(&mut self, tx: ReadTx) {
+        if self.sole_voter() {
+            let _ = tx.send(Ok(()));
+            return;
+        }
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
-        let (tx, rx) = oneshot::channel();
-        self.read_requests.insert(ctx, tx);
+        self.read_requests.insert(ctx, (tx, std::time::Instant::now()));
         self.node.read_index(ctx.to_le_bytes().to_vec());
-        Ok(Some(rx))
     }
 
     /// raft-rs answered a ReadIndex.
     pub fn on_read_state(&mut self, index: u64, ctx: &[u8]) {
         let Ok(b) = <[u8; 8]>::try_from(ctx) else { return };
-        if let Some(tx) = self.read_requests.remove(&u64::from_le_bytes(b)) {
+        if let Some((tx, _)) = self.read_requests.remove(&u64::from_le_bytes(b)) {
             self.read_ready.push_back((index, tx));
         }
         self.release_reads();
     }
 
-    /// Lets through the reads whose index the state machine has reached.
+    /// Lets through the reads whose index the state machine has reached, and the reads that
+    /// waited for this leader's first entry once it is applied.
     pub fn release_reads(&mut self) {
+        if self.is_leader() && self.own_term_applied() && !self.reads_before_term.is_empty() {
+            for tx in std::mem::take(&mut self.reads_before_term) {
+                if !tx.is_canceled() {
+                    self.issue_read(tx);
+                }
+            }
+        }
         let applied = self.applied.applied_index;
         let mut keep = VecDeque::new();
         while let Some((index, tx)) = self.read_ready.pop_front() {
@@ -208,6 +251,30 @@ impl Partition {
             }
         }
         self.read_ready = keep;
+    }
+
+    /// Each tick: forgets readers that gave up (their deadline passed), and issues again every
+    /// ReadIndex unanswered for [`READ_INDEX_RETRY`] (raft-rs drops one it cannot serve yet,
+    /// and a heartbeat round can be lost). The same context answers whichever comes back.
+    pub fn retry_reads(&mut self, now: std::time::Instant) {
+        self.reads_before_term.retain(|tx| !tx.is_canceled());
+        self.read_ready.retain(|(_, tx)| !tx.is_canceled());
+        self.read_requests.retain(|_, (tx, _)| !tx.is_canceled());
+        if !self.is_leader() {
+            return;
+        }
+        let stale: Vec<u64> = self
+            .read_requests
+            .iter()
+            .filter(|(_, (_, at))| now.duration_since(*at) >= READ_INDEX_RETRY)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in stale {
+            if let Some((_, at)) = self.read_requests.get_mut(&ctx) {
+                *at = now;
+            }
+            self.node.read_index(ctx.to_le_bytes().to_vec());
+        }
     }
 
     /// Steps a Raft message from a peer; returns a message to send back, if any.
@@ -316,7 +383,10 @@ impl Partition {
                 format!("leadership moved to node {hint} before the write was applied; its outcome is unknown"),
             )));
         }
-        for (_, tx) in std::mem::take(&mut self.read_requests) {
+        for tx in std::mem::take(&mut self.reads_before_term) {
+            let _ = tx.send(Err(not_leader(hint)));
+        }
+        for (_, (tx, _)) in std::mem::take(&mut self.read_requests) {
             let _ = tx.send(Err(not_leader(hint)));
         }
         for (_, tx) in std::mem::take(&mut self.read_ready) {

@@ -19,7 +19,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel::LocalReceiver;
-use kahuna_core::hlc::Hlc;
 use kahuna_core::state_machine::{self, ApplyCtx};
 use kahuna_core::store::WriteBuffer;
 use kahuna_core::{LogCommand, WriteOp};
@@ -55,8 +54,8 @@ pub fn entry_from(r: EntryRec) -> Entry {
         2 => EntryType::EntryConfChangeV2,
         _ => EntryType::EntryNormal,
     });
-    e.data = r.data.into();
-    e.context = r.context.into();
+    e.data = r.data;
+    e.context = r.context;
     e
 }
 
@@ -88,10 +87,12 @@ async fn install_snapshot(shard: &Shard, pid: u64, snap: &Snapshot) {
         .await;
     match installed {
         Ok(true) => {}
-        Ok(false) => {
-            log::error!("partition {pid}: snapshot at {} is malformed; ignored", meta.index);
-            return;
-        }
+        // The log already restarts at the snapshot: going on without its state would apply
+        // later entries on stale state.
+        Ok(false) => fatal(
+            "installing a snapshot",
+            format!("partition {pid}: the snapshot at {} is malformed", meta.index),
+        ),
         Err(e) => fatal("installing a snapshot", e),
     }
     if let Some(p) = shard.parts.borrow_mut().get_mut(&pid) {
@@ -108,15 +109,14 @@ fn send_messages(shard: &Shard, partition: u64, msgs: Vec<raft::eraftpb::Message
     let Some(peers) = &shard.peers else { return };
     for msg in msgs {
         // A dropped message is retransmitted by Raft (heartbeats, append retries).
-        peers.send(msg.to, crate::transport::peer::PeerOut::Raft { partition, msg });
+        peers.send(msg.to, crate::transport::peer::PeerOut::Raft { partition, msg: Box::new(msg) });
     }
 }
 
 /// A failure of the WAL or RocksDB leaves the node unable to keep its promises: stop it, so
 /// that a restart recovers from what is durable (as etcd and TiKV do).
 fn fatal(what: &str, err: impl std::fmt::Display) -> ! {
-    log::error!("fatal storage error while {what}: {err}; stopping the node");
-    std::process::exit(70);
+    crate::fatal::storage(what, err)
 }
 
 pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
@@ -124,6 +124,7 @@ pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
     let mut next_tick = Instant::now() + tick;
     let flushed: Rc<std::cell::RefCell<Option<HashMap<u64, u64>>>> = Default::default();
     let mut flushing = false;
+    let mut deferred = Vec::new();
     loop {
         let now = Instant::now();
         if now < next_tick {
@@ -139,7 +140,7 @@ pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
             next_tick = Instant::now() + tick;
             on_tick(&shard);
         }
-        turn(&shard, &mut wal).await;
+        turn(&shard, &mut wal, &mut deferred).await;
         // Release WAL segments whose effects a finished flush made durable in RocksDB.
         if let Some(applied) = flushed.borrow_mut().take() {
             flushing = false;
@@ -166,10 +167,7 @@ fn start_flush(shard: &Rc<Shard>, done: Rc<std::cell::RefCell<Option<HashMap<u64
     glommio::spawn_local(async move {
         match glommio::executor().spawn_blocking(move || db.flush_blocking()).await {
             Ok(()) => *done.borrow_mut() = Some(applied),
-            Err(e) => {
-                log::warn!("rocksdb flush failed: {e}");
-                *done.borrow_mut() = Some(HashMap::new());
-            }
+            Err(e) => fatal("flushing RocksDB", e),
         }
     })
     .detach();
@@ -188,6 +186,7 @@ fn on_tick(shard: &Shard) {
     shard.ticks.set(shard.ticks.get() + 1);
     for (pid, p) in shard.parts.borrow_mut().iter_mut() {
         p.node.tick();
+        p.retry_reads(now);
         if collect && p.is_leader() {
             collect_expired(shard, p, now_ms);
         }
@@ -215,7 +214,6 @@ fn on_tick(shard: &Shard) {
 /// whose TTL ran out more than the grace ago. Replicated like any write, so every replica frees
 /// the same keys; a key written again meanwhile is kept at apply.
 fn collect_expired(shard: &Shard, p: &mut crate::raft::partition::Partition, now_ms: u64) {
-    use crate::clock::Clock;
     use kahuna_core::store::Scan;
     let grace_ms = shard.cfg.expired_key_grace_secs.saturating_mul(1000);
     let (lo, hi) = kahuna_core::keys::kind_range(kahuna_core::keys::KV, &p.info.start, &p.info.end);
@@ -245,8 +243,7 @@ fn collect_expired(shard: &Shard, p: &mut crate::raft::partition::Partition, now
     if keys.is_empty() {
         return;
     }
-    let hlc = shard.hlc.borrow_mut().now(shard.clock.now_ms()).0;
-    let data = LogCommand { hlc, op: WriteOp::KvCollect { keys, grace_ms } }.encode();
+    let data = shard.command(WriteOp::KvCollect { keys, grace_ms });
     // Nobody waits for the answer; a refused proposal (busy, leadership moving) is retried on a
     // later pass.
     let _ = p.propose(data);
@@ -269,7 +266,7 @@ struct Handed {
 /// sync, through `on_persist_ready`.
 /// Proposals made while the sync is in flight go into the next `Ready`, so connection tasks
 /// never wait for the loop, and the entries they add are group-committed together.
-async fn turn(shard: &Shard, wal: &mut Wal) {
+async fn turn(shard: &Shard, wal: &mut Wal, deferred: &mut Vec<(u64, Vec<Entry>)>) {
     let mut records = Vec::new();
     let mut handed = Vec::new();
     let mut committed = Vec::new();
@@ -345,7 +342,18 @@ async fn turn(shard: &Shard, wal: &mut Wal) {
             p.node.advance_append_async(rd);
         }
     }
+    // Tests hold committed entries back (`defer_apply`), as a slow apply would: reads must
+    // still never see a state older than what was acknowledged.
+    let committed = if crate::faults::fired("defer_apply").is_some() {
+        deferred.extend(committed);
+        Vec::new()
+    } else {
+        let mut all = std::mem::take(deferred);
+        all.extend(committed);
+        all
+    };
     if handed.is_empty() {
+        apply(shard, committed);
         return;
     }
     let mut restored = Vec::new();
@@ -412,6 +420,8 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
     if batches.iter().all(|(_, e)| e.is_empty()) {
         return;
     }
+    // `sleep(ms)` stalls the whole shard here, as a long pause of the process would.
+    let _ = crate::faults::fired("pause_before_apply");
     let mut parts = shard.parts.borrow_mut();
     let mut buf = WriteBuffer::new(&shard.db);
     let mut states: Vec<(u64, ApplyState)> = Vec::new();
@@ -428,9 +438,8 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
             if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
                 let result = match LogCommand::decode(&e.data) {
                     Ok(cmd) => {
-                        shard.hlc.borrow_mut().observe(Hlc(cmd.hlc));
-                        let ctx = ApplyCtx::persistent(Hlc(cmd.hlc).physical_ms(), &shard.limits)
-                            .in_partition(&p.info.start);
+                        shard.observe_hlc(cmd.hlc);
+                        let ctx = ApplyCtx::persistent(&cmd, e.term, &p.info.start);
                         state_machine::apply(&mut buf, &cmd.op, &ctx)
                     }
                     Err(err) => {

@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use glommio::channels::local_channel::LocalSender;
 use kahuna_core::command::into_write;
-use kahuna_core::hlc::HlcClock;
+use kahuna_core::hlc::{Hlc, HlcClock};
 use kahuna_core::state_machine::{self, ApplyCtx, Bounds};
-use kahuna_core::{Limits, LogCommand, PartitionMap, WriteOp};
+use kahuna_core::{ApplySettings, Limits, LogCommand, PartitionMap, WriteOp};
 use kahuna_protocol::{Durability, ErrorCode, Op, Reply, WireError};
 
 use crate::clock::{Clock, SystemClock};
@@ -62,6 +62,8 @@ pub struct Shard {
     pub forwarded_count: Cell<u64>,
     /// When a Raft message last came from each node: who is alive, for leader rebalancing.
     pub heard: RefCell<std::collections::HashMap<u64, std::time::Instant>>,
+    /// When a far-ahead timestamp was last reported (the warning is rate-limited).
+    clock_warned: Cell<Option<std::time::Instant>>,
 }
 
 /// A forwarded request may be forwarded once more (to a leader the first hop learned of), never
@@ -126,6 +128,50 @@ impl Shard {
             heard: Default::default(),
             forwarded_count: Cell::new(0),
             ticks: Cell::new(0),
+            clock_warned: Cell::new(None),
+        }
+    }
+
+    /// A write as a log entry: stamped with this leader's clock and the settings that decide
+    /// what applying it does, so every replica applies it alike.
+    pub fn command(&self, op: WriteOp) -> Vec<u8> {
+        let hlc = self.hlc.borrow_mut().now(self.clock.now_ms()).0;
+        LogCommand { hlc, settings: self.apply_settings(), op }.encode()
+    }
+
+    pub fn apply_settings(&self) -> ApplySettings {
+        ApplySettings {
+            history_retention: self.limits.history_retention,
+            max_clock_offset_ms: self.cfg.max_clock_offset_ms,
+        }
+    }
+
+    /// Takes a timestamp from the log into this node's clock, but never one further ahead of
+    /// the local wall clock than the offset the cluster assumes: a node with a fast clock must
+    /// not drag every other node's leases and TTLs forward with it.
+    pub fn observe_hlc(&self, hlc: u64) {
+        let wall = self.clock.now_ms();
+        let limit = wall.saturating_add(self.cfg.max_clock_offset_ms);
+        let seen = Hlc(hlc);
+        if seen.physical_ms() > limit {
+            let now = std::time::Instant::now();
+            if self
+                .clock_warned
+                .get()
+                .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
+            {
+                self.clock_warned.set(Some(now));
+                log::warn!(
+                    "shard {}: a log entry is stamped {} ms ahead of this node's clock (more than \
+                     max_clock_offset_ms {}); not taken into this node's clock",
+                    self.id,
+                    seen.physical_ms() - wall,
+                    self.cfg.max_clock_offset_ms
+                );
+            }
+            self.hlc.borrow_mut().observe(Hlc::new(limit, 0));
+        } else {
+            self.hlc.borrow_mut().observe(seen);
         }
     }
 
@@ -350,6 +396,21 @@ impl Shard {
                 self.status(scope, checksums, self.deadline(timeout_ms)).await
             }
             Ok((_, timeout_ms, op)) => {
+                // A peer's frame is untrusted input like a client's: the same checks, before
+                // anything reaches a state machine (whose assertions would stop every replica).
+                if let Err(e) = self.limits.validate(&op) {
+                    return self.answer_forwarded(from, token, (Err(e), 0));
+                }
+                // The partition it names must own the key: a request applied in another
+                // partition's log would write outside that partition's range.
+                let owner = self.map.locate(op.routing_key()).id;
+                if !matches!(op, Op::KvScan { .. }) && owner != partition {
+                    let e = WireError::new(
+                        ErrorCode::Moved,
+                        format!("the key belongs to partition {owner}, not {partition}"),
+                    );
+                    return self.answer_forwarded(from, token, (Err(e), 0));
+                }
                 let deadline = self.deadline(timeout_ms);
                 match self.map.get(partition).map(|p| p.shard) {
                     Some(s) if s == self.id => {
@@ -364,6 +425,10 @@ impl Shard {
             }
             Err(e) => (Err(WireError::new(e.code(), e.to_string())), 0),
         };
+        self.answer_forwarded(from, token, (result, hint));
+    }
+
+    fn answer_forwarded(&self, from: u64, token: u64, (result, hint): Answer) {
         let mut fbb = flatbuffers::FlatBufferBuilder::new();
         let mut out = Vec::new();
         encode_response(&mut fbb, token, &result, hint, &mut out);
@@ -390,7 +455,7 @@ impl Shard {
             None => None,
         };
         if let (Some(r), Some(peers)) = (reply, &self.peers) {
-            peers.send(r.to, PeerOut::Raft { partition, msg: r });
+            peers.send(r.to, PeerOut::Raft { partition, msg: Box::new(r) });
         }
         self.kick();
     }
@@ -424,7 +489,7 @@ impl Shard {
         let Ok(wop) = into_write(op) else { unreachable!("ephemeral_write takes writes") };
         let now_ms = self.now_ms();
         let budget = self.cfg.ephemeral_mb_per_shard << 20;
-        let retention = self.limits.history_retention;
+        let settings = self.apply_settings();
         let total = self.ephemeral_bytes.get();
         let (reply, delta) = self.with_partition(partition, |p| {
             p.ensure_leader()?;
@@ -443,9 +508,10 @@ impl Shard {
             }
             let ctx = ApplyCtx {
                 now_ms,
+                term: p.term(),
                 token_floor: floor + 1,
                 keep_released_locks: false,
-                history_retention: retention,
+                settings,
                 partition_start: None,
             };
             let before = p.ephemeral.bytes();
@@ -512,8 +578,7 @@ impl Shard {
         deadline: std::time::Instant,
     ) -> Result<Reply, WireError> {
         let Ok(wop) = into_write(op) else { unreachable!("persistent_write takes writes") };
-        let hlc = self.hlc.borrow_mut().now(self.clock.now_ms()).0;
-        let data = LogCommand { hlc, op: wop }.encode();
+        let data = self.command(wop);
         let rx = self.with_partition(partition, |p| p.propose(data))?;
         self.kick();
         match with_deadline(deadline, rx).await {

@@ -203,22 +203,31 @@ impl StateDb {
     }
 }
 
+/// A read the state machines asked for failed. Never answered as "absent": a sequence would
+/// restart, a fencing token fall back to 1. The node stops instead (see [`crate::fatal`]).
+fn read_failed(err: impl std::fmt::Display) -> ! {
+    crate::fatal::storage("reading RocksDB", err)
+}
+
+fn injected_read_error() {
+    if crate::faults::fired("rocksdb_read_error").is_some() {
+        read_failed("injected by the rocksdb_read_error failpoint");
+    }
+}
+
 impl Get for StateDb {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        injected_read_error();
         match self.db.get_pinned(key) {
             Ok(v) => v.map(|v| v.to_vec()),
-            Err(e) => {
-                // A read error is a storage fault; the state machine sees "absent" and the log
-                // says why. Raising it would need every state machine read to be fallible.
-                log::error!("rocksdb get failed: {e}");
-                None
-            }
+            Err(e) => read_failed(e),
         }
     }
 }
 
 impl Scan for StateDb {
     fn scan(&self, lo: &[u8], hi: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) {
+        injected_read_error();
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(hi.to_vec());
         let mut it = self.db.raw_iterator_opt(ro);
@@ -231,7 +240,7 @@ impl Scan for StateDb {
             it.next();
         }
         if let Err(e) = it.status() {
-            log::error!("rocksdb scan failed: {e}");
+            read_failed(e);
         }
     }
 }

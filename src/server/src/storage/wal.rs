@@ -14,9 +14,10 @@
 //! increases by one per record across segments, so a hole (a lost block) stops recovery.
 //!
 //! Lifecycle:
-//! 1. [`Wal::open`] scans the segments in order, keeps every record up to the first torn or
-//!    corrupt one, cuts the rest, and returns each partition's recovered log; writing resumes in
-//!    a new segment, never over a cut tail.
+//! 1. [`Wal::open`] scans the segments in order and returns each partition's recovered log.
+//!    Only a torn tail (after the last valid record, with nothing valid after it: the one batch
+//!    a crash interrupted) is cut, durably; damage anywhere else refuses to open, naming the
+//!    file and offset, and changes nothing. Writing resumes in a new segment.
 //! 2. [`Wal::append`] writes one batch, durable when the write completes (the file is opened
 //!    `O_DSYNC`, so one write is one sync); when the active segment is full it
 //!    rolls to a new one that starts with a checkpoint of every partition's hard state, so an
@@ -42,6 +43,16 @@ use std::rc::Rc;
 use glommio::io::{DmaFile, OpenOptions};
 use glommio::task::JoinHandle;
 use rkyv::rancor;
+
+/// What can stop a WAL from opening.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// Damage a crash cannot explain: the node must not start on it, and nothing is deleted.
+    #[error("WAL damaged in {file} at byte {offset}: {reason}; nothing was deleted (restore this node from its peers: wipe its data directory only if the rest of the cluster holds a majority)")]
+    Damaged { file: PathBuf, offset: usize, reason: String },
+}
 
 pub const BLOCK: usize = 4096;
 const HEADER: usize = 16;
@@ -214,10 +225,17 @@ async fn create_segment(dir: &Path, id: u64) -> io::Result<(Segment, DmaFile)> {
 
 impl Wal {
     /// Opens the log in `dir`, recovering every partition's log.
+    ///
+    /// Only a torn tail may be cut: bytes after the last valid record of the last segment that
+    /// holds any, with no valid record after them (the one batch whose write a crash
+    /// interrupted; nothing in it was acknowledged). The cut is made durable, so a later start
+    /// never mistakes it for damage. Anything else (a bad record with valid ones after it, a
+    /// segment that does not continue the sequence) is damage in the middle of the log:
+    /// [`WalError::Damaged`] names the file and offset, and nothing is deleted or changed.
     pub async fn open(
         dir: &Path,
         segment_bytes: u64,
-    ) -> io::Result<(Wal, BTreeMap<u64, RecoveredLog>)> {
+    ) -> Result<(Wal, BTreeMap<u64, RecoveredLog>), WalError> {
         std::fs::create_dir_all(dir)?;
         let mut ids: Vec<u64> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
@@ -230,30 +248,47 @@ impl Wal {
         let mut logs: BTreeMap<u64, RecoveredLog> = BTreeMap::new();
         let mut sealed = Vec::new();
         let mut expected_seq: Option<u64> = None;
-        let mut broken = false;
+        // A segment whose tail after its last valid record is not clean: allowed only if no
+        // valid record follows anywhere (then it is the torn tail, cut below).
+        let mut torn: Option<(PathBuf, usize, usize)> = None;
         for id in ids {
             let path = segment_path(dir, id);
-            if broken {
-                // Past a hole nothing can be trusted; such a segment was never acknowledged.
-                log::warn!("wal: removing segment {} after a cut", path.display());
-                std::fs::remove_file(&path)?;
+            let bytes = std::fs::read(&path)?;
+            if bytes.iter().all(|b| *b == 0) {
+                // Created, never written (or zero-filled only): nothing to recover or check.
+                sealed.push(Segment { id, path, max_index: HashMap::new() });
                 continue;
             }
-            let bytes = std::fs::read(&path)?;
             let first_seq = match expected_seq {
                 Some(s) => s,
                 None => first_record_seq(&bytes).unwrap_or(0),
             };
             let (records, valid_end, next) = scan_segment(&bytes, first_seq);
-            if valid_end < bytes.len() && bytes[valid_end..].iter().any(|b| *b != 0) {
-                log::warn!(
-                    "wal: segment {} cut at byte {valid_end} of {}",
-                    path.display(),
-                    bytes.len()
-                );
+            if !records.is_empty() {
+                if let Some((p, at, _)) = torn.take() {
+                    return Err(WalError::Damaged {
+                        file: p,
+                        offset: at,
+                        reason: format!(
+                            "a bad record is followed by valid ones in {}",
+                            path.display()
+                        ),
+                    });
+                }
             }
-            if records.is_empty() && expected_seq.is_some() && !bytes.iter().all(|b| *b == 0) {
-                broken = true;
+            // Where the first bad record starts (padding after the last good batch is zeros).
+            let bad_at = bytes[valid_end..].iter().position(|b| *b != 0).map(|i| valid_end + i);
+            // A valid record after the first bad one (or a segment that skips records) means
+            // the damage is not a torn tail.
+            if let (Some(bad), Some(at)) = (bad_at, later_record(&bytes, valid_end, first_seq)) {
+                return Err(WalError::Damaged {
+                    file: path,
+                    offset: bad,
+                    reason: format!("a bad record is followed by a valid one at byte {at}"),
+                });
+            }
+            if let (Some(bad), None) = (bad_at, &torn) {
+                torn = Some((path.clone(), bad, valid_end));
             }
             let mut seg = Segment { id, path, max_index: HashMap::new() };
             for rec in records {
@@ -269,6 +304,20 @@ impl Wal {
             }
             expected_seq = Some(next);
             sealed.push(seg);
+        }
+        if let Some((path, bad, valid_end)) = torn {
+            // The torn tail: cut it for good, so no later start sees it as damage. Everything
+            // after the last valid record becomes zeros (the end of the log), up to its block's
+            // end where the next batch would have started.
+            let keep = (valid_end as u64).next_multiple_of(BLOCK as u64);
+            log::warn!(
+                "wal: {} ends in a torn write at byte {bad}: cut after byte {valid_end}",
+                path.display()
+            );
+            let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+            f.set_len(valid_end as u64)?;
+            f.set_len(keep)?;
+            f.sync_all()?;
         }
         let next_id = sealed.last().map(|s| s.id + 1).unwrap_or(1);
         let (active, file) = create_segment(dir, next_id).await?;
@@ -376,6 +425,9 @@ impl Wal {
             }
             None => {}
         }
+        if crate::faults::fired("wal_write_error").is_some() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         let written = self.file.write_at(buf, pos).await.map_err(io_err)?;
         if written != len {
             return Err(io::Error::new(
@@ -431,6 +483,26 @@ impl Wal {
         }
         Ok(removed)
     }
+}
+
+/// The offset of a valid record at a block boundary after `from` whose sequence number is at
+/// least `min_seq`: proof that the log goes on after a bad record.
+fn later_record(bytes: &[u8], from: usize, min_seq: u64) -> Option<usize> {
+    let mut pos = from.next_multiple_of(BLOCK);
+    if pos == from && from > 0 {
+        pos += BLOCK;
+    }
+    while pos + HEADER <= bytes.len() {
+        let seq = u64::from_le_bytes(bytes[pos + 8..pos + 16].try_into().unwrap());
+        if seq >= min_seq {
+            let (records, _, _) = scan_segment(&bytes[pos..], seq);
+            if !records.is_empty() {
+                return Some(pos);
+            }
+        }
+        pos += BLOCK;
+    }
+    None
 }
 
 fn first_record_seq(bytes: &[u8]) -> Option<u64> {
@@ -536,6 +608,64 @@ mod tests {
                 assert_eq!(logs[&7].entries.last().unwrap().index, 51, "{damage}");
             });
         }
+    }
+
+    #[test]
+    fn damage_in_the_middle_of_the_log_refuses_to_open_and_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        run(move || async move {
+            prime_dma_probe(&d).await.unwrap();
+            let (mut wal, _) = Wal::open(&d, 4 * BLOCK as u64).await.unwrap();
+            for i in 0..12u64 {
+                wal.append(&[rec(7, 1 + i * 10, 10, i * 10)], Vec::new).await.unwrap();
+            }
+            drop(wal);
+            let mut segs: Vec<_> =
+                std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).collect();
+            segs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+            segs.sort();
+            let before: Vec<Vec<u8>> = segs.iter().map(|p| std::fs::read(p).unwrap()).collect();
+            // A bit flip in the first segment, the second batch: later batches and segments
+            // hold valid records.
+            let mut bytes = before[0].clone();
+            bytes[BLOCK + 40] ^= 0x01;
+            std::fs::write(&segs[0], &bytes).unwrap();
+            match Wal::open(&d, 4 * BLOCK as u64).await {
+                Err(WalError::Damaged { file, offset, .. }) => {
+                    assert_eq!((file, offset), (segs[0].clone(), BLOCK));
+                }
+                Err(e) => panic!("wrong error: {e}"),
+                Ok(_) => panic!("opened a WAL damaged in the middle"),
+            }
+            // Nothing deleted, nothing rewritten, no segment added.
+            let mut after: Vec<_> =
+                std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).collect();
+            after.retain(|p| p.extension().is_some_and(|e| e == "log"));
+            after.sort();
+            assert_eq!(after, segs);
+            assert_eq!(std::fs::read(&segs[0]).unwrap(), bytes);
+            for (p, b) in segs.iter().zip(&before).skip(1) {
+                assert_eq!(&std::fs::read(p).unwrap(), b);
+            }
+            // The same flip in the last batch of the last segment is a torn tail: cut, and the
+            // cut survives another restart.
+            std::fs::write(&segs[0], &before[0]).unwrap();
+            let last = segs.iter().rev().find(|p| std::fs::metadata(p).unwrap().len() > 0);
+            let last = last.unwrap().clone();
+            let mut tail = std::fs::read(&last).unwrap();
+            let end = tail.iter().rposition(|b| *b != 0).unwrap();
+            tail[end] ^= 0x01;
+            std::fs::write(&last, &tail).unwrap();
+            let (mut wal, logs) = Wal::open(&d, 4 * BLOCK as u64).await.unwrap();
+            assert_eq!(logs[&7].entries.last().unwrap().index, 110);
+            wal.append(&[rec(7, 111, 5, 100)], Vec::new).await.unwrap();
+            drop(wal);
+            for _ in 0..2 {
+                let (_, logs) = Wal::open(&d, 4 * BLOCK as u64).await.unwrap();
+                assert_eq!(logs[&7].entries.last().unwrap().index, 115);
+            }
+        });
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
-use protobuf::Message as _;
+use prost::Message as _;
 use raft::eraftpb::Message;
 
 use crate::shard::{Answer, Shard};
@@ -41,7 +41,7 @@ const MAX_PEER_FRAME: usize = 16 << 20;
 pub enum PeerOut {
     Raft {
         partition: u64,
-        msg: Message,
+        msg: Box<Message>,
     },
     /// `read`: safe to send again (not on the wire; decides how a lost link answers it).
     Request {
@@ -133,8 +133,8 @@ fn encode(me: u64, m: PeerOut, out: &mut Vec<u8>) {
             out.push(KIND_RAFT);
             out.extend_from_slice(&me.to_le_bytes());
             out.extend_from_slice(&partition.to_le_bytes());
-            // Writing a message into memory cannot fail.
-            msg.write_to_vec(out).expect("encoding a raft message");
+            // Encoding into a growable buffer cannot fail.
+            msg.encode(out).expect("encoding a raft message");
         }
         PeerOut::Request { token, partition, hops, frame, .. } => {
             out.push(KIND_REQUEST);
@@ -343,7 +343,7 @@ fn dispatch(shard: &Rc<Shard>, f: &[u8]) -> bool {
     match kind {
         KIND_RAFT => {
             let Some(partition) = u64_at(body, 0) else { return false };
-            match Message::parse_from_bytes(&body[8..]) {
+            match Message::decode(&body[8..]) {
                 Ok(msg) => {
                     shard.step_raft(partition, msg);
                     true
@@ -382,12 +382,12 @@ mod tests {
     fn frames_carry_kind_sender_and_payload() {
         let mut out = Vec::new();
         let msg = Message { to: 2, term: 7, ..Default::default() };
-        encode(1, PeerOut::Raft { partition: 9, msg: msg.clone() }, &mut out);
+        encode(1, PeerOut::Raft { partition: 9, msg: Box::new(msg.clone()) }, &mut out);
         encode(1, PeerOut::Response { token: 5, frame: vec![1, 2, 3] }, &mut out);
         let len = u32::from_le_bytes(out[..4].try_into().unwrap()) as usize;
         let f = &out[4..4 + len];
         assert_eq!((f[0], u64_at(f, 1), u64_at(f, 9)), (KIND_RAFT, Some(1), Some(9)));
-        assert_eq!(Message::parse_from_bytes(&f[17..]).unwrap(), msg);
+        assert_eq!(Message::decode(&f[17..]).unwrap(), msg);
         let g = &out[4 + len + 4..];
         assert_eq!((g[0], u64_at(g, 9)), (KIND_RESPONSE, Some(5)));
         assert_eq!(&g[17..], &[1, 2, 3]);
