@@ -321,3 +321,65 @@ fn replicas_with_different_local_settings_stay_equal() {
     }
     assert_replicas_equal(c.node(1), 3);
 }
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Hole 6. A node whose clock jumps 5 s ahead (more than the 500 ms the cluster assumes): it
+/// finds itself off from its peers and says so in `cluster status`; it grants no leases; and
+/// the others do not take its far-ahead timestamps into their clocks (before, one fast node
+/// dragged every node's leases and TTLs forward with it).
+#[test]
+fn a_node_with_a_fast_clock_grants_no_leases_and_does_not_drag_the_others() {
+    watchdog(Duration::from_secs(120));
+    let mut c = start_cluster_with(ClusterOpts { wait: false, ..Default::default() });
+    c.node_mut(3).kill9();
+    c.node_mut(3).set_env(&[("FAILPOINTS", "clock_offset_ms=return(5000)")]);
+    c.node_mut(3).relaunch();
+    for s in &mut c.nodes {
+        s.wait_ready();
+    }
+    // Clocks are compared once a second.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let st = loop {
+        let st = status(c.node(1), false);
+        let off = |id: u64| st.nodes.iter().find(|n| n.id == id).map(|n| n.clock_ok);
+        let leads = |id: u64| st.partitions.iter().any(|p| p.leader().map(|l| l.node) == Some(id));
+        if off(3) == Some(false) && off(1) == Some(true) && leads(1) && leads(3) {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the fast clock was not noticed: {st:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let n3 = st.nodes.iter().find(|n| n.id == 3).unwrap();
+    assert!((-5600..=-4400).contains(&n3.clock_offset_ms), "{n3:?}");
+    let table = String::from_utf8_lossy(&c.node(2).cli(&["cluster", "status"]).stdout).to_string();
+    assert!(table.contains("OFF"), "{table}");
+
+    // A lock in a partition node 3 leads is refused; a write there is stamped 5 s ahead, and
+    // the followers keep their own clocks.
+    let led_by = |id: u64| {
+        let p = st.partitions.iter().find(|p| p.leader().map(|l| l.node) == Some(id)).unwrap();
+        let mut key = p.start.clone();
+        key.extend_from_slice(b"lock");
+        key
+    };
+    let k3 = led_by(3);
+    let cl = client_via(c.node(1), 2000);
+    let e = cl.lock_acquire(&k3, b"a", 3000, Durability::Persistent).unwrap_err();
+    assert!(e.code == ErrorCode::Unavailable && e.message.contains("clock"), "{e}");
+    cl.kv_set(&k3, b"x", SetOptions::default()).unwrap();
+    let k1 = led_by(1);
+    let before = wall_ms();
+    let l = cl.lock_acquire(&k1, b"a", 3000, Durability::Persistent).unwrap();
+    assert!(l.acquired);
+    assert!(
+        l.expires_at_ms < before + 3000 + 1000,
+        "node 1's clock was dragged ahead: the lease ends {} ms from now",
+        l.expires_at_ms as i64 - before as i64
+    );
+    let log1 = c.node(1).log_text() + &c.node(2).log_text();
+    assert!(log1.contains("ahead of this node's clock"), "{log1}");
+    assert!(c.node(3).log_text().contains("grants no leases"));
+}

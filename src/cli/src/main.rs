@@ -257,6 +257,8 @@ fn status_json(st: &ClusterStatus) -> Value {
                 "peer_address": n.peer_address,
                 "shards": n.shards,
                 "forwarded": n.forwarded,
+                "clock_offset_ms": n.clock_offset_ms,
+                "clock_ok": n.clock_ok,
                 "error": (!n.error.is_empty()).then_some(&n.error),
             })
         })
@@ -306,18 +308,25 @@ fn status_json(st: &ClusterStatus) -> Value {
 
 fn status_table(st: &ClusterStatus) -> String {
     let mut out = String::from(
-        "NODE  STATE  CLIENT                 PEER                   SHARDS  FORWARDED\n",
+        "NODE  STATE  CLIENT                 PEER                   SHARDS  FORWARDED  CLOCK\n",
     );
     for n in &st.nodes {
         let state = if n.up { "up" } else { "down" };
+        // How far the others' clocks are from this node's; OFF: it grants no leases.
+        let clock = match (n.up, n.clock_ok) {
+            (false, _) => "-".to_string(),
+            (true, true) => format!("{:+}ms", n.clock_offset_ms),
+            (true, false) => format!("OFF {:+}ms", n.clock_offset_ms),
+        };
         out.push_str(&format!(
-            "{:<5} {:<6} {:<22} {:<22} {:<7} {}{}\n",
+            "{:<5} {:<6} {:<22} {:<22} {:<7} {:<10} {}{}\n",
             n.id,
             state,
             if n.client_address.is_empty() { "-" } else { &n.client_address },
             n.peer_address,
             n.shards,
             n.forwarded,
+            clock,
             if n.error.is_empty() { String::new() } else { format!("  ({})", n.error) },
         ));
     }

@@ -463,6 +463,8 @@ fn cluster_status<'a>(
                     shards: n.shards,
                     error,
                     forwarded: n.forwarded,
+                    clock_offset_ms: n.clock_offset_ms,
+                    clock_ok: n.clock_ok,
                 },
             )
         })
@@ -534,6 +536,8 @@ fn cluster_status_from(r: wire::ClusterStatusResult<'_>) -> ClusterStatus {
                     shards: n.shards(),
                     error: n.error().unwrap_or_default().to_string(),
                     forwarded: n.forwarded(),
+                    clock_offset_ms: n.clock_offset_ms(),
+                    clock_ok: n.clock_ok(),
                 })
                 .collect()
         })
@@ -936,6 +940,8 @@ mod tests {
                         shards: 0,
                         error: "no answer".into(),
                         forwarded: 0,
+                        clock_offset_ms: 0,
+                        clock_ok: true,
                     },
                     NodeStatus {
                         id: 2,
@@ -945,6 +951,8 @@ mod tests {
                         shards: 2,
                         error: String::new(),
                         forwarded: 7,
+                        clock_offset_ms: -1200,
+                        clock_ok: false,
                     },
                 ],
                 partitions: vec![PartitionStatus {

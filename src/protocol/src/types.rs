@@ -387,7 +387,7 @@ impl PartitionStatus {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeStatus {
     pub id: u64,
     pub up: bool,
@@ -398,6 +398,26 @@ pub struct NodeStatus {
     pub error: String,
     /// Requests it forwarded to another node since it started.
     pub forwarded: u64,
+    /// The median offset of the other nodes' clocks from this one's, in ms (positive: ahead).
+    pub clock_offset_ms: i64,
+    /// False while this node's clock is too far from most of its peers' to grant leases.
+    pub clock_ok: bool,
+}
+
+impl Default for NodeStatus {
+    fn default() -> Self {
+        NodeStatus {
+            id: 0,
+            up: false,
+            client_address: String::new(),
+            peer_address: String::new(),
+            shards: 0,
+            error: String::new(),
+            forwarded: 0,
+            clock_offset_ms: 0,
+            clock_ok: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

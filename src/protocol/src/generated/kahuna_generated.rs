@@ -4993,6 +4993,8 @@ impl<'a> NodeStatus<'a> {
   pub const VT_SHARDS: ::flatbuffers::VOffsetT = 12;
   pub const VT_ERROR: ::flatbuffers::VOffsetT = 14;
   pub const VT_FORWARDED: ::flatbuffers::VOffsetT = 16;
+  pub const VT_CLOCK_OFFSET_MS: ::flatbuffers::VOffsetT = 18;
+  pub const VT_CLOCK_OK: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5004,12 +5006,14 @@ impl<'a> NodeStatus<'a> {
     args: &'args NodeStatusArgs<'args>
   ) -> ::flatbuffers::WIPOffset<NodeStatus<'bldr>> {
     let mut builder = NodeStatusBuilder::new(_fbb);
+    builder.add_clock_offset_ms(args.clock_offset_ms);
     builder.add_forwarded(args.forwarded);
     builder.add_id(args.id);
     if let Some(x) = args.error { builder.add_error(x); }
     builder.add_shards(args.shards);
     if let Some(x) = args.peer_address { builder.add_peer_address(x); }
     if let Some(x) = args.client_address { builder.add_client_address(x); }
+    builder.add_clock_ok(args.clock_ok);
     builder.add_up(args.up);
     builder.finish()
   }
@@ -5068,6 +5072,24 @@ impl<'a> NodeStatus<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(NodeStatus::VT_FORWARDED, Some(0)).unwrap()}
   }
+  /// How far the other nodes' clocks are from this node's, in ms (the median of what it
+  /// measured; positive: they are ahead).
+  #[inline]
+  pub fn clock_offset_ms(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(NodeStatus::VT_CLOCK_OFFSET_MS, Some(0)).unwrap()}
+  }
+  /// False when this node's clock is further than max_clock_offset_ms from most of its
+  /// peers': it grants no leases until that is fixed.
+  #[inline]
+  pub fn clock_ok(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(NodeStatus::VT_CLOCK_OK, Some(true)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for NodeStatus<'_> {
@@ -5083,6 +5105,8 @@ impl ::flatbuffers::Verifiable for NodeStatus<'_> {
      .visit_field::<u32>("shards", Self::VT_SHARDS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error", Self::VT_ERROR, false)?
      .visit_field::<u64>("forwarded", Self::VT_FORWARDED, false)?
+     .visit_field::<i64>("clock_offset_ms", Self::VT_CLOCK_OFFSET_MS, false)?
+     .visit_field::<bool>("clock_ok", Self::VT_CLOCK_OK, false)?
      .finish();
     Ok(())
   }
@@ -5095,6 +5119,8 @@ pub struct NodeStatusArgs<'a> {
     pub shards: u32,
     pub error: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub forwarded: u64,
+    pub clock_offset_ms: i64,
+    pub clock_ok: bool,
 }
 impl<'a> Default for NodeStatusArgs<'a> {
   #[inline]
@@ -5107,6 +5133,8 @@ impl<'a> Default for NodeStatusArgs<'a> {
       shards: 0,
       error: None,
       forwarded: 0,
+      clock_offset_ms: 0,
+      clock_ok: true,
     }
   }
 }
@@ -5145,6 +5173,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeStatusBuilder<'a, 'b, A> 
     self.fbb_.push_slot::<u64>(NodeStatus::VT_FORWARDED, forwarded, 0);
   }
   #[inline]
+  pub fn add_clock_offset_ms(&mut self, clock_offset_ms: i64) {
+    self.fbb_.push_slot::<i64>(NodeStatus::VT_CLOCK_OFFSET_MS, clock_offset_ms, 0);
+  }
+  #[inline]
+  pub fn add_clock_ok(&mut self, clock_ok: bool) {
+    self.fbb_.push_slot::<bool>(NodeStatus::VT_CLOCK_OK, clock_ok, true);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NodeStatusBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     NodeStatusBuilder {
@@ -5169,6 +5205,8 @@ impl ::core::fmt::Debug for NodeStatus<'_> {
       ds.field("shards", &self.shards());
       ds.field("error", &self.error());
       ds.field("forwarded", &self.forwarded());
+      ds.field("clock_offset_ms", &self.clock_offset_ms());
+      ds.field("clock_ok", &self.clock_ok());
       ds.finish()
   }
 }

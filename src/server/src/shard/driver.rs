@@ -183,6 +183,9 @@ fn on_tick(shard: &Shard) {
     let heard = shard.heard.borrow();
     let alive = |n: u64| heard.get(&n).is_some_and(|t| now.duration_since(*t) < alive_within);
     let collect = shard.ticks.get().is_multiple_of(COLLECT_EVERY_TICKS);
+    if collect {
+        shard.ping_clocks();
+    }
     shard.ticks.set(shard.ticks.get() + 1);
     for (pid, p) in shard.parts.borrow_mut().iter_mut() {
         p.node.tick();

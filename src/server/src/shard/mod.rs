@@ -21,6 +21,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use glommio::channels::local_channel::LocalSender;
+use kahuna_core::clock_offsets::{ClockOffsets, ClockVerdict};
 use kahuna_core::command::into_write;
 use kahuna_core::hlc::{Hlc, HlcClock};
 use kahuna_core::state_machine::{self, ApplyCtx, Bounds};
@@ -64,6 +65,10 @@ pub struct Shard {
     pub heard: RefCell<std::collections::HashMap<u64, std::time::Instant>>,
     /// When a far-ahead timestamp was last reported (the warning is rate-limited).
     clock_warned: Cell<Option<std::time::Instant>>,
+    /// This node's clock against each peer's, measured over this shard's links.
+    pub clock_offsets: RefCell<ClockOffsets>,
+    /// Whether this node may time leases (the last verdict, to log changes).
+    clock_ok: Cell<bool>,
 }
 
 /// A forwarded request may be forwarded once more (to a leader the first hop learned of), never
@@ -129,6 +134,8 @@ impl Shard {
             forwarded_count: Cell::new(0),
             ticks: Cell::new(0),
             clock_warned: Cell::new(None),
+            clock_offsets: RefCell::default(),
+            clock_ok: Cell::new(true),
         }
     }
 
@@ -173,6 +180,65 @@ impl Shard {
         } else {
             self.hlc.borrow_mut().observe(seen);
         }
+    }
+
+    /// What this node's clock looks like against its peers'.
+    pub fn clock_verdict(&self) -> ClockVerdict {
+        let peers = self.peers.as_ref().map(|p| p.peer_ids().count()).unwrap_or(0);
+        let v = self.clock_offsets.borrow().verdict(
+            self.clock.now_ms(),
+            self.cfg.max_clock_offset_ms,
+            peers,
+        );
+        if v.ok != self.clock_ok.replace(v.ok) {
+            if v.ok {
+                log::warn!("shard {}: this node's clock is back within max_clock_offset_ms of its peers; granting leases again", self.id);
+            } else {
+                log::error!(
+                    "shard {}: this node's clock is about {} ms from its peers' ({} of {} further than max_clock_offset_ms {}); it grants no leases until that is fixed",
+                    self.id,
+                    -v.median_offset_ms,
+                    v.far,
+                    peers,
+                    self.cfg.max_clock_offset_ms
+                );
+            }
+        }
+        v
+    }
+
+    /// Asks every peer for its clock (once a second, from the tick).
+    pub fn ping_clocks(&self) {
+        let Some(peers) = &self.peers else { return };
+        let sent_ms = self.clock.now_ms();
+        for id in peers.peer_ids().collect::<Vec<_>>() {
+            peers.send(id, PeerOut::ClockPing { sent_ms });
+        }
+    }
+
+    pub fn on_clock_pong(&self, from: u64, sent_ms: u64, remote_ms: u64) {
+        let now = self.clock.now_ms();
+        self.clock_offsets.borrow_mut().record(from, sent_ms, remote_ms, now);
+        self.clock_verdict();
+    }
+
+    /// A lease (lock grant or extension) is timed by this node's clock: refused while that
+    /// clock is off from most of its peers'.
+    fn check_lease_clock(&self, op: &Op) -> Result<(), WireError> {
+        if !matches!(op, Op::LockAcquire { .. } | Op::LockExtend { .. }) {
+            return Ok(());
+        }
+        let v = self.clock_verdict();
+        if v.ok {
+            return Ok(());
+        }
+        Err(WireError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "node {}'s clock is about {} ms from most of its peers' (more than max_clock_offset_ms {}): it grants no leases until that is fixed",
+                self.node_id, -v.median_offset_ms, self.cfg.max_clock_offset_ms
+            ),
+        ))
     }
 
     /// Wakes the ready loop; a wake-up already pending is enough.
@@ -308,6 +374,9 @@ impl Shard {
             }
         }
         let hint = self.node_id;
+        if let Err(e) = self.check_lease_clock(&op) {
+            return (Err(e), hint);
+        }
         let result = match (op.durability(), op.is_read()) {
             (Durability::Ephemeral, true) => self.ephemeral_read(partition, &op),
             (Durability::Ephemeral, false) => self.ephemeral_write(partition, op),

@@ -109,6 +109,7 @@ impl Shard {
             Ok(a) => a.to_string(),
             Err(_) => String::new(),
         };
+        let clock = self.clock_verdict();
         NodeStatus {
             id: self.node_id,
             up: true,
@@ -117,6 +118,8 @@ impl Shard {
             shards: self.cfg.shards as u32,
             error: String::new(),
             forwarded,
+            clock_offset_ms: clock.median_offset_ms,
+            clock_ok: clock.ok,
         }
     }
 

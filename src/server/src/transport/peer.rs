@@ -4,9 +4,11 @@
 //!
 //! ```text
 //!  frame: [len u32][kind u8][from node u64][payload]
-//!    raft      payload: [partition u64][eraftpb::Message, protobuf]
+//!    raft      payload: [partition u64][eraftpb::Message, protobuf (decoded by prost)]
 //!    request   payload: [token u64][partition u64][hops u8][flatbuffers Request]
 //!    response  payload: [token u64][flatbuffers Response frame]
+//!    ping      payload: [sender's wall clock ms u64]
+//!    pong      payload: [the ping's clock u64][answerer's wall clock ms u64]
 //! ```
 //! Must never: buffer without bound toward a dead peer. Each destination has a bounded queue;
 //! when it is full or the peer is unreachable, Raft messages are dropped (Raft retransmits) and
@@ -25,6 +27,7 @@ use glommio::net::{TcpListener, TcpStream};
 use prost::Message as _;
 use raft::eraftpb::Message;
 
+use crate::clock::Clock;
 use crate::shard::{Answer, Shard};
 use futures_channel::oneshot;
 use kahuna_protocol::{ErrorCode, WireError};
@@ -32,6 +35,8 @@ use kahuna_protocol::{ErrorCode, WireError};
 const KIND_RAFT: u8 = 1;
 const KIND_REQUEST: u8 = 2;
 const KIND_RESPONSE: u8 = 3;
+const KIND_CLOCK_PING: u8 = 4;
+const KIND_CLOCK_PONG: u8 = 5;
 /// Messages queued toward one peer before new ones are dropped.
 const PEER_QUEUE: usize = 8192;
 /// Peer frames carry at most a client frame plus a little; Raft appends are capped by
@@ -54,6 +59,14 @@ pub enum PeerOut {
     Response {
         token: u64,
         frame: Vec<u8>,
+    },
+    /// Asks the peer for its clock (see `kahuna_core::clock_offsets`).
+    ClockPing {
+        sent_ms: u64,
+    },
+    ClockPong {
+        sent_ms: u64,
+        remote_ms: u64,
     },
 }
 
@@ -111,6 +124,11 @@ impl PeerLinks {
         &self.waiters
     }
 
+    /// The other nodes this shard links to.
+    pub fn peer_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.queues.keys().copied()
+    }
+
     /// Queues `m` for node `to`; false when it was dropped (unknown node or full queue). A
     /// forwarded request is refused at once while the peer is unreachable, so its caller can
     /// retry elsewhere knowing it was never sent.
@@ -149,6 +167,17 @@ fn encode(me: u64, m: PeerOut, out: &mut Vec<u8>) {
             out.extend_from_slice(&me.to_le_bytes());
             out.extend_from_slice(&token.to_le_bytes());
             out.extend_from_slice(&frame);
+        }
+        PeerOut::ClockPing { sent_ms } => {
+            out.push(KIND_CLOCK_PING);
+            out.extend_from_slice(&me.to_le_bytes());
+            out.extend_from_slice(&sent_ms.to_le_bytes());
+        }
+        PeerOut::ClockPong { sent_ms, remote_ms } => {
+            out.push(KIND_CLOCK_PONG);
+            out.extend_from_slice(&me.to_le_bytes());
+            out.extend_from_slice(&sent_ms.to_le_bytes());
+            out.extend_from_slice(&remote_ms.to_le_bytes());
         }
     }
     let len = (out.len() - start - 4) as u32;
@@ -368,6 +397,21 @@ fn dispatch(shard: &Rc<Shard>, f: &[u8]) -> bool {
         KIND_RESPONSE => {
             let Some(token) = u64_at(body, 0) else { return false };
             shard.on_forwarded_response(token, &body[8..]);
+            true
+        }
+        KIND_CLOCK_PING => {
+            let Some(sent_ms) = u64_at(body, 0) else { return false };
+            if let Some(peers) = &shard.peers {
+                let remote_ms = shard.clock.now_ms();
+                peers.send(from, PeerOut::ClockPong { sent_ms, remote_ms });
+            }
+            true
+        }
+        KIND_CLOCK_PONG => {
+            let (Some(sent_ms), Some(remote_ms)) = (u64_at(body, 0), u64_at(body, 8)) else {
+                return false;
+            };
+            shard.on_clock_pong(from, sent_ms, remote_ms);
             true
         }
         _ => false,
