@@ -383,3 +383,80 @@ fn a_node_with_a_fast_clock_grants_no_leases_and_does_not_drag_the_others() {
     assert!(log1.contains("ahead of this node's clock"), "{log1}");
     assert!(c.node(3).log_text().contains("grants no leases"));
 }
+
+/// Holes 2 and 10. A follower behind a partition far bigger than a peer frame (16 MiB) catches
+/// up: the snapshot streams in 1 MiB chunks with flow control (before, one frame over the limit
+/// closed the link, and the leader rebuilt the snapshot forever). Meanwhile writes to other
+/// partitions all succeed and no partition holds an election: the install runs off the shard
+/// loop, whose other partitions keep ticking. Two shards per node: the mesh and per-shard peer
+/// links are in play.
+#[test]
+fn a_follower_behind_a_big_partition_catches_up_by_chunks_while_the_cluster_serves() {
+    watchdog(Duration::from_secs(300));
+    let mut c = start_cluster_with(ClusterOpts {
+        shards: 2,
+        extra: &["--max-log-entries-in-memory", "20", "--leader-rebalance-secs", "0"],
+        ..Default::default()
+    });
+    let out = c.node(1).cli(&["--timeout-ms", "30000", "cluster", "wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    c.node_mut(3).kill9();
+    let cl = client_via(c.node(1), 20_000);
+    let value = vec![0x5a; 512 << 10];
+    for i in 0..70 {
+        cl.kv_set(format!("big/{i:03}").as_bytes(), &value, SetOptions::default()).unwrap();
+    }
+    let before = status(c.node(1), false);
+    let terms = |st: &kahuna_client::ClusterStatus| -> Vec<(u64, u64)> {
+        st.partitions.iter().map(|p| (p.id, p.leader().map(|l| l.term).unwrap_or(0))).collect()
+    };
+
+    // Writes to other partitions go on through the whole catch-up.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, cl) = (stop.clone(), client_via(c.node(2), 5000));
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                let key = format!("{}other/{}", ["a", "m", "z"][(i % 3) as usize], i % 50);
+                match cl.kv_set(key.as_bytes(), &i.to_le_bytes(), SetOptions::default()) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    c.node_mut(3).restart();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let big = loop {
+        let log = c.node(3).log_text();
+        let sizes: Vec<u64> = log
+            .lines()
+            .filter(|l| l.contains("installed a snapshot"))
+            .filter_map(|l| l.split('(').nth(1)?.split(' ').next()?.parse().ok())
+            .collect();
+        if let Some(b) = sizes.iter().copied().find(|b| *b > 16 << 20) {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "no big snapshot was installed:\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = writer.join().unwrap();
+    assert!(failed.is_empty() && ok > 20, "{ok} writes, failures: {failed:?}");
+    let after = status(c.node(1), false);
+    assert_eq!(terms(&before), terms(&after), "an election happened during the catch-up");
+    assert_replicas_equal(c.node(1), 3);
+    assert!(big > 30 << 20, "{big}");
+    // Served by the follower's copy too: the big keys are all there with node 1 gone.
+    c.node_mut(1).kill9();
+    let cl = client_via(c.node(3), 20_000);
+    for i in [0, 35, 69] {
+        let it = cl.kv_get(format!("big/{i:03}").as_bytes(), GetOptions::default()).unwrap();
+        assert_eq!(it.value.len(), 512 << 10);
+    }
+}

@@ -83,13 +83,18 @@ impl Server {
 
     /// [`Server::launch`] with environment variables (`FAILPOINTS` arms failpoints at start).
     pub fn launch_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::launch_on(free_port(), extra, env)
+    }
+
+    /// [`Server::launch_env`] on a client port the caller chose.
+    pub fn launch_on(port: u16, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let data_dir = std::env::temp_dir().join(format!("kahuna-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data_dir);
         std::fs::create_dir_all(&data_dir).unwrap();
         let mut s = Server {
             child: None,
-            port: free_port(),
+            port,
             log: data_dir.with_extension("log"),
             data_dir,
             args: extra.iter().map(|s| s.to_string()).collect(),
@@ -355,14 +360,19 @@ pub struct Cluster {
 }
 
 pub fn start_cluster_with(o: ClusterOpts) -> Cluster {
-    // Each node's peer listeners: `shards` consecutive ports, reserved together.
-    let bases: Vec<u16> = (0..o.nodes)
-        .map(|_| {
-            let (base, listeners) = proxy::bind_consecutive(o.shards);
-            drop(listeners);
-            base
-        })
-        .collect();
+    // Each node's peer listeners (`shards` consecutive ports) and client port, all reserved at
+    // once so that no two of them coincide, then released for the servers to bind.
+    let mut held = Vec::new();
+    let mut bases = Vec::new();
+    let mut client_ports = Vec::new();
+    for _ in 0..o.nodes {
+        let (base, listeners) = proxy::bind_consecutive(o.shards);
+        bases.push(base);
+        held.extend(listeners);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        client_ports.push(l.local_addr().unwrap().port());
+        held.push(l);
+    }
     let mut links = std::collections::BTreeMap::new();
     if o.proxied {
         for from in 1..=o.nodes as u64 {
@@ -375,6 +385,8 @@ pub fn start_cluster_with(o: ClusterOpts) -> Cluster {
             }
         }
     }
+    // Proxies took their ports while the nodes' were still held.
+    drop(held);
     let shards = o.shards.to_string();
     let mut nodes: Vec<Server> = (1..=o.nodes as u64)
         .map(|id| {
@@ -403,7 +415,7 @@ pub fn start_cluster_with(o: ClusterOpts) -> Cluster {
             for (_, flags) in o.per_node.iter().filter(|(n, _)| *n == id) {
                 args.extend_from_slice(flags);
             }
-            Server::launch(&args)
+            Server::launch_on(client_ports[id as usize - 1], &args, &[])
         })
         .collect();
     if o.wait {

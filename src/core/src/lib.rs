@@ -19,6 +19,7 @@ pub mod keys;
 pub mod limits;
 pub mod partition;
 pub mod records;
+pub mod snapshot_format;
 pub mod state_machine;
 pub mod store;
 

@@ -291,6 +291,7 @@ async fn recover(
     map: &PartitionMap,
     db: &StateDb,
     wal_dir: &Path,
+    snap_dir: &Path,
 ) -> Result<Recovered, NodeError> {
     let (wal, mut logs) =
         Wal::open(wal_dir, cfg.wal_segment_mb << 20).await.map_err(|e| match e {
@@ -351,6 +352,7 @@ async fn recover(
             partition: info.id,
             start: info.start.clone(),
             end: info.end.clone(),
+            dir: snap_dir.to_path_buf(),
         });
         let rcfg = raft_config(cfg, applied.applied_index);
         let mut node = RawNode::new(&rcfg, store, &logger)
@@ -383,7 +385,9 @@ async fn run_shard(
         .map_err(|e| shard_err(shard, format!("priming the DMA probe: {e}")))?;
     let db = StateDb::open(&dir.join("state"), cfg.block_cache_mb << 20)
         .map_err(|e| shard_err(shard, format!("opening RocksDB: {e}")))?;
-    let (wal, parts, hlc) = recover(shard, &cfg, &map, &db, &wal_dir).await?;
+    let snapshots = crate::raft::snapshot::Snapshots::new(dir.join("snap"))
+        .map_err(|e| shard_err(shard, format!("snapshot directory: {e}")))?;
+    let (wal, parts, hlc) = recover(shard, &cfg, &map, &db, &wal_dir, snapshots.dir()).await?;
     let (kick_tx, kick_rx) = local_channel::new_bounded(1);
     let (link, receivers, shard_of_peer) =
         plan.join(shard).await.map_err(|reason| NodeError::Shard { shard, reason })?;
@@ -397,6 +401,7 @@ async fn run_shard(
         kick_tx,
         link,
         (members.len() > 1).then(|| PeerLinks::start(cfg.id, shard, &members)),
+        snapshots,
     ));
     if members.len() > 1 {
         let addr = peer::shard_addr(peer_base, shard);

@@ -5,8 +5,9 @@
 //! mutates it, after the WAL write that made the change durable.
 //!
 //! Snapshots for lagging followers are built off the shard loop: the first request starts a
-//! blocking read of the partition's range (one RocksDB snapshot, so data and index agree) and
-//! answers "temporarily unavailable"; raft-rs asks again on a later append, and gets it.
+//! blocking write of the partition's range to a file (one RocksDB snapshot, so data and index
+//! agree) and answers "temporarily unavailable"; raft-rs asks again on a later append, and
+//! gets a snapshot whose data is only the file's descriptor (see `raft::snapshot`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -27,12 +28,14 @@ pub struct LogStore {
     building: Rc<RefCell<Building>>,
 }
 
-/// The partition's range in the shard's RocksDB, read to build a snapshot.
+/// The partition's range in the shard's RocksDB, read to build a snapshot, and where the
+/// snapshot files go.
 pub struct SnapshotSource {
     pub db: crate::storage::state::StateDb,
     pub partition: u64,
     pub start: Vec<u8>,
     pub end: Vec<u8>,
+    pub dir: std::path::PathBuf,
 }
 
 /// A snapshot being built on a blocking thread, or built and not yet sent.
@@ -161,47 +164,42 @@ impl Storage for LogStore {
         let unavailable = Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         let Some(src) = &self.source else { return unavailable };
         let mut building = self.building.borrow_mut();
-        match std::mem::take(&mut *building) {
-            // Usable while the log still continues right after it.
+        match &*building {
+            // Reused while the log still continues right after it (a failed transfer's retry
+            // sends the same file again).
             Building::Ready(snap)
                 if snap.get_metadata().index >= request_index
                     && snap.get_metadata().index + 1 >= self.first() =>
             {
-                return Ok(snap);
+                return Ok(snap.clone());
             }
-            Building::Running => {
-                *building = Building::Running;
-                return unavailable;
-            }
+            Building::Running => return unavailable,
             _ => {}
         }
         *building = Building::Running;
-        let (db, pid, start, end) =
-            (src.db.clone(), src.partition, src.start.clone(), src.end.clone());
+        let (db, pid, start, end, dir) =
+            (src.db.clone(), src.partition, src.start.clone(), src.end.clone(), src.dir.clone());
         let conf_state = self.conf_state.clone();
         let slot = self.building.clone();
         glommio::spawn_local(async move {
             let built = glommio::executor()
-                .spawn_blocking(move || db.snapshot_data(pid, &start, &end))
+                .spawn_blocking(move || super::snapshot::build(&db, pid, &start, &end, &dir))
                 .await;
             *slot.borrow_mut() = match built {
-                Ok((state, data)) => {
-                    let mut snap = Snapshot { data, ..Default::default() };
+                Ok(desc) => {
+                    let mut snap = Snapshot { data: desc.encode(), ..Default::default() };
                     let meta = snap.mut_metadata();
-                    meta.index = state.applied_index;
-                    meta.term = state.applied_term;
+                    meta.index = desc.index;
+                    meta.term = desc.term;
                     meta.set_conf_state(conf_state);
                     log::info!(
                         "partition {pid}: built a snapshot at index {} ({} bytes)",
-                        state.applied_index,
-                        snap.data.len()
+                        desc.index,
+                        desc.bytes
                     );
                     Building::Ready(snap)
                 }
-                Err(e) => {
-                    log::warn!("partition {pid}: building a snapshot failed: {e}");
-                    Building::Idle
-                }
+                Err(e) => crate::fatal::storage("building a snapshot", e),
             };
         })
         .detach();

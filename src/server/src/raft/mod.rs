@@ -6,3 +6,4 @@
 
 pub mod log_store;
 pub mod partition;
+pub mod snapshot;

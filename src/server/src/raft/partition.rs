@@ -63,6 +63,8 @@ pub struct Partition {
     pub lost_data: bool,
     /// Where the expired-key collector goes on (a storage key), `None` = from the start.
     pub collect_cursor: Option<Vec<u8>>,
+    /// A snapshot installing off the loop, and the `Ready` that waits for it.
+    pub installing: Option<crate::raft::snapshot::PendingInstall>,
     proposals: BTreeMap<u64, Pending>,
     next_read_ctx: u64,
     /// Reads that came before this leader applied an entry of its own term.
@@ -93,6 +95,7 @@ impl Partition {
             handover: None,
             lost_data: false,
             collect_cursor: None,
+            installing: None,
             proposals: BTreeMap::new(),
             next_read_ctx: 1,
             reads_before_term: Vec::new(),

@@ -23,9 +23,10 @@ use kahuna_core::state_machine::{self, ApplyCtx};
 use kahuna_core::store::WriteBuffer;
 use kahuna_core::{LogCommand, WriteOp};
 use kahuna_protocol::{ErrorCode, Reply, WireError};
-use raft::eraftpb::{Entry, EntryType, MessageType, Snapshot};
+use raft::eraftpb::{Entry, EntryType, MessageType};
 
 use super::Shard;
+use crate::raft::snapshot;
 use crate::storage::state::ApplyState;
 use crate::storage::wal::{EntryRec, HardStateRec, Wal, WalRecord};
 
@@ -59,55 +60,14 @@ pub fn entry_from(r: EntryRec) -> Entry {
     e
 }
 
-/// A follower received its partition's state from the leader: replace the partition's range in
-/// RocksDB with it, make that durable (the WAL holds nothing older to replay), reset the log.
-async fn install_snapshot(shard: &Shard, pid: u64, snap: &Snapshot) {
-    let meta = snap.get_metadata();
-    let (start, end) = match shard.parts.borrow().get(&pid) {
-        Some(p) => (p.info.start.clone(), p.info.end.clone()),
-        None => return,
-    };
-    let state = ApplyState {
-        applied_index: meta.index,
-        applied_term: meta.term,
-        applied_hlc: shard.hlc.borrow().last().0,
-    };
-    // Parsing, writing a whole range and flushing it are blocking: all go to a blocking
-    // thread, and the turn waits for them before it applies anything.
-    let db = shard.db.clone();
-    let data = snap.data.clone();
-    let installed = glommio::executor()
-        .spawn_blocking(move || {
-            let Some(pairs) = crate::storage::state::decode_snapshot(&data) else {
-                return Ok(false);
-            };
-            db.install_snapshot(&start, &end, pairs, pid, state)?;
-            db.flush_blocking().map(|()| true)
-        })
-        .await;
-    match installed {
-        Ok(true) => {}
-        // The log already restarts at the snapshot: going on without its state would apply
-        // later entries on stale state.
-        Ok(false) => fatal(
-            "installing a snapshot",
-            format!("partition {pid}: the snapshot at {} is malformed", meta.index),
-        ),
-        Err(e) => fatal("installing a snapshot", e),
-    }
-    if let Some(p) = shard.parts.borrow_mut().get_mut(&pid) {
-        p.applied = state;
-        log::info!(
-            "partition {pid}: installed a snapshot at index {} term {}",
-            meta.index,
-            meta.term
-        );
-    }
-}
-
-fn send_messages(shard: &Shard, partition: u64, msgs: Vec<raft::eraftpb::Message>) {
+fn send_messages(shard: &Rc<Shard>, partition: u64, msgs: Vec<raft::eraftpb::Message>) {
     let Some(peers) = &shard.peers else { return };
     for msg in msgs {
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            // Its state goes first, in chunks; the message follows once the file is there.
+            snapshot::send(shard, partition, msg);
+            continue;
+        }
         // A dropped message is retransmitted by Raft (heartbeats, append retries).
         peers.send(msg.to, crate::transport::peer::PeerOut::Raft { partition, msg: Box::new(msg) });
     }
@@ -254,166 +214,232 @@ fn collect_expired(shard: &Shard, p: &mut crate::raft::partition::Partition, now
 }
 
 /// A `Ready` handed to the WAL, to report durable once the batch is synced.
-struct Handed {
-    partition: u64,
-    number: u64,
+pub struct Handed {
+    pub partition: u64,
+    pub number: u64,
     /// Votes and append responses: only once what they promise is durable.
-    after_sync: Vec<raft::eraftpb::Message>,
+    pub after_sync: Vec<raft::eraftpb::Message>,
 }
 
-/// One pass of the ready loop over every partition of the shard.
+/// What one loop turn collected from every partition.
+#[derive(Default)]
+struct Batch {
+    /// To write to the WAL, as one batch.
+    records: Vec<WalRecord>,
+    /// Readys whose persistence to report after the write.
+    handed: Vec<Handed>,
+    /// Committed entries to apply, per partition.
+    committed: Vec<(u64, Vec<Entry>)>,
+    /// Partitions whose snapshot was installed, and its index (raft-rs leaves applying it to us).
+    restored: Vec<(u64, u64)>,
+}
+
+/// One pass of the ready loop over every partition of the shard, in `Ready` order:
+/// 1. [`finish_installs`]: snapshots whose install finished join this turn;
+/// 2. [`collect_readies`]: every other partition's `Ready`: messages that need no persistence
+///    go out now, new entries and hard states go to the batch, a snapshot starts installing;
+/// 3. [`persist_and_apply`]: one WAL write for the batch, while the committed entries (durable
+///    already) are applied to RocksDB;
+/// 4. [`advance`]: once durable, the messages that promised it go out, and raft-rs learns
+///    the batch is persisted (which may commit more: the loop turns again at once).
 ///
 /// Uses raft-rs's asynchronous-persistence API: a `Ready`'s entries go into the in-memory log
 /// store at once (raft-rs reads them from there from `advance_append_async` on, and may send
 /// them to followers), but they count as persisted, and so toward a commit, only after the WAL
-/// sync, through `on_persist_ready`.
-/// Proposals made while the sync is in flight go into the next `Ready`, so connection tasks
-/// never wait for the loop, and the entries they add are group-committed together.
-async fn turn(shard: &Shard, wal: &mut Wal, deferred: &mut Vec<(u64, Vec<Entry>)>) {
-    let mut records = Vec::new();
-    let mut handed = Vec::new();
-    let mut committed = Vec::new();
-    let mut snapshots = Vec::new();
-    {
-        let mut parts = shard.parts.borrow_mut();
-        for (pid, p) in parts.iter_mut() {
-            if !p.node.has_ready() {
-                continue;
-            }
-            let mut rd = p.node.ready();
-            if let Some(ss) = rd.ss() {
-                let (old, new) = (p.role, ss.raft_state);
-                p.role = new;
-                if old == raft::StateRole::Leader && new != raft::StateRole::Leader {
-                    let freed = p.ephemeral.bytes();
-                    p.on_lost_leadership();
-                    shard.ephemeral_bytes.set(shard.ephemeral_bytes.get().saturating_sub(freed));
-                }
-                if new == raft::StateRole::Leader && old != raft::StateRole::Leader {
-                    log::info!("shard {}: partition {pid} leader at term {}", shard.id, p.term());
-                }
-            }
-            // Messages that do not depend on this Ready's persistence (a leader's appends) go now.
-            let msgs = rd.take_messages();
-            let snapshots_to: Vec<u64> = msgs
-                .iter()
-                .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
-                .map(|m| m.to)
-                .collect();
-            send_messages(shard, *pid, msgs);
-            for to in snapshots_to {
-                // Sent whole in one message: if it is lost, the follower keeps rejecting appends
-                // and the leader sends a new one.
-                p.node.report_snapshot(to, raft::SnapshotStatus::Finish);
-            }
-            if !rd.snapshot().is_empty() {
-                // The log restarts at the snapshot (before this Ready's entries are appended);
-                // RocksDB takes its state below, before anything is applied.
-                let meta = rd.snapshot().get_metadata();
-                p.node.mut_store().install_snapshot(
-                    meta.index,
-                    meta.term,
-                    meta.get_conf_state().clone(),
-                );
-                snapshots.push((*pid, rd.snapshot().clone()));
-            }
-            for rs in rd.take_read_states() {
-                p.on_read_state(rs.index, &rs.request_ctx);
-            }
-            committed.push((*pid, rd.take_committed_entries()));
-            let hard_state =
-                rd.hs().map(|hs| HardStateRec { term: hs.term, vote: hs.vote, commit: hs.commit });
-            if hard_state.is_some() || !rd.entries().is_empty() {
-                records.push(WalRecord {
-                    partition: *pid,
-                    hard_state,
-                    entries: rd.entries().iter().map(entry_rec).collect(),
-                });
-            }
-            {
-                let store = p.node.mut_store();
-                store.append(rd.entries());
-                if let Some(hs) = rd.hs() {
-                    store.hard_state = hs.clone();
-                }
-            }
-            handed.push(Handed {
-                partition: *pid,
-                number: rd.number(),
-                after_sync: rd.take_persisted_messages(),
-            });
-            p.node.advance_append_async(rd);
-        }
-    }
+/// sync, through `on_persist_ready`. Proposals made while the sync is in flight go into the
+/// next `Ready`, so connection tasks never wait for the loop, and the entries they add are
+/// group-committed together.
+async fn turn(shard: &Rc<Shard>, wal: &mut Wal, deferred: &mut Vec<(u64, Vec<Entry>)>) {
+    let mut batch = Batch::default();
+    finish_installs(shard, &mut batch);
+    collect_readies(shard, &mut batch);
     // Tests hold committed entries back (`defer_apply`), as a slow apply would: reads must
     // still never see a state older than what was acknowledged.
     let committed = if crate::faults::fired("defer_apply").is_some() {
-        deferred.extend(committed);
+        deferred.append(&mut batch.committed);
         Vec::new()
     } else {
         let mut all = std::mem::take(deferred);
-        all.extend(committed);
+        all.append(&mut batch.committed);
         all
     };
-    if handed.is_empty() {
+    if batch.handed.is_empty() {
         apply(shard, committed);
         return;
     }
-    let mut restored = Vec::new();
-    for (pid, snap) in snapshots {
-        install_snapshot(shard, pid, &snap).await;
-        restored.push((pid, snap.get_metadata().index));
-    }
-    if !records.is_empty() {
-        let checkpoint = || {
-            shard
-                .parts
-                .borrow()
-                .iter()
-                .map(|(pid, p)| {
-                    let hs = &p.node.store().hard_state;
-                    WalRecord {
-                        partition: *pid,
-                        hard_state: Some(HardStateRec {
-                            term: hs.term,
-                            vote: hs.vote,
-                            commit: hs.commit,
-                        }),
-                        entries: vec![],
-                    }
-                })
-                .collect()
-        };
-        // Committed entries are already durable here (raft-rs hands out only persisted ones):
-        // apply them while the new batch's write is in flight. `zip` polls the append first,
-        // which builds the batch (and its checkpoint) and submits the write before applying.
-        let (written, ()) = futures_lite::future::zip(wal.append(&records, checkpoint), async {
-            apply(shard, committed)
-        })
-        .await;
-        if let Err(e) = written {
-            fatal("writing the WAL", e);
+    persist_and_apply(shard, wal, &batch.records, committed).await;
+    advance(shard, batch.handed, &batch.restored);
+}
+
+fn record_of(partition: u64, rd: &raft::Ready) -> Option<WalRecord> {
+    let hard_state =
+        rd.hs().map(|hs| HardStateRec { term: hs.term, vote: hs.vote, commit: hs.commit });
+    (hard_state.is_some() || !rd.entries().is_empty()).then(|| WalRecord {
+        partition,
+        hard_state,
+        entries: rd.entries().iter().map(entry_rec).collect(),
+    })
+}
+
+/// Snapshot installs that finished since the last turn: the log store restarts at the
+/// snapshot, and the `Ready` that carried it (its entries, hard state and answers) goes into
+/// this turn's batch as if it had just been collected.
+fn finish_installs(shard: &Shard, batch: &mut Batch) {
+    let mut parts = shard.parts.borrow_mut();
+    for (pid, p) in parts.iter_mut() {
+        let finished = p.installing.as_ref().and_then(|i| i.done.borrow_mut().take());
+        let Some(result) = finished else { continue };
+        if let Err(e) = result {
+            fatal("installing a snapshot", e);
         }
-    } else {
-        apply(shard, committed);
+        let inst = p.installing.take().expect("an install in flight");
+        let store = p.node.mut_store();
+        store.install_snapshot(inst.index, inst.term, inst.conf_state);
+        store.append(&inst.entries);
+        if let Some(hs) = inst.hard_state {
+            store.hard_state = hs;
+        }
+        p.applied = inst.state;
+        batch.records.extend(inst.record);
+        batch.handed.push(Handed {
+            partition: *pid,
+            number: inst.number,
+            after_sync: inst.after_sync,
+        });
+        batch.restored.push((*pid, inst.index));
+        batch.committed.push((*pid, inst.committed));
     }
-    let mut more = false;
-    {
-        let mut parts = shard.parts.borrow_mut();
-        for h in handed {
-            send_messages(shard, h.partition, h.after_sync);
-            let Some(p) = parts.get_mut(&h.partition) else { continue };
-            p.node.on_persist_ready(h.number);
-            if let Some((_, index)) = restored.iter().find(|(pid, _)| *pid == h.partition) {
-                // raft-rs commits a restored snapshot but leaves its applied index to us, once
-                // the snapshot counts as persisted.
-                p.node.advance_apply_to(*index);
+}
+
+/// Takes every partition's `Ready` (but those installing a snapshot: they wait for it).
+fn collect_readies(shard: &Rc<Shard>, batch: &mut Batch) {
+    let mut parts = shard.parts.borrow_mut();
+    for (pid, p) in parts.iter_mut() {
+        if p.installing.is_some() || !p.node.has_ready() {
+            continue;
+        }
+        let mut rd = p.node.ready();
+        if let Some(ss) = rd.ss() {
+            let (old, new) = (p.role, ss.raft_state);
+            p.role = new;
+            if old == raft::StateRole::Leader && new != raft::StateRole::Leader {
+                let freed = p.ephemeral.bytes();
+                p.on_lost_leadership();
+                shard.ephemeral_bytes.set(shard.ephemeral_bytes.get().saturating_sub(freed));
             }
-            more |= p.node.has_ready();
+            if new == raft::StateRole::Leader && old != raft::StateRole::Leader {
+                log::info!("shard {}: partition {pid} leader at term {}", shard.id, p.term());
+            }
         }
+        // Messages that do not depend on this Ready's persistence (a leader's appends) go now.
+        send_messages(shard, *pid, rd.take_messages());
+        for rs in rd.take_read_states() {
+            p.on_read_state(rs.index, &rs.request_ctx);
+        }
+        if !rd.snapshot().is_empty() {
+            // The partition's state comes whole: install it off the loop; everything else of
+            // this Ready waits for it (`finish_installs`), and the partition with it.
+            let meta = rd.snapshot().get_metadata();
+            let state = ApplyState {
+                applied_index: meta.index,
+                applied_term: meta.term,
+                applied_hlc: shard.hlc.borrow().last().0,
+            };
+            p.installing = Some(snapshot::PendingInstall {
+                index: meta.index,
+                term: meta.term,
+                conf_state: meta.get_conf_state().clone(),
+                number: rd.number(),
+                record: record_of(*pid, &rd),
+                entries: rd.entries().to_vec(),
+                hard_state: rd.hs().cloned(),
+                after_sync: rd.take_persisted_messages(),
+                committed: rd.take_committed_entries(),
+                state,
+                done: snapshot::install(
+                    shard,
+                    *pid,
+                    (p.info.start.clone(), p.info.end.clone()),
+                    state,
+                ),
+            });
+            p.node.advance_append_async(rd);
+            continue;
+        }
+        batch.committed.push((*pid, rd.take_committed_entries()));
+        batch.records.extend(record_of(*pid, &rd));
+        let store = p.node.mut_store();
+        store.append(rd.entries());
+        if let Some(hs) = rd.hs() {
+            store.hard_state = hs.clone();
+        }
+        batch.handed.push(Handed {
+            partition: *pid,
+            number: rd.number(),
+            after_sync: rd.take_persisted_messages(),
+        });
+        p.node.advance_append_async(rd);
+    }
+}
+
+/// Writes the batch to the WAL (one synchronous write) and, meanwhile, applies the committed
+/// entries: raft-rs hands out only entries already persisted here. `zip` polls the append
+/// first, which builds the batch (and its checkpoint) and submits the write before applying.
+async fn persist_and_apply(
+    shard: &Shard,
+    wal: &mut Wal,
+    records: &[WalRecord],
+    committed: Vec<(u64, Vec<Entry>)>,
+) {
+    if records.is_empty() {
+        apply(shard, committed);
+        return;
+    }
+    let checkpoint = || {
+        shard
+            .parts
+            .borrow()
+            .iter()
+            .map(|(pid, p)| {
+                let hs = &p.node.store().hard_state;
+                WalRecord {
+                    partition: *pid,
+                    hard_state: Some(HardStateRec {
+                        term: hs.term,
+                        vote: hs.vote,
+                        commit: hs.commit,
+                    }),
+                    entries: vec![],
+                }
+            })
+            .collect()
+    };
+    let (written, ()) = futures_lite::future::zip(wal.append(records, checkpoint), async {
+        apply(shard, committed)
+    })
+    .await;
+    if let Err(e) = written {
+        fatal("writing the WAL", e);
+    }
+}
+
+/// The batch is durable: send what promised it, tell raft-rs, and turn again at once if that
+/// made more ready.
+fn advance(shard: &Rc<Shard>, handed: Vec<Handed>, restored: &[(u64, u64)]) {
+    let mut more = false;
+    let mut parts = shard.parts.borrow_mut();
+    for h in handed {
+        send_messages(shard, h.partition, h.after_sync);
+        let Some(p) = parts.get_mut(&h.partition) else { continue };
+        p.node.on_persist_ready(h.number);
+        if let Some((_, index)) = restored.iter().find(|(pid, _)| *pid == h.partition) {
+            // raft-rs commits a restored snapshot but leaves its applied index to us, once
+            // the snapshot counts as persisted.
+            p.node.advance_apply_to(*index);
+        }
+        more |= p.node.has_ready();
     }
     if more {
-        // What became durable may now be committed: apply it on the next pass, at once.
         shard.kick();
     }
 }

@@ -69,6 +69,8 @@ pub struct Shard {
     pub clock_offsets: RefCell<ClockOffsets>,
     /// Whether this node may time leases (the last verdict, to log changes).
     clock_ok: Cell<bool>,
+    /// Snapshot files being sent, received and staged.
+    pub snapshots: RefCell<crate::raft::snapshot::Snapshots>,
 }
 
 /// A forwarded request may be forwarded once more (to a leader the first hop learned of), never
@@ -111,6 +113,7 @@ impl Shard {
         kick: LocalSender<()>,
         mesh: mesh::MeshLink,
         peers: Option<PeerLinks>,
+        snapshots: crate::raft::snapshot::Snapshots,
     ) -> Shard {
         let forwarded = peers.as_ref().map(|p| p.waiters().clone()).unwrap_or_default();
         Shard {
@@ -136,6 +139,7 @@ impl Shard {
             clock_warned: Cell::new(None),
             clock_offsets: RefCell::default(),
             clock_ok: Cell::new(true),
+            snapshots: RefCell::new(snapshots),
         }
     }
 
@@ -519,6 +523,15 @@ impl Shard {
     /// A Raft message from a peer for one of this shard's partitions.
     pub fn step_raft(&self, partition: u64, msg: raft::eraftpb::Message) {
         self.heard.borrow_mut().insert(msg.from, std::time::Instant::now());
+        // A snapshot's state comes beside the message, in chunks: step it only once that is
+        // here, whole and checked.
+        if !crate::raft::snapshot::accept(self, partition, &msg) {
+            log::info!(
+                "partition {partition}: a snapshot message from node {} came without its file; dropped",
+                msg.from
+            );
+            return;
+        }
         let reply = match self.parts.borrow_mut().get_mut(&partition) {
             Some(p) => p.step_peer(self.node_id, msg),
             None => None,

@@ -12,10 +12,28 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use kahuna_core::snapshot_format::{self, Descriptor, SnapshotFormatError};
 use kahuna_core::store::{Get, Scan};
 use rocksdb::{
-    BlockBasedOptions, Cache, DBCompressionType, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, DBCompressionType, IngestExternalFileOptions, Options, ReadOptions,
+    SstFileWriter, WriteBatch, WriteOptions, DB,
 };
+
+/// Called with each key and value of a range, in order; an error stops the walk.
+type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> std::io::Result<()> + 'a;
+
+/// A failure of the state store: always fatal to the node (see [`crate::fatal`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Format(#[from] SnapshotFormatError),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+}
 
 const APPLY_STATE: u8 = 0x01;
 
@@ -105,22 +123,25 @@ impl StateDb {
         self.db.write_opt(batch, &wo)
     }
 
-    /// Visits every key of the partition range `[start, end)`, all kinds, as one RocksDB
-    /// snapshot sees it, and returns the partition's apply state in that same snapshot: the
-    /// index and term the visited state is exactly the effect of. Blocking: reads the range.
+    /// Visits every key of the partition range `[start, end)`, all kinds, in ascending key
+    /// order, as one RocksDB snapshot sees it, and returns the partition's apply state in that
+    /// same snapshot: the index and term the visited state is exactly the effect of. Blocking:
+    /// reads the range.
     fn visit_range_at(
         &self,
         partition: u64,
         start: &[u8],
         end: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]),
-    ) -> Result<ApplyState, rocksdb::Error> {
+        visit: &mut Visit<'_>,
+    ) -> Result<ApplyState, StorageError> {
         let snap = self.db.snapshot();
         let state = snap
             .get(apply_state_key(partition))?
             .and_then(|b| ApplyState::decode(&b))
             .unwrap_or_default();
-        for kind in kahuna_core::keys::DATA_KINDS {
+        let mut kinds = kahuna_core::keys::DATA_KINDS;
+        kinds.sort_unstable();
+        for kind in kinds {
             let (lo, hi) = kahuna_core::keys::kind_range(kind, start, end);
             let mut ro = ReadOptions::default();
             ro.set_iterate_upper_bound(hi);
@@ -128,30 +149,12 @@ impl StateDb {
             let mut it = self.db.raw_iterator_opt(ro);
             it.seek(&lo);
             while let (Some(k), Some(v)) = (it.key(), it.value()) {
-                visit(k, v);
+                visit(k, v)?;
                 it.next();
             }
             it.status()?;
         }
         Ok(state)
-    }
-
-    /// A Raft snapshot of the partition: its apply state and every pair of its range as
-    /// `[klen u32][key][vlen u32][value]...`, from one consistent view. Blocking.
-    pub fn snapshot_data(
-        &self,
-        partition: u64,
-        start: &[u8],
-        end: &[u8],
-    ) -> Result<(ApplyState, Vec<u8>), rocksdb::Error> {
-        let mut out = Vec::new();
-        let state = self.visit_range_at(partition, start, end, &mut |k, v| {
-            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-            out.extend_from_slice(k);
-            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            out.extend_from_slice(v);
-        })?;
-        Ok((state, out))
     }
 
     /// A checksum of the partition range `[start, end)` and the applied index it describes:
@@ -162,7 +165,7 @@ impl StateDb {
         partition: u64,
         start: &[u8],
         end: &[u8],
-    ) -> Result<(u64, u64), rocksdb::Error> {
+    ) -> Result<(u64, u64), StorageError> {
         let (mut crc, mut count) = (0u32, 0u64);
         let state = self.visit_range_at(partition, start, end, &mut |k, v| {
             for part in [k, v] {
@@ -170,31 +173,120 @@ impl StateDb {
                 crc = crc32c::crc32c_append(crc, part);
             }
             count += 1;
+            Ok(())
         })?;
         Ok((state.applied_index, (count << 32) | crc as u64))
     }
 
-    /// Replaces the partition range with a snapshot's pairs and sets its apply state, atomically.
-    pub fn install_snapshot(
+    /// Writes a snapshot of the partition to `path` (see `kahuna_core::snapshot_format`): every
+    /// pair of its range from one consistent view, and the index and term that view is the
+    /// effect of. Blocking: reads the range and writes a file as big as it.
+    pub fn write_snapshot_file(
         &self,
+        partition: u64,
         start: &[u8],
         end: &[u8],
-        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        path: &Path,
+    ) -> Result<(ApplyState, Descriptor), StorageError> {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut bytes = 0u64;
+        let mut pairs = 0u64;
+        let mut buf = Vec::with_capacity(64 << 10);
+        let mut emit = |out: &mut std::io::BufWriter<std::fs::File>, b: &[u8]| {
+            bytes += b.len() as u64;
+            out.write_all(b)
+        };
+        // The header names the index the state is the effect of, known only once the view is
+        // taken: it is written with zeros first and patched at the end.
+        emit(&mut out, &snapshot_format::encode_header(partition, 0, 0))?;
+        let state = self.visit_range_at(partition, start, end, &mut |k, v| {
+            buf.clear();
+            snapshot_format::encode_pair(&mut buf, k, v);
+            pairs += 1;
+            emit(&mut out, &buf)
+        })?;
+        emit(&mut out, &snapshot_format::encode_trailer(pairs))?;
+        let mut file = out.into_inner().map_err(|e| e.into_error())?;
+        // Patch the header, then checksum the file as it finally is.
+        use std::io::{Read, Seek, SeekFrom};
+        let header =
+            snapshot_format::encode_header(partition, state.applied_index, state.applied_term);
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&header)?;
+        file.seek(SeekFrom::Start(0))?;
+        let mut crc = 0u32;
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut r = std::io::BufReader::new(&mut file);
+        loop {
+            let n = r.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            crc = crc32c::crc32c_append(crc, &chunk[..n]);
+        }
+        let desc = Descriptor {
+            partition,
+            index: state.applied_index,
+            term: state.applied_term,
+            bytes,
+            crc,
+        };
+        Ok((state, desc))
+    }
+
+    /// Replaces the partition range with the snapshot file at `path`, atomically and durably:
+    /// the file becomes one SST holding range deletions of the old state, every new pair and
+    /// the new apply state, ingested in one step (RocksDB makes an ingestion durable and
+    /// all-or-nothing; a crash leaves the old state or the new one). Blocking.
+    pub fn install_snapshot_file(
+        &self,
         partition: u64,
+        start: &[u8],
+        end: &[u8],
+        path: &Path,
+        sst: &Path,
         state: ApplyState,
-    ) -> Result<(), rocksdb::Error> {
-        let mut batch = WriteBatch::default();
+    ) -> Result<(), StorageError> {
+        use std::io::Read;
+        let mut r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+        let mut header = [0u8; snapshot_format::HEADER_BYTES];
+        r.read_exact(&mut header)?;
+        let (pid, index, term) = snapshot_format::decode_header(&header)?;
+        if (pid, index, term) != (partition, state.applied_index, state.applied_term) {
+            return Err(StorageError::Snapshot(format!(
+                "file holds partition {pid} at {index}/{term}, expected {partition} at {}/{}",
+                state.applied_index, state.applied_term
+            )));
+        }
+        let opts = Options::default();
+        let mut w = SstFileWriter::create(&opts);
+        w.open(sst)?;
         for kind in kahuna_core::keys::DATA_KINDS {
             let (lo, hi) = kahuna_core::keys::kind_range(kind, start, end);
-            batch.delete_range(lo, hi);
+            w.delete_range(lo, hi)?;
         }
-        for (k, v) in pairs {
-            batch.put(k, v);
+        w.put(apply_state_key(partition), state.encode())?;
+        let mut pairs = snapshot_format::PairReader::new(r);
+        while let Some((k, v)) = pairs.next_pair()? {
+            if k.first().is_none_or(|b| *b < kahuna_core::keys::KIND_MIN)
+                || !in_range(&k, start, end)
+            {
+                return Err(StorageError::Snapshot("a key outside the partition".into()));
+            }
+            w.put(k, v)?;
         }
-        batch.put(apply_state_key(partition), state.encode());
-        let mut wo = WriteOptions::default();
-        wo.disable_wal(true);
-        self.db.write_opt(batch, &wo)
+        w.finish()?;
+        let mut io = IngestExternalFileOptions::default();
+        io.set_move_files(true);
+        self.db.ingest_external_file_opts(&io, vec![sst])?;
+        Ok(())
     }
 
     /// Flushes the memtables to SST files. Blocking: call it through `spawn_blocking`.
@@ -245,21 +337,10 @@ impl Scan for StateDb {
     }
 }
 
-/// Parses [`StateDb::snapshot_data`]; `None` when it is malformed.
-pub fn decode_snapshot(mut b: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
-    fn take(b: &mut &[u8]) -> Option<Vec<u8>> {
-        let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
-        let v = b.get(4..4 + len)?.to_vec();
-        *b = &b[4 + len..];
-        Some(v)
-    }
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        let k = take(&mut b)?;
-        let v = take(&mut b)?;
-        out.push((k, v));
-    }
-    Some(out)
+/// Whether storage key `k` (kind byte, then user key) lies in the user range `[start, end)`.
+fn in_range(k: &[u8], start: &[u8], end: &[u8]) -> bool {
+    let user = &k[1..];
+    user >= start && (end.is_empty() || user < end)
 }
 
 #[cfg(test)]
@@ -284,28 +365,59 @@ mod tests {
             ApplyState { applied_index: 7, applied_term: 2, applied_hlc: 9 }
         );
         assert_eq!(db.get(b"kx"), Some(b"1".to_vec()));
-        // A snapshot of the whole range carries kx and the apply state it matches; installing
-        // it elsewhere replaces that range.
-        let (st3, data) = db.snapshot_data(3, b"", b"").unwrap();
-        assert_eq!(st3.applied_index, 7);
-        let pairs = decode_snapshot(&data).unwrap();
-        assert_eq!(pairs, vec![(b"kx".to_vec(), b"1".to_vec())]);
+        // A snapshot of the partition [k, m) carries its pairs and the apply state they are
+        // the effect of; installing it elsewhere replaces that range and nothing else.
+        let mut w = BTreeMap::new();
+        for k in [&b"hk\0\0\0\0\0\0\0\x01"[..], b"kl", b"lk", b"kz", b"sk"] {
+            w.insert(k.to_vec(), Some(k.to_vec()));
+        }
+        let st7 = ApplyState { applied_index: 7, applied_term: 2, applied_hlc: 9 };
+        db.commit(w, &[(3, st7)]).unwrap();
+        let file = dir.path().join("p3.snap");
+        let (st3, desc) = db.write_snapshot_file(3, b"k", b"m", &file).unwrap();
+        assert_eq!((st3, desc.index, desc.term), (st7, 7, 2));
+        let bytes = std::fs::read(&file).unwrap();
+        assert_eq!((desc.bytes, desc.crc), (bytes.len() as u64, crc32c::crc32c(&bytes)));
+        let (_, pairs) = snapshot_format::decode_file(&bytes).unwrap();
+        let keys: Vec<&[u8]> = pairs.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(keys, vec![&b"hk\0\0\0\0\0\0\0\x01"[..], b"kl", b"lk", b"sk"]);
+
         let other = tempfile::tempdir().unwrap();
         let db2 = StateDb::open(other.path(), 1 << 20).unwrap();
         let mut w = BTreeMap::new();
-        w.insert(b"kstale".to_vec(), Some(b"0".to_vec()));
-        db2.commit(w, &[]).unwrap();
-        let st = ApplyState { applied_index: 9, applied_term: 3, applied_hlc: 0 };
-        db2.install_snapshot(b"", b"", pairs, 3, st).unwrap();
-        assert_eq!(db2.get(b"kstale"), None);
-        assert_eq!(db2.get(b"kx"), Some(b"1".to_vec()));
+        // Stale state inside the range (also a key the snapshot brings back), and another
+        // partition's key outside it.
+        for k in [&b"kkstale"[..], b"kl", b"llx", b"kz"] {
+            w.insert(k.to_vec(), Some(b"old".to_vec()));
+        }
+        db2.commit(w, &[(4, ApplyState { applied_index: 1, applied_term: 1, applied_hlc: 0 })])
+            .unwrap();
+        let st = ApplyState { applied_index: 7, applied_term: 2, applied_hlc: 0 };
+        db2.install_snapshot_file(3, b"k", b"m", &file, &other.path().join("in.sst"), st).unwrap();
+        assert_eq!(db2.get(b"kkstale"), None);
+        assert_eq!(db2.get(b"llx"), None);
+        assert_eq!(db2.get(b"kl"), Some(b"kl".to_vec()));
+        assert_eq!(db2.get(b"sk"), Some(b"sk".to_vec()));
+        assert_eq!(db2.get(b"kz"), Some(b"old".to_vec()), "outside the partition");
         assert_eq!(db2.apply_state(3).unwrap(), st);
-        assert!(decode_snapshot(&[1, 0, 0, 0]).is_none());
+        assert_eq!(db2.apply_state(4).unwrap().applied_index, 1);
+        // A file for another index is refused, and so is one with a key outside the range.
+        let wrong = ApplyState { applied_index: 8, ..st };
+        assert!(db2
+            .install_snapshot_file(3, b"k", b"m", &file, &other.path().join("x.sst"), wrong)
+            .is_err());
+        let (_, _) = db.write_snapshot_file(3, b"", b"", &file).unwrap();
+        assert!(db2
+            .install_snapshot_file(3, b"k", b"m", &file, &other.path().join("y.sst"), st)
+            .is_err());
+        drop(db2);
+        let db2 = StateDb::open(other.path(), 1 << 20).unwrap();
+        assert_eq!(db2.get(b"kl"), Some(b"kl".to_vec()), "the ingestion is durable");
         let mut n = 0;
         db.scan(b"k", b"l", &mut |_, _| {
             n += 1;
             true
         });
-        assert_eq!(n, 1);
+        assert_eq!(n, 3);
     }
 }

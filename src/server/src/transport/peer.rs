@@ -9,6 +9,8 @@
 //!    response  payload: [token u64][flatbuffers Response frame]
 //!    ping      payload: [sender's wall clock ms u64]
 //!    pong      payload: [the ping's clock u64][answerer's wall clock ms u64]
+//!    chunk     payload: a snapshot file chunk (`kahuna_core::snapshot_format::Chunk`)
+//!    ack       payload: [partition u64][bytes of the file received u64]
 //! ```
 //! Must never: buffer without bound toward a dead peer. Each destination has a bounded queue;
 //! when it is full or the peer is unreachable, Raft messages are dropped (Raft retransmits) and
@@ -30,6 +32,7 @@ use raft::eraftpb::Message;
 use crate::clock::Clock;
 use crate::shard::{Answer, Shard};
 use futures_channel::oneshot;
+use kahuna_core::snapshot_format::Chunk;
 use kahuna_protocol::{ErrorCode, WireError};
 
 const KIND_RAFT: u8 = 1;
@@ -37,6 +40,8 @@ const KIND_REQUEST: u8 = 2;
 const KIND_RESPONSE: u8 = 3;
 const KIND_CLOCK_PING: u8 = 4;
 const KIND_CLOCK_PONG: u8 = 5;
+const KIND_SNAP_CHUNK: u8 = 6;
+const KIND_SNAP_ACK: u8 = 7;
 /// Messages queued toward one peer before new ones are dropped.
 const PEER_QUEUE: usize = 8192;
 /// Peer frames carry at most a client frame plus a little; Raft appends are capped by
@@ -67,6 +72,12 @@ pub enum PeerOut {
     ClockPong {
         sent_ms: u64,
         remote_ms: u64,
+    },
+    /// A piece of a snapshot file (see `raft::snapshot`).
+    SnapChunk(Chunk),
+    SnapAck {
+        partition: u64,
+        upto: u64,
     },
 }
 
@@ -178,6 +189,17 @@ fn encode(me: u64, m: PeerOut, out: &mut Vec<u8>) {
             out.extend_from_slice(&me.to_le_bytes());
             out.extend_from_slice(&sent_ms.to_le_bytes());
             out.extend_from_slice(&remote_ms.to_le_bytes());
+        }
+        PeerOut::SnapChunk(chunk) => {
+            out.push(KIND_SNAP_CHUNK);
+            out.extend_from_slice(&me.to_le_bytes());
+            chunk.encode_into(out);
+        }
+        PeerOut::SnapAck { partition, upto } => {
+            out.push(KIND_SNAP_ACK);
+            out.extend_from_slice(&me.to_le_bytes());
+            out.extend_from_slice(&partition.to_le_bytes());
+            out.extend_from_slice(&upto.to_le_bytes());
         }
     }
     let len = (out.len() - start - 4) as u32;
@@ -405,6 +427,20 @@ fn dispatch(shard: &Rc<Shard>, f: &[u8]) -> bool {
                 let remote_ms = shard.clock.now_ms();
                 peers.send(from, PeerOut::ClockPong { sent_ms, remote_ms });
             }
+            true
+        }
+        KIND_SNAP_CHUNK => match Chunk::decode(body) {
+            Ok(chunk) => {
+                crate::raft::snapshot::on_chunk(shard, from, chunk);
+                true
+            }
+            Err(_) => false,
+        },
+        KIND_SNAP_ACK => {
+            let (Some(partition), Some(upto)) = (u64_at(body, 0), u64_at(body, 8)) else {
+                return false;
+            };
+            crate::raft::snapshot::on_ack(shard, from, partition, upto);
             true
         }
         KIND_CLOCK_PONG => {
