@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use kahuna_client::{GetOptions, ReplicaRole, SetOptions};
 use kahuna_tests::{
-    assert_replicas_equal, client_via, leader_of, start_cluster, status,
-    wait_for_preferred_leaders, watchdog, Durability, ErrorCode,
+    assert_replicas_equal, client_via, leader_of, start_cluster, start_cluster_with, status,
+    wait_for_preferred_leaders, watchdog, ClusterOpts, Durability, ErrorCode,
 };
 
 /// What a writer knows of one key: its last acknowledged revision, and whether a write with an
@@ -25,7 +25,8 @@ struct Known {
 #[test]
 fn killing_the_busiest_leader_mid_load_loses_no_acknowledged_write() {
     watchdog(Duration::from_secs(300));
-    let mut nodes = start_cluster(3, &[]);
+    // Two shards per node: requests cross the mesh, Raft traffic the per-shard peer links.
+    let mut nodes = start_cluster_with(ClusterOpts { shards: 2, ..Default::default() }).nodes;
     let out = nodes[1].cli(&["--timeout-ms", "30000", "cluster", "wait", "--balanced"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 

@@ -460,3 +460,55 @@ fn a_follower_behind_a_big_partition_catches_up_by_chunks_while_the_cluster_serv
         assert_eq!(it.value.len(), 512 << 10);
     }
 }
+
+/// A full disk (the WAL's write fails with ENOSPC): the node does not stop; new writes get
+/// NO_SPACE at once, reads go on, and once there is space again the refused batch is written
+/// and writes resume, without a restart. In a cluster, a follower with a full disk holds
+/// nothing up: the others make the quorum, and it catches up once it has space.
+#[test]
+fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart() {
+    watchdog(Duration::from_secs(120));
+    let mut s = Server::start(&["--shards", "1", "--no-pin"]);
+    let cl = client_via(&s, 2000);
+    assert_eq!(cl.kv_set(b"a", b"1", SetOptions::default()).unwrap(), 1);
+    s.arm("wal_no_space=return");
+    // The first write's batch is refused: its outcome is unknown for now.
+    let first = cl.kv_set(b"b", b"1", SetOptions::default());
+    assert!(first.as_ref().is_err_and(|e| e.code == ErrorCode::Timeout), "{first:?}");
+    let t = Instant::now();
+    let e = cl.kv_set(b"c", b"1", SetOptions::default()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::NoSpace, "{e}");
+    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+    let (ok, v) = s.cli_json(&["kv", "set", "d", "x"]);
+    assert!(
+        !ok && v["error"]["code"] == "NO_SPACE" && v["error"]["outcome"] == "not_applied",
+        "{v}"
+    );
+    assert_eq!(cl.kv_get(b"a", GetOptions::default()).unwrap().value, b"1");
+    assert!(s.log_text().contains("the disk is full"));
+    // Space again: no restart, the refused batch is written, writes resume.
+    s.arm("");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = cl.kv_set(b"e", b"1", SetOptions::default()) {
+        assert!(Instant::now() < deadline, "writes did not resume: {e}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.wait_exit(Duration::from_millis(1)), None);
+    assert_eq!(cl.kv_get(b"b", GetOptions::default()).unwrap().revision, 1);
+
+    // A follower's full disk: the two others carry on; it catches up after.
+    let c = start_cluster_with(ClusterOpts::default());
+    let st = kahuna_tests::wait_for_preferred_leaders(c.node(1), Duration::from_secs(30));
+    c.node(3).arm("wal_no_space=return");
+    let cl = client_via(c.node(1), 5000);
+    for p in st.partitions.iter().filter(|p| p.leader().map(|l| l.node) == Some(1)) {
+        let mut key = p.start.clone();
+        key.extend_from_slice(b"w");
+        for i in 0..5u64 {
+            cl.kv_set(&key, &i.to_le_bytes(), SetOptions::default()).unwrap();
+        }
+    }
+    assert!(c.node(3).log_text().contains("the disk is full"), "{}", c.node(3).log_text());
+    c.node(3).arm("");
+    assert_replicas_equal(c.node(1), 3);
+}

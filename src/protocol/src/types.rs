@@ -19,10 +19,11 @@ pub enum ErrorCode {
     NotHeld,
     Overloaded,
     Internal,
+    NoSpace,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::Invalid,
         ErrorCode::NotFound,
         ErrorCode::Conflict,
@@ -35,6 +36,7 @@ impl ErrorCode {
         ErrorCode::NotHeld,
         ErrorCode::Overloaded,
         ErrorCode::Internal,
+        ErrorCode::NoSpace,
     ];
 
     /// The name scripts see (`--output json`), stable across versions.
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::NotHeld => "NOT_HELD",
             ErrorCode::Overloaded => "OVERLOADED",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::NoSpace => "NO_SPACE",
         }
     }
 
@@ -69,6 +72,7 @@ impl ErrorCode {
             ErrorCode::NotHeld => 10,
             ErrorCode::Overloaded => 11,
             ErrorCode::Internal => 12,
+            ErrorCode::NoSpace => 13,
         }
     }
 

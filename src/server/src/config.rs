@@ -88,6 +88,9 @@ settings! {
     /// Raft entries a leader keeps in memory for lagging followers; one further behind gets a
     /// snapshot of the partition instead.
     max_log_entries_in_memory: u64 = 100_000;
+    /// The same bound in bytes of entries (applied entries kept for lagging followers; entries
+    /// not yet applied are bounded by raft's uncommitted-size limit).
+    max_log_mb_in_memory: usize = 64;
     /// Seconds a partition's preferred replica must be up and caught up before its leader hands
     /// leadership back to it, keeping leaders spread after a node returns; 0 = never move
     /// leaders. A move drops the partition's ephemeral keys and locks (they live in the

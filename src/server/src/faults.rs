@@ -10,6 +10,7 @@
 //! | name | where | effect of `return` (or `return(v)`) |
 //! |---|---|---|
 //! | `wal_write_error` | WAL batch write | the write fails with EIO: the node stops (74), nothing of the batch acknowledged |
+//! | `wal_no_space` | WAL batch write | the write fails with ENOSPC: a full disk (writes refused, retried until it clears) |
 //! | `rocksdb_read_error` | every RocksDB read | the read fails: the node stops (74) |
 //! | `clock_offset_ms` | the wall clock | reads `v` ms ahead (negative: behind): a clock jump |
 //! | `pause_before_apply` | before applying a batch | use `sleep(ms)`: the shard stalls, as in a long GC pause |

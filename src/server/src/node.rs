@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use glommio::channels::local_channel;
 use glommio::net::TcpListener;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use kahuna_core::hlc::{Hlc, HlcClock};
 use kahuna_core::{LogCommand, PartitionMap};
 use raft::eraftpb::{ConfState, HardState};
@@ -222,6 +222,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     let ids: Vec<u64> = members.keys().copied().collect();
     let map = PartitionMap::initial(layout.partitions, cfg.shards, &ids, cfg.replication_factor);
     let plan = MeshPlan::new(cfg.shards);
+    StateDb::start_background_threads()
+        .map_err(|e| NodeError::Shard { shard: 0, reason: format!("RocksDB threads: {e}") })?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let cfg = Arc::new(cfg);
     let mut handles = Vec::new();
@@ -231,8 +233,11 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
         } else {
             Placement::Fixed(cores[shard % cores.len()].id)
         };
-        let mut builder =
-            LocalExecutorBuilder::new(placement).name(&format!("kahuna-shard-{shard}"));
+        // Blocking work (snapshots, flushes, big scans) runs on threads free to use any core:
+        // glommio would otherwise pin them to the shard's own core, beside its loop.
+        let mut builder = LocalExecutorBuilder::new(placement)
+            .name(&format!("kahuna-shard-{shard}"))
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(2));
         if let Some(bytes) = io_memory {
             builder = builder.io_memory(bytes);
         }

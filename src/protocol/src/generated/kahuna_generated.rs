@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 12;
+pub const ENUM_MAX_ERROR_CODE: u16 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 13] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
   ErrorCode::Ok,
   ErrorCode::Invalid,
   ErrorCode::NotFound,
@@ -30,6 +30,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 13] = [
   ErrorCode::NotHeld,
   ErrorCode::Overloaded,
   ErrorCode::Internal,
+  ErrorCode::NoSpace,
 ];
 
 /// Stable error codes. `Ok` is never sent inside an `Error`.
@@ -63,9 +64,12 @@ impl ErrorCode {
   pub const Overloaded: Self = Self(11);
   /// A bug or a storage fault on the server; the message says what.
   pub const Internal: Self = Self(12);
+  /// The node's disk is full: it takes no writes until space is freed (reads go on). The write
+  /// was not applied.
+  pub const NoSpace: Self = Self(13);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 12;
+  pub const ENUM_MAX: u16 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Ok,
     Self::Invalid,
@@ -80,6 +84,7 @@ impl ErrorCode {
     Self::NotHeld,
     Self::Overloaded,
     Self::Internal,
+    Self::NoSpace,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -97,6 +102,7 @@ impl ErrorCode {
       Self::NotHeld => Some("NotHeld"),
       Self::Overloaded => Some("Overloaded"),
       Self::Internal => Some("Internal"),
+      Self::NoSpace => Some("NoSpace"),
       _ => None,
     }
   }

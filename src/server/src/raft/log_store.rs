@@ -23,6 +23,8 @@ pub struct LogStore {
     snapshot_term: u64,
     /// `entries[0].index == snapshot_index + 1` when not empty.
     entries: Vec<Entry>,
+    /// The payload bytes of `entries`, for the bound on what a partition keeps in memory.
+    bytes: usize,
     /// Where to read the partition's state (and the index it stands for) for a snapshot.
     source: Option<SnapshotSource>,
     building: Rc<RefCell<Building>>,
@@ -61,6 +63,7 @@ impl LogStore {
             conf_state,
             snapshot_index,
             snapshot_term,
+            bytes: entries.iter().map(entry_bytes).sum(),
             entries,
             source: None,
             building: Rc::default(),
@@ -84,13 +87,35 @@ impl LogStore {
             self.snapshot_index
         );
         assert!(first <= self.last() + 1, "appending {first} leaves a gap after {}", self.last());
-        self.entries.truncate((first - self.first()) as usize);
+        let keep = (first - self.first()) as usize;
+        self.bytes -= self.entries[keep..].iter().map(entry_bytes).sum::<usize>();
+        self.entries.truncate(keep);
+        self.bytes += ents.iter().map(entry_bytes).sum::<usize>();
         self.entries.extend_from_slice(ents);
+    }
+
+    /// Payload bytes of the entries held in memory.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The smallest index to compact to so that at most `limit` bytes of entries stay.
+    pub fn index_keeping_at_most(&self, limit: usize) -> u64 {
+        let (mut index, mut bytes) = (self.snapshot_index, self.bytes);
+        for e in &self.entries {
+            if bytes <= limit {
+                break;
+            }
+            bytes -= entry_bytes(e);
+            index = e.index;
+        }
+        index
     }
 
     /// Replaces the whole log with a snapshot's position: the state up to `index` came whole.
     pub fn install_snapshot(&mut self, index: u64, term: u64, conf_state: ConfState) {
         self.entries.clear();
+        self.bytes = 0;
         self.snapshot_index = index;
         self.snapshot_term = term;
         self.conf_state = conf_state;
@@ -109,9 +134,14 @@ impl LogStore {
         }
         let n = (index - self.snapshot_index) as usize;
         self.snapshot_term = self.entries[n - 1].term;
+        self.bytes -= self.entries[..n].iter().map(entry_bytes).sum::<usize>();
         self.entries.drain(..n);
         self.snapshot_index = index;
     }
+}
+
+fn entry_bytes(e: &Entry) -> usize {
+    e.data.len() + e.context.len()
 }
 
 impl Storage for LogStore {
@@ -229,5 +259,23 @@ mod tests {
         let got = s.entries(3, 5, None, GetEntriesContext::empty(false)).unwrap();
         assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), vec![3, 4]);
         assert!(s.entries(2, 4, None, GetEntriesContext::empty(false)).is_err());
+    }
+
+    #[test]
+    fn bytes_are_counted_and_bound_the_compaction_index() {
+        let big =
+            |index: u64, n: usize| Entry { index, term: 1, data: vec![0; n], ..Default::default() };
+        let mut s = LogStore::new(HardState::default(), ConfState::default(), 0, 0, vec![]);
+        s.append(&[big(1, 100), big(2, 100), big(3, 100), big(4, 100)]);
+        assert_eq!(s.bytes(), 400);
+        s.append(&[big(3, 10)]);
+        assert_eq!(s.bytes(), 210);
+        assert_eq!(s.index_keeping_at_most(1000), 0);
+        assert_eq!(s.index_keeping_at_most(110), 1);
+        assert_eq!(s.index_keeping_at_most(5), 3);
+        s.compact_to(1);
+        assert_eq!(s.bytes(), 110);
+        s.install_snapshot(9, 2, ConfState::default());
+        assert_eq!(s.bytes(), 0);
     }
 }

@@ -84,7 +84,7 @@ pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
     let mut next_tick = Instant::now() + tick;
     let flushed: Rc<std::cell::RefCell<Option<HashMap<u64, u64>>>> = Default::default();
     let mut flushing = false;
-    let mut deferred = Vec::new();
+    let mut held = Held::default();
     loop {
         let now = Instant::now();
         if now < next_tick {
@@ -100,7 +100,7 @@ pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
             next_tick = Instant::now() + tick;
             on_tick(&shard);
         }
-        turn(&shard, &mut wal, &mut deferred).await;
+        turn(&shard, &mut wal, &mut held).await;
         // Release WAL segments whose effects a finished flush made durable in RocksDB.
         if let Some(applied) = flushed.borrow_mut().take() {
             flushing = false;
@@ -232,6 +232,8 @@ struct Batch {
     committed: Vec<(u64, Vec<Entry>)>,
     /// Partitions whose snapshot was installed, and its index (raft-rs leaves applying it to us).
     restored: Vec<(u64, u64)>,
+    /// Entry bytes in `records`.
+    bytes: usize,
 }
 
 /// One pass of the ready loop over every partition of the shard, in `Ready` order:
@@ -249,17 +251,20 @@ struct Batch {
 /// sync, through `on_persist_ready`. Proposals made while the sync is in flight go into the
 /// next `Ready`, so connection tasks never wait for the loop, and the entries they add are
 /// group-committed together.
-async fn turn(shard: &Rc<Shard>, wal: &mut Wal, deferred: &mut Vec<(u64, Vec<Entry>)>) {
-    let mut batch = Batch::default();
+async fn turn(shard: &Rc<Shard>, wal: &mut Wal, held: &mut Held) {
+    // A batch a full disk refused comes first: its records precede everything collected now.
+    let mut batch = held.unsynced.take().unwrap_or_default();
     finish_installs(shard, &mut batch);
-    collect_readies(shard, &mut batch);
+    if batch.bytes < MAX_UNSYNCED_BYTES {
+        collect_readies(shard, &mut batch);
+    }
     // Tests hold committed entries back (`defer_apply`), as a slow apply would: reads must
     // still never see a state older than what was acknowledged.
     let committed = if crate::faults::fired("defer_apply").is_some() {
-        deferred.append(&mut batch.committed);
+        held.deferred.append(&mut batch.committed);
         Vec::new()
     } else {
-        let mut all = std::mem::take(deferred);
+        let mut all = std::mem::take(&mut held.deferred);
         all.append(&mut batch.committed);
         all
     };
@@ -267,8 +272,51 @@ async fn turn(shard: &Rc<Shard>, wal: &mut Wal, deferred: &mut Vec<(u64, Vec<Ent
         apply(shard, committed);
         return;
     }
-    persist_and_apply(shard, wal, &batch.records, committed).await;
-    advance(shard, batch.handed, &batch.restored);
+    match persist_and_apply(shard, wal, &batch.records, committed).await {
+        Ok(()) => {
+            if shard.disk_full.replace(false) {
+                log::warn!("shard {}: the WAL is written again; taking writes", shard.id);
+            }
+            advance(shard, batch.handed, &batch.restored);
+        }
+        Err(e) if is_no_space(&e) => {
+            // The loop goes on (ticks, heartbeats, reads); new writes are refused; this batch is
+            // written again shortly, unchanged. Nothing in it has been acknowledged.
+            if !shard.disk_full.replace(true) {
+                log::error!(
+                    "shard {}: the disk is full ({e}); refusing writes until there is space",
+                    shard.id
+                );
+            }
+            held.unsynced = Some(batch);
+            let kick = shard.clone();
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(NO_SPACE_RETRY).await;
+                kick.kick();
+            })
+            .detach();
+        }
+        Err(e) => fatal("writing the WAL", e),
+    }
+}
+
+/// What one turn leaves to the next.
+#[derive(Default)]
+pub struct Held {
+    /// A batch the WAL could not take (a full disk): written again before anything newer.
+    unsynced: Option<Batch>,
+    /// Committed entries held back by the `defer_apply` failpoint.
+    deferred: Vec<(u64, Vec<Entry>)>,
+}
+
+/// How often a batch a full disk refused is tried again.
+const NO_SPACE_RETRY: Duration = Duration::from_millis(200);
+/// Entry bytes a refused batch may grow to while the disk is full; then no more Readys are
+/// taken (raft-rs keeps what comes meanwhile, within its own bounds).
+const MAX_UNSYNCED_BYTES: usize = 64 << 20;
+
+fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }
 
 fn record_of(partition: u64, rd: &raft::Ready) -> Option<WalRecord> {
@@ -367,6 +415,7 @@ fn collect_readies(shard: &Rc<Shard>, batch: &mut Batch) {
             continue;
         }
         batch.committed.push((*pid, rd.take_committed_entries()));
+        batch.bytes += rd.entries().iter().map(|e| e.data.len()).sum::<usize>();
         batch.records.extend(record_of(*pid, &rd));
         let store = p.node.mut_store();
         store.append(rd.entries());
@@ -390,10 +439,10 @@ async fn persist_and_apply(
     wal: &mut Wal,
     records: &[WalRecord],
     committed: Vec<(u64, Vec<Entry>)>,
-) {
+) -> std::io::Result<()> {
     if records.is_empty() {
         apply(shard, committed);
-        return;
+        return Ok(());
     }
     let checkpoint = || {
         shard
@@ -418,9 +467,7 @@ async fn persist_and_apply(
         apply(shard, committed)
     })
     .await;
-    if let Err(e) = written {
-        fatal("writing the WAL", e);
-    }
+    written
 }
 
 /// The batch is durable: send what promised it, tell raft-rs, and turn again at once if that
@@ -507,6 +554,11 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
             keep_from = keep_from
                 .min(slowest)
                 .max(p.applied.applied_index.saturating_sub(shard.cfg.max_log_entries_in_memory));
+        }
+        // Bounded in bytes too: past it, a lagging follower gets a snapshot.
+        let max_bytes = shard.cfg.max_log_mb_in_memory << 20;
+        if p.node.store().bytes() > max_bytes {
+            keep_from = keep_from.max(p.node.store().index_keeping_at_most(max_bytes));
         }
         // Never past what raft-rs itself counts as applied: it reads unapplied entries back (for
         // example when it becomes leader).

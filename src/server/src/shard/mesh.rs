@@ -25,6 +25,8 @@ pub enum ShardMsg {
 
 /// Mesh capacity per pair of shards.
 pub const MESH_CHANNEL_SIZE: usize = 4096;
+/// Requests a shard waits on at other shards; more get OVERLOADED (never sent).
+const MAX_PENDING: usize = 65_536;
 
 /// Built once per node, before the shards start, and handed to every shard.
 #[derive(Clone)]
@@ -100,11 +102,17 @@ impl MeshLink {
 
     /// Runs `op` on `partition`, owned by shard `to`, within `deadline`.
     pub async fn forward(&self, to: usize, partition: u64, op: Op, deadline: Instant) -> Answer {
+        if self.pending.borrow().len() >= MAX_PENDING {
+            let e =
+                WireError::new(ErrorCode::Overloaded, "too many requests waiting on other shards");
+            return (Err(e), 0);
+        }
         let token = self.next_token.get();
         self.next_token.set(token + 1);
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(token, tx);
         let timeout_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+        let is_read = op.is_read();
         let msg = ShardMsg::Request { token, partition, op, timeout_ms };
         match with_deadline(deadline, self.send(to, msg)).await {
             Some(Ok(())) => {}
@@ -125,6 +133,14 @@ impl MeshLink {
         }
         match with_deadline(deadline, rx).await {
             Some(Ok(answer)) => answer,
+            // The request reached the shard and may have run: a write's outcome is unknown.
+            Some(Err(_)) if !is_read => (
+                Err(WireError::new(
+                    ErrorCode::Timeout,
+                    "the owning shard dropped the request; a write's outcome is unknown",
+                )),
+                0,
+            ),
             Some(Err(_)) => unavailable("the owning shard dropped the request"),
             None => {
                 self.pending.borrow_mut().remove(&token);

@@ -61,6 +61,8 @@ pub struct Shard {
     pub ticks: Cell<u64>,
     /// Requests this shard forwarded to another node (reported by `cluster status`).
     pub forwarded_count: Cell<u64>,
+    /// Requests other nodes forwarded here, being served now.
+    serving_forwarded: Cell<usize>,
     /// When a Raft message last came from each node: who is alive, for leader rebalancing.
     pub heard: RefCell<std::collections::HashMap<u64, std::time::Instant>>,
     /// When a far-ahead timestamp was last reported (the warning is rate-limited).
@@ -71,6 +73,8 @@ pub struct Shard {
     clock_ok: Cell<bool>,
     /// Snapshot files being sent, received and staged.
     pub snapshots: RefCell<crate::raft::snapshot::Snapshots>,
+    /// The WAL refused a batch for lack of space: writes are refused until it takes one again.
+    pub disk_full: Cell<bool>,
 }
 
 /// A forwarded request may be forwarded once more (to a leader the first hop learned of), never
@@ -80,6 +84,15 @@ const MAX_HOPS: u8 = 2;
 /// Scan pages of up to this many keys read on the shard loop (a few hundred microseconds at
 /// most); bigger ones on a blocking thread.
 const SCAN_ON_LOOP_KEYS: u32 = 256;
+
+/// Requests one shard has forwarded to other nodes and waits on, and requests other nodes
+/// forwarded to it that it is serving: past either bound, new ones get OVERLOADED (retryable:
+/// never sent, never run).
+const MAX_FORWARDED: usize = 65_536;
+
+fn overloaded(what: &str) -> WireError {
+    WireError::new(ErrorCode::Overloaded, format!("too many {what} on this shard; retry"))
+}
 
 /// How long a forwarded read waits for its answer before it is answered UNAVAILABLE (retryable).
 const FORWARDED_READ_WAIT: Duration = Duration::from_millis(1500);
@@ -135,11 +148,13 @@ impl Shard {
             next_forward: Cell::new(1),
             heard: Default::default(),
             forwarded_count: Cell::new(0),
+            serving_forwarded: Cell::new(0),
             ticks: Cell::new(0),
             clock_warned: Cell::new(None),
             clock_offsets: RefCell::default(),
             clock_ok: Cell::new(true),
             snapshots: RefCell::new(snapshots),
+            disk_full: Cell::new(false),
         }
     }
 
@@ -408,6 +423,9 @@ impl Shard {
         let Some(peers) = &self.peers else {
             return (Err(WireError::new(ErrorCode::Unavailable, "no peers to forward to")), 0);
         };
+        if self.forwarded.borrow().len() >= MAX_FORWARDED {
+            return (Err(overloaded("requests waiting on other nodes")), 0);
+        }
         let token = self.next_forward.get();
         self.next_forward.set(token + 1);
         if !matches!(op, Op::ClusterStatus { .. }) {
@@ -464,6 +482,22 @@ impl Shard {
         hops: u8,
         frame: Vec<u8>,
     ) {
+        if self.serving_forwarded.get() >= MAX_FORWARDED {
+            return self.answer_forwarded(from, token, (Err(overloaded("forwarded requests")), 0));
+        }
+        self.serving_forwarded.set(self.serving_forwarded.get() + 1);
+        let answer = self.run_forwarded(from, partition, hops, frame).await;
+        self.serving_forwarded.set(self.serving_forwarded.get() - 1);
+        self.answer_forwarded(from, token, answer);
+    }
+
+    async fn run_forwarded(
+        self: &Rc<Self>,
+        _from: u64,
+        partition: u64,
+        hops: u8,
+        frame: Vec<u8>,
+    ) -> Answer {
         let (result, hint) = match decode_request(&frame) {
             Ok((_, timeout_ms, Op::ClusterStatus { scope, checksums })) => {
                 self.status(scope, checksums, self.deadline(timeout_ms)).await
@@ -472,7 +506,7 @@ impl Shard {
                 // A peer's frame is untrusted input like a client's: the same checks, before
                 // anything reaches a state machine (whose assertions would stop every replica).
                 if let Err(e) = self.limits.validate(&op) {
-                    return self.answer_forwarded(from, token, (Err(e), 0));
+                    return (Err(e), 0);
                 }
                 // The partition it names must own the key: a request applied in another
                 // partition's log would write outside that partition's range.
@@ -482,7 +516,7 @@ impl Shard {
                         ErrorCode::Moved,
                         format!("the key belongs to partition {owner}, not {partition}"),
                     );
-                    return self.answer_forwarded(from, token, (Err(e), 0));
+                    return (Err(e), 0);
                 }
                 let deadline = self.deadline(timeout_ms);
                 match self.map.get(partition).map(|p| p.shard) {
@@ -498,7 +532,7 @@ impl Shard {
             }
             Err(e) => (Err(WireError::new(e.code(), e.to_string())), 0),
         };
-        self.answer_forwarded(from, token, (result, hint));
+        (result, hint)
     }
 
     fn answer_forwarded(&self, from: u64, token: u64, (result, hint): Answer) {
@@ -660,6 +694,12 @@ impl Shard {
         deadline: std::time::Instant,
     ) -> Result<Reply, WireError> {
         let Ok(wop) = into_write(op) else { unreachable!("persistent_write takes writes") };
+        if self.disk_full.get() {
+            return Err(WireError::new(
+                ErrorCode::NoSpace,
+                format!("node {}'s disk is full: no writes until space is freed", self.node_id),
+            ));
+        }
         let data = self.command(wop);
         let rx = self.with_partition(partition, |p| p.propose(data))?;
         self.kick();

@@ -24,6 +24,9 @@
 //!    old segment never holds the only copy of a hard state.
 //! 3. [`Wal::release`] deletes segments all of whose entries are applied and flushed to RocksDB.
 //!
+//! A failed write changes nothing (no sequence number used, no position moved), so a batch
+//! that failed for lack of space is written again, the same, once there is space.
+//!
 //! Zeroed ahead: a background write keeps the next megabyte or two past the write position
 //! filled with zeros (durably, the file is `O_DSYNC`). An `O_DSYNC` write that extends a file must
 //! also commit its new size through the filesystem journal; one that overwrites blocks already
@@ -130,6 +133,8 @@ pub struct Wal {
     /// A zero-fill in flight: the range it covers, and the task (the range's new end, or why not).
     filling: Option<(u64, u64, JoinHandle<io::Result<u64>>)>,
     next_seq: u64,
+    /// The active segment has no checkpoint of every hard state yet (it was just started).
+    needs_checkpoint: bool,
     /// Bytes written since open, for the flush-and-release policy.
     pub bytes_written: u64,
 }
@@ -331,6 +336,7 @@ impl Wal {
             zeroed_to: 0,
             filling: None,
             next_seq: expected_seq.unwrap_or(0),
+            needs_checkpoint: false,
             bytes_written: 0,
         };
         wal.zero_ahead();
@@ -390,23 +396,23 @@ impl Wal {
         if records.is_empty() {
             return Ok(());
         }
-        let mut body = Vec::with_capacity(BLOCK);
-        let mut rolled = false;
+        // Nothing of the log's state changes unless the write succeeds: a failed batch (a full
+        // disk) is written again later with the same sequence numbers at the same place.
         if self.write_pos >= self.segment_bytes {
             self.roll().await?;
-            rolled = true;
+            self.needs_checkpoint = true;
+        }
+        let mut body = Vec::with_capacity(BLOCK);
+        let mut seq = self.next_seq;
+        if self.needs_checkpoint {
             for rec in checkpoint() {
-                encode_record(&mut body, self.next_seq, &rec);
-                self.next_seq += 1;
+                encode_record(&mut body, seq, &rec);
+                seq += 1;
             }
         }
         for rec in records {
-            encode_record(&mut body, self.next_seq, rec);
-            self.next_seq += 1;
-            if let Some(last) = rec.entries.last() {
-                let m = self.active.max_index.entry(rec.partition).or_default();
-                *m = (*m).max(last.index);
-            }
+            encode_record(&mut body, seq, rec);
+            seq += 1;
         }
         let len = body.len().next_multiple_of(BLOCK);
         let mut buf = self.file.alloc_dma_buffer(len);
@@ -428,20 +434,28 @@ impl Wal {
         if crate::faults::fired("wal_write_error").is_some() {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        let written = self.file.write_at(buf, pos).await.map_err(io_err)?;
+        if crate::faults::fired("wal_no_space").is_some() {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let written = self.file.write_at(buf, pos).await.map_err(io::Error::from)?;
         if written != len {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 format!("wal: short write {written} of {len}"),
             ));
         }
+        self.next_seq = seq;
+        self.needs_checkpoint = false;
+        for rec in records {
+            if let Some(last) = rec.entries.last() {
+                let m = self.active.max_index.entry(rec.partition).or_default();
+                *m = (*m).max(last.index);
+            }
+        }
         self.write_pos += len as u64;
         self.bytes_written += len as u64;
         self.zeroed_to = self.zeroed_to.max(self.write_pos);
         self.zero_ahead();
-        if rolled {
-            log::debug!("wal: rolled to segment {}", self.active.id);
-        }
         Ok(())
     }
 
@@ -457,6 +471,7 @@ impl Wal {
         self.write_pos = 0;
         self.zeroed_to = 0;
         self.zero_ahead();
+        log::debug!("wal: rolled to segment {}", self.active.id);
         Ok(())
     }
 
