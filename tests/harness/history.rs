@@ -253,9 +253,17 @@ fn step(s: Reg, call: &KvCall, ret: &KvRet) -> Option<Reg> {
 /// check" fails the test too: a checker that cannot decide has not shown anything).
 const SEARCH_BUDGET: usize = 5_000_000;
 
+/// Why a history is not linearizable, and where (nanoseconds since it began) the search got
+/// stuck, to show the operations around it.
+#[derive(Debug)]
+pub struct Violation {
+    pub message: String,
+    pub at_ns: u64,
+}
+
 /// Linearizability of one key's history, starting from an absent key at revision 0.
 /// `Err` explains the first operation that could not be placed.
-pub fn check_register(ops: &[KvOp]) -> Result<(), String> {
+pub fn check_register(ops: &[KvOp]) -> Result<(), Violation> {
     // Events in time order: calls before returns at equal times (treated as concurrent).
     // Unknown outcomes return "at infinity": after every other event.
     let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
@@ -297,9 +305,11 @@ pub fn check_register(ops: &[KvOp]) -> Result<(), String> {
     let mut state = Reg::default();
     let mut at = next[0];
     let mut deepest = 0usize;
+    let mut deepest_at = 0u64;
     while next[0] != usize::MAX {
         if cache.len() > SEARCH_BUDGET {
-            return Err(format!("gave up after {SEARCH_BUDGET} configurations"));
+            let message = format!("gave up after {SEARCH_BUDGET} configurations");
+            return Err(Violation { message, at_ns: deepest_at });
         }
         let (_, is_ret, op) = node(at);
         if !is_ret {
@@ -308,7 +318,10 @@ pub fn check_register(ops: &[KvOp]) -> Result<(), String> {
                 lin[op / 64] |= 1 << (op % 64);
                 if cache.insert((lin.clone(), new)) {
                     stack.push((at, state));
-                    deepest = deepest.max(stack.len());
+                    if stack.len() > deepest {
+                        deepest = stack.len();
+                        deepest_at = ops[op].invoke;
+                    }
                     state = new;
                     linearized = lin;
                     unlink(&mut next, &mut prev, at);
@@ -322,15 +335,17 @@ pub fn check_register(ops: &[KvOp]) -> Result<(), String> {
             // The earliest pending return: some call before it must be placed differently.
             let Some((call_at, s)) = stack.pop() else {
                 let (_, _, stuck) = node(at);
-                return Err(format!(
-                    "not linearizable: no order explains {:?} -> {:?} (client {}, invoked at {} ms); \
-                     at most {deepest} of {} operations could be placed",
+                let message = format!(
+                    "not linearizable: at most {deepest} of {} operations could be placed, the \
+                     last of them invoked at {:.3} ms; then no order explains what follows (the \
+                     first pending answer: {:?} -> {:?} of client {})",
+                    ops.len(),
+                    deepest_at as f64 / 1e6,
                     ops[stuck].call,
                     ops[stuck].ret,
                     ops[stuck].client,
-                    ops[stuck].invoke / 1_000_000,
-                    ops.len()
-                ));
+                );
+                return Err(Violation { message, at_ns: deepest_at });
             };
             let (_, _, op) = node(call_at);
             relink(&mut next, &mut prev, ret_of[op]);
@@ -352,11 +367,13 @@ pub fn check_kv(ops: &[KvOp]) -> Result<usize, String> {
     }
     let mut bad = Vec::new();
     for (key, ops) in &by_key {
-        if let Err(e) = check_register(ops) {
-            let mut text = format!("key {key}: {e}\n");
+        if let Err(v) = check_register(ops) {
+            let mut text = format!("key {key}: {}\n", v.message);
             let mut sorted = ops.clone();
             sorted.sort_by_key(|o| o.invoke);
-            for o in sorted.iter().take(200) {
+            // The operations around where the search got stuck.
+            let from = sorted.iter().position(|o| o.invoke + 100_000_000 >= v.at_ns).unwrap_or(0);
+            for o in sorted.iter().skip(from).take(60) {
                 text.push_str(&format!(
                     "  c{} [{:>9.3} ms .. {}] {:?} -> {:?}\n",
                     o.client,
@@ -549,7 +566,7 @@ mod tests {
             op(1, KvCall::Get, KvRet::Get(Some((1, 1))), 40, Some(50)),
         ];
         let e = check_register(&h).unwrap_err();
-        assert!(e.contains("not linearizable"), "{e}");
+        assert!(e.message.contains("not linearizable"), "{e:?}");
     }
 
     #[test]

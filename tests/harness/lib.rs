@@ -6,6 +6,7 @@
 
 pub mod history;
 pub mod proxy;
+pub mod workload;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

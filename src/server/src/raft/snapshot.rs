@@ -102,6 +102,8 @@ pub fn build(
     Ok(desc)
 }
 
+/// Tells raft-rs how a transfer ended. Never called with the partitions borrowed: the ready
+/// loop calls [`send`] while it holds them, so every report comes from a task.
 fn report(shard: &Shard, partition: u64, to: u64, status: raft::SnapshotStatus) {
     if let Some(p) = shard.parts.borrow_mut().get_mut(&partition) {
         p.node.report_snapshot(to, status);
@@ -120,8 +122,14 @@ pub fn send(shard: &Rc<Shard>, partition: u64, msg: Message) {
             return; // one transfer at a time to a follower; that one reports
         }
         if s.sending.len() >= MAX_SENDS {
-            drop(s);
-            report(shard, partition, to, raft::SnapshotStatus::Failure);
+            // Told later: the caller (the ready loop) holds the partitions, and a new task may
+            // start running at once, so it yields first.
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                futures_lite::future::yield_now().await;
+                report(&shard, partition, to, raft::SnapshotStatus::Failure);
+            })
+            .detach();
             return;
         }
         s.sending.insert(key, tx);
@@ -253,6 +261,8 @@ async fn receive(
     path: PathBuf,
     chunks: local_channel::LocalReceiver<Chunk>,
 ) {
+    // Spawned while the caller holds the shard's snapshot state: let it go first.
+    futures_lite::future::yield_now().await;
     let p = path.clone();
     let Ok(mut file) = glommio::executor().spawn_blocking(move || std::fs::File::create(p)).await
     else {

@@ -138,7 +138,7 @@ impl Shard {
             parts: RefCell::new(parts),
             db,
             hlc: RefCell::new(hlc),
-            clock: SystemClock,
+            clock: SystemClock::default(),
             kick,
             ephemeral_bytes: Cell::new(0),
             mesh,
@@ -204,11 +204,20 @@ impl Shard {
     /// What this node's clock looks like against its peers'.
     pub fn clock_verdict(&self) -> ClockVerdict {
         let peers = self.peers.as_ref().map(|p| p.peer_ids().count()).unwrap_or(0);
-        let v = self.clock_offsets.borrow().verdict(
-            self.clock.now_ms(),
-            self.cfg.max_clock_offset_ms,
-            peers,
-        );
+        let now = self.clock.now_ms();
+        let max = self.cfg.max_clock_offset_ms;
+        let mut v = self.clock_offsets.borrow().verdict(now, max, peers, 0);
+        if let Some(at) = self.clock.jumped_at() {
+            // After a jump, only measurements taken since count, and most peers must have
+            // answered one: until then the clock is not trusted with leases.
+            let since = self.clock_offsets.borrow().verdict(now, max, peers, at);
+            if since.ok && since.known * 2 > peers {
+                self.clock.clear_jump();
+                v = since;
+            } else {
+                v.ok = false;
+            }
+        }
         if v.ok != self.clock_ok.replace(v.ok) {
             if v.ok {
                 log::warn!("shard {}: this node's clock is back within max_clock_offset_ms of its peers; granting leases again", self.id);
