@@ -8,6 +8,9 @@
 #   make schema        regenerate src/protocol/src/generated from schema/*.fbs
 #   make schema-check  fail when the committed generated code and the schema disagree
 #   make bench         start a fresh local 3-node cluster, run the standard suite, stop it
+#   make chaos         long fault runs (tests/chaos.rs, CHAOS_SECS=45 of faults per scenario,
+#                      CHAOS_ROUNDS=1), then a table: scenario, operations, faults, verdict
+#   make fuzz          every fuzz target for FUZZ_SECS (60) each, on stable (--sanitizer none)
 #   make deps          install what the build needs (libclang-dev, protobuf-compiler, flatc)
 #   make clean-data    remove ./data
 #
@@ -23,7 +26,7 @@ FLATC := $(shell command -v flatc 2>/dev/null || echo $(PY_SCRIPTS)/flatc)
 GENERATED := src/protocol/src/generated
 RELEASE := $(CARGO_TARGET_DIR)/release
 
-.PHONY: run test check fmt schema schema-check bench deps clean-data build-release lint
+.PHONY: run test check fmt schema schema-check bench deps clean-data build-release lint chaos fuzz
 
 deps:
 	@missing=""; \
@@ -66,6 +69,21 @@ check: schema-check lint
 test: deps schema-check lint
 	cargo build $(DEV_FEATURES) --bins
 	cargo test $(DEV_FEATURES) -- --test-threads 2
+
+CHAOS_SECS ?= 45
+CHAOS_ROUNDS ?= 1
+chaos: deps
+	cargo build $(DEV_FEATURES) --bins
+	cargo test $(DEV_FEATURES) --test chaos --no-run
+	@report=$$(mktemp); rc=0; \
+	for round in $$(seq 1 $(CHAOS_ROUNDS)); do \
+		KAHUNA_CHAOS_SECS=$(CHAOS_SECS) KAHUNA_CHAOS_REPORT=$$report \
+			cargo test $(DEV_FEATURES) --test chaos -- --test-threads 2 || rc=1; \
+	done; \
+	echo; echo "chaos: $(CHAOS_ROUNDS) round(s), $(CHAOS_SECS) s of faults per scenario"; \
+	echo "| scenario | ops | ok | unknown | lock grants | seq blocks | faults | back after heal | verdict |"; \
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"; \
+	cat $$report; rm -f $$report; exit $$rc
 
 build-release: deps
 	cargo build --release --workspace --bins

@@ -62,19 +62,12 @@ impl ClockOffsets {
         self.samples.get(&peer).copied()
     }
 
-    /// The verdict at our wall clock `now_ms`, for a node with `peers` other members, from the
-    /// samples taken at or after `since_ms` (0: every fresh one).
-    pub fn verdict(
-        &self,
-        now_ms: u64,
-        max_offset_ms: u64,
-        peers: usize,
-        since_ms: u64,
-    ) -> ClockVerdict {
+    /// The verdict at our clock's `now_ms`, for a node with `peers` other members.
+    pub fn verdict(&self, now_ms: u64, max_offset_ms: u64, peers: usize) -> ClockVerdict {
         let fresh: Vec<&Sample> = self
             .samples
             .values()
-            .filter(|s| now_ms.saturating_sub(s.at_ms) <= SAMPLE_TTL_MS && s.at_ms >= since_ms)
+            .filter(|s| now_ms.saturating_sub(s.at_ms) <= SAMPLE_TTL_MS && s.at_ms <= now_ms)
             .collect();
         let far = fresh
             .iter()
@@ -126,7 +119,7 @@ mod tests {
                 let t2 = t0 + 2 * unc;
                 c.record(i as u64 + 2, t0, (t0 as i64 + *unc as i64 + off) as u64, t2);
             }
-            let v = c.verdict(10_100, max, *peers, 0);
+            let v = c.verdict(10_100, max, *peers);
             assert_eq!(v.ok, *ok, "{offsets:?} ±{unc} of {peers}: {v:?}");
         }
     }
@@ -136,10 +129,8 @@ mod tests {
         let mut c = ClockOffsets::default();
         c.record(2, 0, 5000, 0);
         c.record(3, 0, 5000, 0);
-        assert!(!c.verdict(100, 500, 2, 0).ok);
-        let later = c.verdict(SAMPLE_TTL_MS + 1, 500, 2, 0);
+        assert!(!c.verdict(100, 500, 2).ok);
+        let later = c.verdict(SAMPLE_TTL_MS + 1, 500, 2);
         assert!(later.ok && later.known == 0, "{later:?}");
-        // Only samples taken since a point count (after a clock jump).
-        assert_eq!(c.verdict(100, 500, 2, 1).known, 0);
     }
 }

@@ -56,6 +56,21 @@ impl HlcClock {
     pub fn last(&self) -> Hlc {
         self.last
     }
+
+    /// Takes in a timestamp seen elsewhere, but never further ahead than `max_offset_ms` past
+    /// the local wall clock `wall_ms`: a node with a fast clock must not drag every other node's
+    /// clock (and so every lease and TTL) forward with it. Returns how far ahead of the bound
+    /// `seen` was when it had to be cut (0 when taken whole).
+    pub fn observe_bounded(&mut self, seen: Hlc, wall_ms: u64, max_offset_ms: u64) -> u64 {
+        let limit = wall_ms.saturating_add(max_offset_ms);
+        if seen.physical_ms() > limit {
+            self.observe(Hlc::new(limit, 0));
+            seen.physical_ms() - limit
+        } else {
+            self.observe(seen);
+            0
+        }
+    }
 }
 
 #[cfg(test)]
@@ -81,6 +96,22 @@ mod tests {
         assert_eq!(c.now(10), Hlc::new(5000, 4));
         c.observe(Hlc::new(1, 0));
         assert!(c.now(10) > Hlc::new(5000, 4));
+    }
+
+    #[test]
+    fn timestamps_from_a_fast_clock_are_taken_only_up_to_the_offset() {
+        // (seen physical ms, wall ms, max offset) -> (cut by, clock's physical ms after)
+        let cases = [
+            (1_300, 1_000, 500, 0, 1_300),
+            (1_500, 1_000, 500, 0, 1_500),
+            (6_000, 1_000, 500, 4_500, 1_500),
+            (900, 1_000, 500, 0, 900),
+        ];
+        for (seen, wall, max, cut, after) in cases {
+            let mut c = HlcClock::default();
+            assert_eq!(c.observe_bounded(Hlc::new(seen, 0), wall, max), cut, "{seen} at {wall}");
+            assert_eq!(c.last().physical_ms(), after);
+        }
     }
 
     #[test]

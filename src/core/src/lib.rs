@@ -18,10 +18,12 @@ pub mod hlc;
 pub mod keys;
 pub mod limits;
 pub mod partition;
+pub mod peer_frame;
 pub mod records;
 pub mod snapshot_format;
 pub mod state_machine;
 pub mod store;
+pub mod wal_format;
 
 pub use command::{ApplySettings, LogCommand, WriteOp};
 pub use hlc::Hlc;

@@ -30,6 +30,13 @@ impl PartitionInfo {
     pub fn preferred_leader(&self, me: u64, ready: impl Fn(u64) -> bool) -> Option<u64> {
         self.replicas.iter().copied().take_while(|n| *n != me).find(|n| ready(*n))
     }
+
+    /// Where a leader that must step down (its clock is off: it may not time leases) hands
+    /// leadership: the first other replica in placement order that is `ready`, wherever it
+    /// ranks.
+    pub fn step_down_to(&self, me: u64, ready: impl Fn(u64) -> bool) -> Option<u64> {
+        self.replicas.iter().copied().find(|n| *n != me && ready(*n))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,6 +165,11 @@ mod tests {
         assert_eq!(p.preferred_leader(3, not_1), Some(2));
         assert_eq!(p.preferred_leader(2, not_1), None);
         assert_eq!(p.preferred_leader(3, |_| false), None);
+        // Stepping down goes to whoever ranks first among the others, even below.
+        assert_eq!(p.step_down_to(1, all), Some(2));
+        assert_eq!(p.step_down_to(1, |n| n == 3), Some(3));
+        assert_eq!(p.step_down_to(2, all), Some(1));
+        assert_eq!(p.step_down_to(1, |_| false), None);
         // A leader outside the placement (never the case today) hands to any ready replica.
         assert_eq!(p.preferred_leader(9, not_1), Some(2));
         // With one node down, the survivors each end up leading half of its partitions.

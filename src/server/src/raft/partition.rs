@@ -340,13 +340,15 @@ impl Partition {
 
     /// Keeps leaders spread: once the replica placement prefers over this leader has been up
     /// and caught up for `hold`, hands leadership to it (raft-rs sends it the log's tail, then
-    /// `TimeoutNow`). Returns the node it was handed to.
+    /// `TimeoutNow`). With `step_down` (this node may not time leases) any ready replica will
+    /// do. Returns the node it was handed to.
     pub fn rebalance(
         &mut self,
         me: u64,
         now: std::time::Instant,
         hold: std::time::Duration,
         alive: impl Fn(u64) -> bool,
+        step_down: bool,
     ) -> Option<u64> {
         if !self.is_leader() || self.node.raft.lead_transferee.is_some() {
             self.handover = None;
@@ -356,7 +358,11 @@ impl Partition {
         let prs = self.node.raft.prs();
         // Caught up to within a few entries: a busy partition is never exactly caught up.
         let ready = |n: u64| alive(n) && prs.get(n).is_some_and(|pr| pr.matched + 64 >= last);
-        let target = self.info.preferred_leader(me, ready);
+        let target = if step_down {
+            self.info.step_down_to(me, ready)
+        } else {
+            self.info.preferred_leader(me, ready)
+        };
         match (target, self.handover) {
             (Some(t), Some((was, since))) if t == was => {
                 if now.duration_since(since) < hold {

@@ -37,6 +37,8 @@ const SWEEP_BUDGET: usize = 1024;
 /// Persistent keys the collector looks at per led partition per pass, and how often it passes.
 const COLLECT_BATCH: usize = 512;
 const COLLECT_EVERY_TICKS: u64 = 10;
+/// How long a leader whose clock is off waits for a replica to be ready before handing over.
+const STEP_DOWN_HOLD: Duration = Duration::from_secs(1);
 
 pub fn entry_rec(e: &Entry) -> EntryRec {
     EntryRec {
@@ -141,7 +143,20 @@ fn on_tick(shard: &Shard) {
     // Heard from within two election timeouts: heartbeats come every two ticks.
     let alive_within = Duration::from_millis(shard.cfg.raft_tick_ms * 20);
     let heard = shard.heard.borrow();
-    let alive = |n: u64| heard.get(&n).is_some_and(|t| now.duration_since(*t) < alive_within);
+    // A replica takes leadership only if it is alive and its clock is near ours (a node with a
+    // far clock may not time leases). A leader whose own clock is off steps down.
+    let offsets = shard.clock_offsets.borrow().clone();
+    let max_offset = shard.cfg.max_clock_offset_ms;
+    let clock_near = |n: u64| {
+        offsets.get(n).is_none_or(|s| {
+            s.offset_ms.unsigned_abs().saturating_sub(s.uncertainty_ms) <= max_offset
+        })
+    };
+    let heard_from = |n: u64| heard.get(&n).is_some_and(|t| now.duration_since(*t) < alive_within);
+    let step_down = !shard.clock_verdict().ok;
+    // Stepping down, every other clock looks far from ours: any live replica will do.
+    let alive = |n: u64| heard_from(n) && (step_down || clock_near(n));
+    let hold = if step_down { STEP_DOWN_HOLD } else { hold };
     let collect = shard.ticks.get().is_multiple_of(COLLECT_EVERY_TICKS);
     if collect {
         shard.ping_clocks();
@@ -154,10 +169,10 @@ fn on_tick(shard: &Shard) {
             collect_expired(shard, p, now_ms);
         }
         if shard.peers.is_some() && !hold.is_zero() {
-            if let Some(to) = p.rebalance(shard.node_id, now, hold, alive) {
-                log::info!(
-                    "partition {pid}: handing leadership to node {to}, its preferred leader"
-                );
+            if let Some(to) = p.rebalance(shard.node_id, now, hold, alive, step_down) {
+                let why =
+                    if step_down { "this node's clock is off" } else { "its preferred leader" };
+                log::info!("partition {pid}: handing leadership to node {to} ({why})");
             }
         }
         if !p.ephemeral.is_empty() {

@@ -177,27 +177,23 @@ impl Shard {
     /// not drag every other node's leases and TTLs forward with it.
     pub fn observe_hlc(&self, hlc: u64) {
         let wall = self.clock.now_ms();
-        let limit = wall.saturating_add(self.cfg.max_clock_offset_ms);
-        let seen = Hlc(hlc);
-        if seen.physical_ms() > limit {
+        let max = self.cfg.max_clock_offset_ms;
+        let cut = self.hlc.borrow_mut().observe_bounded(Hlc(hlc), wall, max);
+        if cut > 0 {
             let now = std::time::Instant::now();
-            if self
+            let quiet = self
                 .clock_warned
                 .get()
-                .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
-            {
+                .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10));
+            if quiet {
                 self.clock_warned.set(Some(now));
                 log::warn!(
                     "shard {}: a log entry is stamped {} ms ahead of this node's clock (more than \
-                     max_clock_offset_ms {}); not taken into this node's clock",
+                     max_clock_offset_ms {max}); not taken into this node's clock",
                     self.id,
-                    seen.physical_ms() - wall,
-                    self.cfg.max_clock_offset_ms
+                    cut + max
                 );
             }
-            self.hlc.borrow_mut().observe(Hlc::new(limit, 0));
-        } else {
-            self.hlc.borrow_mut().observe(seen);
         }
     }
 
@@ -206,18 +202,7 @@ impl Shard {
         let peers = self.peers.as_ref().map(|p| p.peer_ids().count()).unwrap_or(0);
         let now = self.clock.now_ms();
         let max = self.cfg.max_clock_offset_ms;
-        let mut v = self.clock_offsets.borrow().verdict(now, max, peers, 0);
-        if let Some(at) = self.clock.jumped_at() {
-            // After a jump, only measurements taken since count, and most peers must have
-            // answered one: until then the clock is not trusted with leases.
-            let since = self.clock_offsets.borrow().verdict(now, max, peers, at);
-            if since.ok && since.known * 2 > peers {
-                self.clock.clear_jump();
-                v = since;
-            } else {
-                v.ok = false;
-            }
-        }
+        let v = self.clock_offsets.borrow().verdict(now, max, peers);
         if v.ok != self.clock_ok.replace(v.ok) {
             if v.ok {
                 log::warn!("shard {}: this node's clock is back within max_clock_offset_ms of its peers; granting leases again", self.id);

@@ -45,7 +45,8 @@ use std::rc::Rc;
 
 use glommio::io::{DmaFile, OpenOptions};
 use glommio::task::JoinHandle;
-use rkyv::rancor;
+use kahuna_core::wal_format::{encode_record, first_record_seq, later_record, scan_segment};
+pub use kahuna_core::wal_format::{EntryRec, HardStateRec, WalRecord, BLOCK};
 
 /// What can stop a WAL from opening.
 #[derive(Debug, thiserror::Error)]
@@ -57,37 +58,9 @@ pub enum WalError {
     Damaged { file: PathBuf, offset: usize, reason: String },
 }
 
-pub const BLOCK: usize = 4096;
-const HEADER: usize = 16;
 /// Zeros written past the write position at a time, and how far ahead they are kept.
 const ZERO_CHUNK: u64 = 1 << 20;
 const ZERO_AHEAD: u64 = 2 << 20;
-
-#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct HardStateRec {
-    pub term: u64,
-    pub vote: u64,
-    pub commit: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct EntryRec {
-    pub index: u64,
-    pub term: u64,
-    pub entry_type: i32,
-    pub data: Vec<u8>,
-    pub context: Vec<u8>,
-}
-
-/// What one partition wrote in one loop turn.
-#[derive(
-    Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
-pub struct WalRecord {
-    pub partition: u64,
-    pub hard_state: Option<HardStateRec>,
-    pub entries: Vec<EntryRec>,
-}
 
 /// A partition's log as found on disk: contiguous entries and the latest hard state.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -145,54 +118,6 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("wal-{id:016x}.log"))
-}
-
-fn encode_record(out: &mut Vec<u8>, seq: u64, rec: &WalRecord) {
-    let payload = rkyv::to_bytes::<rancor::Error>(rec).expect("serialising a WAL record");
-    let mut crc = crc32c::crc32c(&seq.to_le_bytes());
-    crc = crc32c::crc32c_append(crc, &payload);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&payload);
-}
-
-/// Scans one segment's bytes from `expected_seq`; returns the records and where the valid
-/// part ends. Stops at the end of the log, a torn or corrupt record, or a sequence gap.
-pub fn scan_segment(bytes: &[u8], mut expected_seq: u64) -> (Vec<WalRecord>, usize, u64) {
-    let mut records = Vec::new();
-    let mut pos = 0usize;
-    let mut valid_end = 0usize;
-    while pos + HEADER <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-        if len == 0 {
-            if pos.is_multiple_of(BLOCK) {
-                break; // a batch always starts with a record: this is the end
-            }
-            pos = pos.next_multiple_of(BLOCK); // padding after a batch
-            continue;
-        }
-        let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap());
-        let seq = u64::from_le_bytes(bytes[pos + 8..pos + 16].try_into().unwrap());
-        let end = pos + HEADER + len;
-        if end > bytes.len() || seq != expected_seq {
-            break;
-        }
-        let payload = &bytes[pos + HEADER..end];
-        if crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), payload) != crc {
-            break;
-        }
-        // rkyv needs aligned input unless built `unaligned`, which we are; copy anyway so a
-        // record that straddles nothing odd never depends on it.
-        match rkyv::from_bytes::<WalRecord, rancor::Error>(payload) {
-            Ok(r) => records.push(r),
-            Err(_) => break,
-        }
-        expected_seq += 1;
-        pos = end;
-        valid_end = end;
-    }
-    (records, valid_end, expected_seq)
 }
 
 /// Before the first `DmaFile` on a device, open an existing non-empty file so that glommio's
@@ -498,33 +423,6 @@ impl Wal {
         }
         Ok(removed)
     }
-}
-
-/// The offset of a valid record at a block boundary after `from` whose sequence number is at
-/// least `min_seq`: proof that the log goes on after a bad record.
-fn later_record(bytes: &[u8], from: usize, min_seq: u64) -> Option<usize> {
-    let mut pos = from.next_multiple_of(BLOCK);
-    if pos == from && from > 0 {
-        pos += BLOCK;
-    }
-    while pos + HEADER <= bytes.len() {
-        let seq = u64::from_le_bytes(bytes[pos + 8..pos + 16].try_into().unwrap());
-        if seq >= min_seq {
-            let (records, _, _) = scan_segment(&bytes[pos..], seq);
-            if !records.is_empty() {
-                return Some(pos);
-            }
-        }
-        pos += BLOCK;
-    }
-    None
-}
-
-fn first_record_seq(bytes: &[u8]) -> Option<u64> {
-    if bytes.len() < HEADER {
-        return None;
-    }
-    Some(u64::from_le_bytes(bytes[8..16].try_into().unwrap()))
 }
 
 #[cfg(test)]

@@ -2,16 +2,8 @@
 //! its own. Shard N of a node talks to shard N of every other node (a partition lives on the
 //! same shard index on every replica), so a message never takes a cross-core hop.
 //!
-//! ```text
-//!  frame: [len u32][kind u8][from node u64][payload]
-//!    raft      payload: [partition u64][eraftpb::Message, protobuf (decoded by prost)]
-//!    request   payload: [token u64][partition u64][hops u8][flatbuffers Request]
-//!    response  payload: [token u64][flatbuffers Response frame]
-//!    ping      payload: [sender's wall clock ms u64]
-//!    pong      payload: [the ping's clock u64][answerer's wall clock ms u64]
-//!    chunk     payload: a snapshot file chunk (`kahuna_core::snapshot_format::Chunk`)
-//!    ack       payload: [partition u64][bytes of the file received u64]
-//! ```
+//! The frames are `kahuna_core::peer_frame`'s.
+//!
 //! Must never: buffer without bound toward a dead peer. Each destination has a bounded queue;
 //! when it is full or the peer is unreachable, Raft messages are dropped (Raft retransmits) and
 //! forwarded requests fail with `UNAVAILABLE` at their caller's deadline.
@@ -26,27 +18,17 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
-use prost::Message as _;
 use raft::eraftpb::Message;
 
 use crate::clock::Clock;
 use crate::shard::{Answer, Shard};
 use futures_channel::oneshot;
+use kahuna_core::peer_frame::{self, PeerFrame};
 use kahuna_core::snapshot_format::Chunk;
 use kahuna_protocol::{ErrorCode, WireError};
 
-const KIND_RAFT: u8 = 1;
-const KIND_REQUEST: u8 = 2;
-const KIND_RESPONSE: u8 = 3;
-const KIND_CLOCK_PING: u8 = 4;
-const KIND_CLOCK_PONG: u8 = 5;
-const KIND_SNAP_CHUNK: u8 = 6;
-const KIND_SNAP_ACK: u8 = 7;
 /// Messages queued toward one peer before new ones are dropped.
 const PEER_QUEUE: usize = 8192;
-/// Peer frames carry at most a client frame plus a little; Raft appends are capped by
-/// `max_size_per_msg`.
-const MAX_PEER_FRAME: usize = 16 << 20;
 
 pub enum PeerOut {
     Raft {
@@ -155,55 +137,18 @@ impl PeerLinks {
 }
 
 fn encode(me: u64, m: PeerOut, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0; 4]);
-    match m {
-        PeerOut::Raft { partition, msg } => {
-            out.push(KIND_RAFT);
-            out.extend_from_slice(&me.to_le_bytes());
-            out.extend_from_slice(&partition.to_le_bytes());
-            // Encoding into a growable buffer cannot fail.
-            msg.encode(out).expect("encoding a raft message");
-        }
+    let f = match m {
+        PeerOut::Raft { partition, msg } => PeerFrame::Raft { partition, msg },
         PeerOut::Request { token, partition, hops, frame, .. } => {
-            out.push(KIND_REQUEST);
-            out.extend_from_slice(&me.to_le_bytes());
-            out.extend_from_slice(&token.to_le_bytes());
-            out.extend_from_slice(&partition.to_le_bytes());
-            out.push(hops);
-            out.extend_from_slice(&frame);
+            PeerFrame::Request { token, partition, hops, request: frame }
         }
-        PeerOut::Response { token, frame } => {
-            out.push(KIND_RESPONSE);
-            out.extend_from_slice(&me.to_le_bytes());
-            out.extend_from_slice(&token.to_le_bytes());
-            out.extend_from_slice(&frame);
-        }
-        PeerOut::ClockPing { sent_ms } => {
-            out.push(KIND_CLOCK_PING);
-            out.extend_from_slice(&me.to_le_bytes());
-            out.extend_from_slice(&sent_ms.to_le_bytes());
-        }
-        PeerOut::ClockPong { sent_ms, remote_ms } => {
-            out.push(KIND_CLOCK_PONG);
-            out.extend_from_slice(&me.to_le_bytes());
-            out.extend_from_slice(&sent_ms.to_le_bytes());
-            out.extend_from_slice(&remote_ms.to_le_bytes());
-        }
-        PeerOut::SnapChunk(chunk) => {
-            out.push(KIND_SNAP_CHUNK);
-            out.extend_from_slice(&me.to_le_bytes());
-            chunk.encode_into(out);
-        }
-        PeerOut::SnapAck { partition, upto } => {
-            out.push(KIND_SNAP_ACK);
-            out.extend_from_slice(&me.to_le_bytes());
-            out.extend_from_slice(&partition.to_le_bytes());
-            out.extend_from_slice(&upto.to_le_bytes());
-        }
-    }
-    let len = (out.len() - start - 4) as u32;
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        PeerOut::Response { token, frame } => PeerFrame::Response { token, response: frame },
+        PeerOut::ClockPing { sent_ms } => PeerFrame::ClockPing { sent_ms },
+        PeerOut::ClockPong { sent_ms, remote_ms } => PeerFrame::ClockPong { sent_ms, remote_ms },
+        PeerOut::SnapChunk(chunk) => PeerFrame::SnapChunk(chunk),
+        PeerOut::SnapAck { partition, upto } => PeerFrame::SnapAck { partition, upto },
+    };
+    peer_frame::encode(me, &f, out);
 }
 
 struct Link {
@@ -350,10 +295,6 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    b.get(at..at + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap()))
-}
-
 async fn receive(shard: &Rc<Shard>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
@@ -365,19 +306,21 @@ async fn receive(shard: &Rc<Shard>, mut stream: TcpStream) {
         };
         buf.extend_from_slice(&chunk[..n]);
         let mut start = 0;
-        while buf.len() - start >= 4 {
-            let len = u32::from_le_bytes(buf[start..start + 4].try_into().unwrap()) as usize;
-            if !(9..=MAX_PEER_FRAME).contains(&len) {
-                log::warn!("shard {}: bad peer frame of {len} bytes; closing", shard.id);
-                return;
-            }
-            if buf.len() - start < 4 + len {
-                break;
-            }
-            let frame = &buf[start + 4..start + 4 + len];
-            if !dispatch(shard, frame) {
-                log::warn!("shard {}: malformed peer frame; closing", shard.id);
-                return;
+        loop {
+            let len = match peer_frame::frame_len(&buf[start..]) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!("shard {}: {e}; closing the peer connection", shard.id);
+                    return;
+                }
+            };
+            match peer_frame::decode(&buf[start + 4..start + 4 + len]) {
+                Ok((from, f)) => dispatch(shard, from, f),
+                Err(e) => {
+                    log::warn!("shard {}: {e}; closing the peer connection", shard.id);
+                    return;
+                }
             }
             start += 4 + len;
         }
@@ -386,71 +329,31 @@ async fn receive(shard: &Rc<Shard>, mut stream: TcpStream) {
     }
 }
 
-/// Handles one frame; false when it is malformed.
-fn dispatch(shard: &Rc<Shard>, f: &[u8]) -> bool {
-    let kind = f[0];
-    let Some(from) = u64_at(f, 1) else { return false };
-    let body = &f[9..];
-    match kind {
-        KIND_RAFT => {
-            let Some(partition) = u64_at(body, 0) else { return false };
-            match Message::decode(&body[8..]) {
-                Ok(msg) => {
-                    shard.step_raft(partition, msg);
-                    true
-                }
-                Err(_) => false,
-            }
-        }
-        KIND_REQUEST => {
-            let (Some(token), Some(partition), Some(&hops)) =
-                (u64_at(body, 0), u64_at(body, 8), body.get(16))
-            else {
-                return false;
-            };
-            let frame = body[17..].to_vec();
+/// Handles one well-formed frame from node `from`.
+fn dispatch(shard: &Rc<Shard>, from: u64, f: PeerFrame) {
+    match f {
+        PeerFrame::Raft { partition, msg } => shard.step_raft(partition, *msg),
+        PeerFrame::Request { token, partition, hops, request } => {
             let shard = shard.clone();
             glommio::spawn_local(async move {
-                shard.serve_forwarded(from, token, partition, hops, frame).await
+                shard.serve_forwarded(from, token, partition, hops, request).await
             })
             .detach();
-            true
         }
-        KIND_RESPONSE => {
-            let Some(token) = u64_at(body, 0) else { return false };
-            shard.on_forwarded_response(token, &body[8..]);
-            true
-        }
-        KIND_CLOCK_PING => {
-            let Some(sent_ms) = u64_at(body, 0) else { return false };
+        PeerFrame::Response { token, response } => shard.on_forwarded_response(token, &response),
+        PeerFrame::ClockPing { sent_ms } => {
             if let Some(peers) = &shard.peers {
                 let remote_ms = shard.clock.now_ms();
                 peers.send(from, PeerOut::ClockPong { sent_ms, remote_ms });
             }
-            true
         }
-        KIND_SNAP_CHUNK => match Chunk::decode(body) {
-            Ok(chunk) => {
-                crate::raft::snapshot::on_chunk(shard, from, chunk);
-                true
-            }
-            Err(_) => false,
-        },
-        KIND_SNAP_ACK => {
-            let (Some(partition), Some(upto)) = (u64_at(body, 0), u64_at(body, 8)) else {
-                return false;
-            };
-            crate::raft::snapshot::on_ack(shard, from, partition, upto);
-            true
+        PeerFrame::ClockPong { sent_ms, remote_ms } => {
+            shard.on_clock_pong(from, sent_ms, remote_ms)
         }
-        KIND_CLOCK_PONG => {
-            let (Some(sent_ms), Some(remote_ms)) = (u64_at(body, 0), u64_at(body, 8)) else {
-                return false;
-            };
-            shard.on_clock_pong(from, sent_ms, remote_ms);
-            true
+        PeerFrame::SnapChunk(chunk) => crate::raft::snapshot::on_chunk(shard, from, chunk),
+        PeerFrame::SnapAck { partition, upto } => {
+            crate::raft::snapshot::on_ack(shard, from, partition, upto)
         }
-        _ => false,
     }
 }
 
@@ -459,17 +362,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frames_carry_kind_sender_and_payload() {
+    fn outgoing_messages_become_peer_frames() {
         let mut out = Vec::new();
         let msg = Message { to: 2, term: 7, ..Default::default() };
         encode(1, PeerOut::Raft { partition: 9, msg: Box::new(msg.clone()) }, &mut out);
-        encode(1, PeerOut::Response { token: 5, frame: vec![1, 2, 3] }, &mut out);
-        let len = u32::from_le_bytes(out[..4].try_into().unwrap()) as usize;
-        let f = &out[4..4 + len];
-        assert_eq!((f[0], u64_at(f, 1), u64_at(f, 9)), (KIND_RAFT, Some(1), Some(9)));
-        assert_eq!(Message::decode(&f[17..]).unwrap(), msg);
-        let g = &out[4 + len + 4..];
-        assert_eq!((g[0], u64_at(g, 9)), (KIND_RESPONSE, Some(5)));
-        assert_eq!(&g[17..], &[1, 2, 3]);
+        let len = peer_frame::frame_len(&out).unwrap().unwrap();
+        let (from, f) = peer_frame::decode(&out[4..4 + len]).unwrap();
+        assert_eq!((from, f), (1, PeerFrame::Raft { partition: 9, msg: Box::new(msg) }));
     }
 }

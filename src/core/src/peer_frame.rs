@@ -1,0 +1,237 @@
+//! The frames nodes send each other on the peer links (pure: encode and decode only).
+//!
+//! ```text
+//!  frame: [len u32][kind u8][from node u64][payload]
+//!    raft      payload: [partition u64][eraftpb::Message, protobuf (decoded by prost)]
+//!    request   payload: [token u64][partition u64][hops u8][flatbuffers Request]
+//!    response  payload: [token u64][flatbuffers Response frame, with its length prefix]
+//!    ping      payload: [sender's wall clock ms u64]
+//!    pong      payload: [the ping's clock u64][answerer's wall clock ms u64]
+//!    chunk     payload: a snapshot file chunk ([`Chunk`])
+//!    ack       payload: [partition u64][bytes of the file received u64]
+//! ```
+//! Peer bytes are untrusted input: [`decode`] answers a typed error for anything malformed
+//! and never panics (prost bounds the recursion of a Raft message at 100 levels).
+
+use prost::Message as _;
+use raft::eraftpb::Message;
+use thiserror::Error;
+
+use crate::snapshot_format::Chunk;
+
+/// The largest peer frame: a client frame plus a little, a Raft append of `max_size_per_msg`
+/// with one large entry, or a snapshot chunk.
+pub const MAX_PEER_FRAME: usize = 16 << 20;
+
+const KIND_RAFT: u8 = 1;
+const KIND_REQUEST: u8 = 2;
+const KIND_RESPONSE: u8 = 3;
+const KIND_CLOCK_PING: u8 = 4;
+const KIND_CLOCK_PONG: u8 = 5;
+const KIND_SNAP_CHUNK: u8 = 6;
+const KIND_SNAP_ACK: u8 = 7;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PeerFrame {
+    Raft {
+        partition: u64,
+        msg: Box<Message>,
+    },
+    /// A client request forwarded to the node that can serve it.
+    Request {
+        token: u64,
+        partition: u64,
+        hops: u8,
+        request: Vec<u8>,
+    },
+    Response {
+        token: u64,
+        response: Vec<u8>,
+    },
+    ClockPing {
+        sent_ms: u64,
+    },
+    ClockPong {
+        sent_ms: u64,
+        remote_ms: u64,
+    },
+    SnapChunk(Chunk),
+    SnapAck {
+        partition: u64,
+        upto: u64,
+    },
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PeerFrameError {
+    #[error("peer frame of {0} bytes")]
+    Length(usize),
+    #[error("peer frame of unknown kind {0}")]
+    Kind(u8),
+    #[error("peer frame too short for its kind {0}")]
+    Short(u8),
+    #[error("peer frame: {0}")]
+    Payload(String),
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    b.get(at..at + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap()))
+}
+
+/// Appends `[len][kind][from][payload]` for `f` to `out`.
+pub fn encode(from: u64, f: &PeerFrame, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let kind = match f {
+        PeerFrame::Raft { .. } => KIND_RAFT,
+        PeerFrame::Request { .. } => KIND_REQUEST,
+        PeerFrame::Response { .. } => KIND_RESPONSE,
+        PeerFrame::ClockPing { .. } => KIND_CLOCK_PING,
+        PeerFrame::ClockPong { .. } => KIND_CLOCK_PONG,
+        PeerFrame::SnapChunk(_) => KIND_SNAP_CHUNK,
+        PeerFrame::SnapAck { .. } => KIND_SNAP_ACK,
+    };
+    out.push(kind);
+    out.extend_from_slice(&from.to_le_bytes());
+    let mut words = |ws: &[u64]| {
+        for w in ws {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+    };
+    match f {
+        PeerFrame::Raft { partition, msg } => {
+            words(&[*partition]);
+            // Encoding into a growable buffer cannot fail.
+            msg.encode(out).expect("encoding a raft message");
+        }
+        PeerFrame::Request { token, partition, hops, request } => {
+            words(&[*token, *partition]);
+            out.push(*hops);
+            out.extend_from_slice(request);
+        }
+        PeerFrame::Response { token, response } => {
+            words(&[*token]);
+            out.extend_from_slice(response);
+        }
+        PeerFrame::ClockPing { sent_ms } => words(&[*sent_ms]),
+        PeerFrame::ClockPong { sent_ms, remote_ms } => words(&[*sent_ms, *remote_ms]),
+        PeerFrame::SnapChunk(chunk) => chunk.encode_into(out),
+        PeerFrame::SnapAck { partition, upto } => words(&[*partition, *upto]),
+    }
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Checks a frame's length prefix: `Ok(None)` while more bytes are needed, else the length of
+/// the frame after the prefix.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, PeerFrameError> {
+    let Some(b) = buf.get(..4) else { return Ok(None) };
+    let len = u32::from_le_bytes(b.try_into().unwrap()) as usize;
+    if !(9..=MAX_PEER_FRAME).contains(&len) {
+        return Err(PeerFrameError::Length(len));
+    }
+    Ok((buf.len() >= 4 + len).then_some(len))
+}
+
+/// Decodes one frame (after its length prefix): the sending node and what it sent.
+pub fn decode(f: &[u8]) -> Result<(u64, PeerFrame), PeerFrameError> {
+    let (&kind, rest) = f.split_first().ok_or(PeerFrameError::Length(0))?;
+    let from = u64_at(rest, 0).ok_or(PeerFrameError::Short(kind))?;
+    let body = &rest[8..];
+    let short = || PeerFrameError::Short(kind);
+    let frame = match kind {
+        KIND_RAFT => {
+            let partition = u64_at(body, 0).ok_or_else(short)?;
+            let msg = Message::decode(&body[8..])
+                .map_err(|e| PeerFrameError::Payload(format!("raft message: {e}")))?;
+            PeerFrame::Raft { partition, msg: Box::new(msg) }
+        }
+        KIND_REQUEST => {
+            let (token, partition) =
+                (u64_at(body, 0).ok_or_else(short)?, u64_at(body, 8).ok_or_else(short)?);
+            let hops = *body.get(16).ok_or_else(short)?;
+            PeerFrame::Request { token, partition, hops, request: body[17..].to_vec() }
+        }
+        KIND_RESPONSE => {
+            let token = u64_at(body, 0).ok_or_else(short)?;
+            PeerFrame::Response { token, response: body[8..].to_vec() }
+        }
+        KIND_CLOCK_PING => PeerFrame::ClockPing { sent_ms: u64_at(body, 0).ok_or_else(short)? },
+        KIND_CLOCK_PONG => PeerFrame::ClockPong {
+            sent_ms: u64_at(body, 0).ok_or_else(short)?,
+            remote_ms: u64_at(body, 8).ok_or_else(short)?,
+        },
+        KIND_SNAP_CHUNK => PeerFrame::SnapChunk(
+            Chunk::decode(body).map_err(|e| PeerFrameError::Payload(e.to_string()))?,
+        ),
+        KIND_SNAP_ACK => PeerFrame::SnapAck {
+            partition: u64_at(body, 0).ok_or_else(short)?,
+            upto: u64_at(body, 8).ok_or_else(short)?,
+        },
+        other => return Err(PeerFrameError::Kind(other)),
+    };
+    Ok((from, frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_frame_roundtrips() {
+        let frames = vec![
+            PeerFrame::Raft {
+                partition: 9,
+                msg: Box::new(Message { to: 2, term: 7, ..Default::default() }),
+            },
+            PeerFrame::Request { token: 5, partition: 3, hops: 1, request: vec![1, 2] },
+            PeerFrame::Response { token: 5, response: vec![1, 2, 3] },
+            PeerFrame::ClockPing { sent_ms: 11 },
+            PeerFrame::ClockPong { sent_ms: 11, remote_ms: 12 },
+            PeerFrame::SnapChunk(Chunk {
+                partition: 1,
+                index: 2,
+                term: 3,
+                total: 4,
+                offset: 1,
+                data: vec![7, 7],
+            }),
+            PeerFrame::SnapAck { partition: 1, upto: 4 },
+        ];
+        let mut out = Vec::new();
+        for f in &frames {
+            encode(42, f, &mut out);
+        }
+        let mut at = 0;
+        for f in &frames {
+            let len = frame_len(&out[at..]).unwrap().unwrap();
+            assert_eq!(decode(&out[at + 4..at + 4 + len]).unwrap(), (42, f.clone()));
+            at += 4 + len;
+        }
+        assert_eq!(at, out.len());
+    }
+
+    #[test]
+    fn malformed_frames_are_typed_errors() {
+        // (bytes after the length prefix, the error)
+        let cases: Vec<(Vec<u8>, PeerFrameError)> = vec![
+            (vec![], PeerFrameError::Length(0)),
+            (vec![1, 0, 0], PeerFrameError::Short(1)),
+            (vec![99; 9], PeerFrameError::Kind(99)),
+            ([vec![2], vec![0; 8], vec![0; 10]].concat(), PeerFrameError::Short(2)),
+            ([vec![5], vec![0; 8], vec![0; 12]].concat(), PeerFrameError::Short(5)),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(decode(&bytes).unwrap_err(), want, "{bytes:?}");
+        }
+        let garbage = [vec![1], vec![0; 8], vec![0; 8], vec![0xff; 20]].concat();
+        assert!(matches!(decode(&garbage), Err(PeerFrameError::Payload(_))));
+        assert_eq!(frame_len(&[1, 0]), Ok(None));
+        assert_eq!(frame_len(&[3, 0, 0, 0]), Err(PeerFrameError::Length(3)));
+        assert_eq!(
+            frame_len(&u32::MAX.to_le_bytes()),
+            Err(PeerFrameError::Length(u32::MAX as usize))
+        );
+        assert_eq!(frame_len(&[20, 0, 0, 0, 1]), Ok(None));
+    }
+}
