@@ -85,6 +85,23 @@ chaos: deps
 	echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"; \
 	cat $$report; rm -f $$report; exit $$rc
 
+# Fuzzing every parser of untrusted bytes, on stable (`--sanitizer none`), in a target
+# directory of its own (the fuzzer's instrumentation rebuilds everything it touches). The
+# committed seeds in tests/fuzz/corpus are read, never written; findings go to a scratch corpus.
+FUZZ_SECS ?= 60
+FUZZ_TARGETS := client_frame peer_frame wal_records snapshot_chunk
+FUZZ_TARGET_DIR ?= $(HOME)/.cache/kahuna-fuzz-target
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	@set -o pipefail; for t in $(FUZZ_TARGETS); do \
+		work=$$(mktemp -d); echo "fuzz: $$t for $(FUZZ_SECS) s"; \
+		CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) cargo fuzz run --fuzz-dir tests/fuzz \
+			--sanitizer none $$t $$work tests/fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECS) \
+			2>&1 | grep -E "^Done|^#[0-9]+.*DONE|crash|panicked|ERROR" ; rc=$$?; rm -rf $$work; \
+		if [ -d tests/fuzz/artifacts/$$t ] && [ -n "$$(ls -A tests/fuzz/artifacts/$$t)" ]; then \
+			echo "fuzz: $$t found crashes in tests/fuzz/artifacts/$$t"; exit 1; fi; \
+	done; echo "fuzz: 0 crashes in $(FUZZ_TARGETS)"
+
 build-release: deps
 	cargo build --release --workspace --bins
 
