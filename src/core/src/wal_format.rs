@@ -53,6 +53,11 @@ pub fn encode_record(out: &mut Vec<u8>, seq: u64, rec: &WalRecord) {
     out.extend_from_slice(&payload);
 }
 
+/// A record's payload (rkyv, validated by bytecheck): `None` when malformed.
+pub fn decode_payload(payload: &[u8]) -> Option<WalRecord> {
+    rkyv::from_bytes::<WalRecord, rancor::Error>(payload).ok()
+}
+
 /// Scans one segment's bytes from `expected_seq`; returns the records and where the valid
 /// part ends. Stops at the end of the log, a torn or corrupt record, or a sequence gap.
 pub fn scan_segment(bytes: &[u8], mut expected_seq: u64) -> (Vec<WalRecord>, usize, u64) {
@@ -78,11 +83,9 @@ pub fn scan_segment(bytes: &[u8], mut expected_seq: u64) -> (Vec<WalRecord>, usi
         if crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), payload) != crc {
             break;
         }
-        // rkyv needs aligned input unless built `unaligned`, which we are; copy anyway so a
-        // record that straddles nothing odd never depends on it.
-        match rkyv::from_bytes::<WalRecord, rancor::Error>(payload) {
-            Ok(r) => records.push(r),
-            Err(_) => break,
+        match decode_payload(payload) {
+            Some(r) => records.push(r),
+            None => break,
         }
         expected_seq += 1;
         pos = end;
