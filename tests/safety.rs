@@ -508,3 +508,56 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart() {
     c.node(3).arm("");
     assert_replicas_equal(c.node(1), 3);
 }
+
+/// Hole 10, the threads: blocking work (snapshots, flushes, big scans) and RocksDB's flush and
+/// compaction threads must not be pinned to a shard's core, where they would stall its loop.
+/// Only the shard executors themselves are pinned.
+#[test]
+fn only_shard_loops_are_pinned_to_a_core() {
+    watchdog(Duration::from_secs(60));
+    let cpus = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    if cpus < 2 {
+        eprintln!("one CPU: nothing to tell apart");
+        return;
+    }
+    let s = Server::start(&["--shards", "2"]);
+    // Use the blocking pool and RocksDB's threads: a checksum reads ranges off the loop.
+    let (ok, _) = s.cli_json(&["cluster", "status", "--checksums"]);
+    assert!(ok);
+    let pid = s.pid().unwrap();
+    let mut pinned = Vec::new();
+    let mut rocksdb = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let one_cpu = !allowed.contains('-') && !allowed.contains(',');
+        if name.starts_with("rocksdb") {
+            rocksdb += 1;
+            assert!(!one_cpu, "RocksDB thread {name:?} is pinned to CPU {allowed}");
+        }
+        if one_cpu {
+            pinned.push((name.trim().to_string(), allowed));
+        }
+    }
+    assert!(rocksdb > 0, "no RocksDB thread found");
+    // The two shard loops and their io_uring workers, nothing else.
+    assert!(
+        pinned.iter().all(|(n, _)| n.starts_with("kahuna-shard") || n.starts_with("iou-")),
+        "{pinned:?}"
+    );
+    assert_eq!(
+        pinned.iter().filter(|(n, _)| n.starts_with("kahuna-shard")).count(),
+        2,
+        "{pinned:?}"
+    );
+}

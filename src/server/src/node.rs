@@ -388,7 +388,12 @@ async fn run_shard(
     prime_dma_probe(&dir)
         .await
         .map_err(|e| shard_err(shard, format!("priming the DMA probe: {e}")))?;
-    let db = StateDb::open(&dir.join("state"), cfg.block_cache_mb << 20)
+    // Opened from a blocking thread: RocksDB starts some threads of its own at the first open
+    // (its timer), and a thread inherits its creator's CPU affinity; this shard's is pinned.
+    let (path, cache) = (dir.join("state"), cfg.block_cache_mb << 20);
+    let db = glommio::executor()
+        .spawn_blocking(move || StateDb::open(&path, cache))
+        .await
         .map_err(|e| shard_err(shard, format!("opening RocksDB: {e}")))?;
     let snapshots = crate::raft::snapshot::Snapshots::new(dir.join("snap"))
         .map_err(|e| shard_err(shard, format!("snapshot directory: {e}")))?;
