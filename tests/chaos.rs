@@ -206,11 +206,21 @@ fn a_lossy_slow_network_drops_and_delays_messages() {
 #[test]
 fn a_clock_jumped_ahead_past_the_maximum_offset() {
     scenario("clock +2 s", ClusterOpts::default(), |c, _, d| {
+        // The leader of the lock's partition: first its clock steps 2 s ahead while it runs
+        // (absorbed at 1%: leases keep their length), then it comes back from a restart 2 s
+        // ahead (off from its peers: it must grant no lease and give up its leaders).
         let victim = leader_of(c, "chaos/lock").unwrap_or(3);
         c.node(victim).arm("clock_offset_ms=return(2000)");
-        std::thread::sleep(d);
-        c.node(victim).arm("");
-        1
+        std::thread::sleep(d / 2);
+        c.node_mut(victim).kill9();
+        c.node_mut(victim).set_env(&[("FAILPOINTS", "clock_offset_ms=return(2000)")]);
+        c.node_mut(victim).relaunch();
+        std::thread::sleep(d / 2 + Duration::from_secs(2));
+        let log = c.node(victim).log_text();
+        assert!(log.contains("grants no leases"), "the off clock was not noticed:\n{log}");
+        c.node_mut(victim).set_env(&[]);
+        c.node_mut(victim).kill9();
+        2
     });
 }
 
@@ -287,17 +297,21 @@ fn a_torn_wal_tail_and_a_mid_log_bit_flip() {
         c.node_mut(3).relaunch();
         c.node_mut(3).wait_listening();
         std::thread::sleep(d / 2);
-        // A bit flip in the middle of the log: the node refuses to start (65), changes
-        // nothing; the operator wipes it and it catches up from its peers.
+        // A bit flip in the middle of the log (in the first record of a segment that holds
+        // more batches after it): the node refuses to start (65) and changes nothing; the
+        // operator wipes it and it catches up from its peers.
         c.node_mut(3).kill9();
-        let segs = segments(c.node(3));
-        if segs.len() >= 2 {
-            let mut b = std::fs::read(&segs[0]).unwrap();
-            b[100] ^= 0x04;
-            std::fs::write(&segs[0], &b).unwrap();
-            let (code, err) = c.node(3).run_to_exit(&[], Duration::from_secs(30));
-            assert_eq!(code, Some(65), "{err}");
-        }
+        let seg = segments(c.node(3))
+            .into_iter()
+            .max_by_key(|p| std::fs::read(p).unwrap().iter().rposition(|b| *b != 0))
+            .unwrap();
+        let mut b = std::fs::read(&seg).unwrap();
+        assert!(b[4096..].iter().any(|x| *x != 0), "a single batch in {}", seg.display());
+        b[20] ^= 0x04;
+        std::fs::write(&seg, &b).unwrap();
+        let (code, err) = c.node(3).run_to_exit(&[], Duration::from_secs(30));
+        assert_eq!(code, Some(65), "{err}");
+        assert_eq!(std::fs::read(&seg).unwrap(), b, "the damaged segment was changed");
         std::fs::remove_dir_all(&c.node(3).data_dir).unwrap();
         c.node_mut(3).relaunch();
         2

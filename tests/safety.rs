@@ -244,7 +244,7 @@ fn reads_wait_for_the_leaders_own_entry_after_a_restart() {
     s.wait_listening();
     let endpoint = s.endpoint();
     let reader = std::thread::spawn(move || {
-        let c = kahuna_tests::Client::connect(
+        let c = kahuna_tests::Client::new(
             &[endpoint],
             kahuna_client::ClientOptions { timeout: Duration::from_secs(15), ..Default::default() },
         )

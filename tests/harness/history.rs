@@ -413,35 +413,38 @@ pub struct Grant {
 }
 
 /// A storage service that protects itself with fencing tokens: it accepts a write carrying a
-/// token at least as high as every token it accepted before.
+/// token at least as high as every token it accepted before, and refuses the others. Holders
+/// write only while their lease (counted from when they asked) runs, so a refusal means a holder
+/// acted after a newer grant had written: two holders at once.
 #[derive(Default)]
 pub struct FencedStore {
-    highest: Mutex<u64>,
-    /// Tokens in the order the store accepted them.
-    accepted: Mutex<Vec<u64>>,
+    /// `(highest token accepted, every write tried: (token, accepted))`, in order.
+    log: Mutex<(u64, Vec<(u64, bool)>)>,
 }
 
 impl FencedStore {
     /// Returns whether the write was accepted.
     pub fn write(&self, token: u64) -> bool {
-        let mut h = self.highest.lock().unwrap();
-        if token < *h {
-            return false;
+        let mut log = self.log.lock().unwrap();
+        let ok = token >= log.0;
+        if ok {
+            log.0 = token;
         }
-        *h = token;
-        self.accepted.lock().unwrap().push(token);
-        true
+        log.1.push((token, ok));
+        ok
     }
 
-    pub fn accepted(&self) -> Vec<u64> {
-        self.accepted.lock().unwrap().clone()
+    /// Every write tried, in order: `(token, accepted)`.
+    pub fn writes(&self) -> Vec<(u64, bool)> {
+        self.log.lock().unwrap().1.clone()
     }
 }
 
 /// Judges the grants of one lock: each token belongs to one holder; a grant that came back
 /// before another was asked for has a smaller token; critical sections of different tokens do
-/// not overlap; and the fenced store accepted tokens in non-decreasing order.
-pub fn check_locks(grants: &[Grant], accepted: &[u64]) -> Result<(), String> {
+/// not overlap; and the fenced store refused no holder's write (`writes`: `(token, accepted)`
+/// in the order they were tried).
+pub fn check_locks(grants: &[Grant], writes: &[(u64, bool)]) -> Result<(), String> {
     let mut owner_of: HashMap<u64, usize> = HashMap::new();
     for g in grants {
         if let Some(h) = owner_of.insert(g.token, g.holder) {
@@ -475,8 +478,13 @@ pub fn check_locks(grants: &[Grant], accepted: &[u64]) -> Result<(), String> {
             }
         }
     }
-    if let Some(w) = accepted.windows(2).find(|w| w[1] < w[0]) {
-        return Err(format!("the fenced store accepted token {} after {}", w[1], w[0]));
+    if let Some((token, _)) = writes.iter().find(|(_, ok)| !ok) {
+        let before = writes.iter().take_while(|(t, _)| t != token).map(|(t, _)| *t).max();
+        return Err(format!(
+            "the fenced store refused a write with token {token}: a holder acted after a newer \
+             grant (token {}) had written",
+            before.unwrap_or(0)
+        ));
     }
     Ok(())
 }
@@ -615,7 +623,8 @@ mod tests {
             from: at(from),
             until: at(until),
         };
-        check_locks(&[g(0, 1, 10, 20), g(1, 2, 25, 30), g(0, 3, 31, 40)], &[1, 2, 3]).unwrap();
+        let ok = |ts: &[u64]| ts.iter().map(|t| (*t, true)).collect::<Vec<_>>();
+        check_locks(&[g(0, 1, 10, 20), g(1, 2, 25, 30), g(0, 3, 31, 40)], &ok(&[1, 2, 3])).unwrap();
         assert!(check_locks(&[g(0, 1, 10, 30), g(1, 2, 25, 40)], &[])
             .unwrap_err()
             .contains("overlap"));
@@ -625,10 +634,10 @@ mod tests {
         assert!(check_locks(&[g(0, 9, 10, 20), g(1, 2, 25, 40)], &[])
             .unwrap_err()
             .contains("before"));
-        assert!(check_locks(&[], &[1, 3, 2]).unwrap_err().contains("fenced"));
         let store = FencedStore::default();
         assert!(store.write(3) && store.write(3) && !store.write(2) && store.write(4));
-        assert_eq!(store.accepted(), vec![3, 3, 4]);
+        assert_eq!(store.writes(), vec![(3, true), (3, true), (2, false), (4, true)]);
+        assert!(check_locks(&[], &store.writes()).unwrap_err().contains("refused"));
     }
 
     #[test]

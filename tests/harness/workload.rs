@@ -269,7 +269,7 @@ impl Workload {
             }
         };
         let grants = self.grants.lock().unwrap().clone();
-        if let Err(e) = check_locks(&grants, &self.store.accepted()) {
+        if let Err(e) = check_locks(&grants, &self.store.writes()) {
             problems.push(format!("locks: {e}"));
         }
         let blocks = self.blocks.lock().unwrap().clone();

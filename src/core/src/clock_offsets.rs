@@ -76,7 +76,12 @@ impl ClockOffsets {
         let mut offsets: Vec<i64> = fresh.iter().map(|s| s.offset_ms).collect();
         offsets.sort_unstable();
         let median_offset_ms = offsets.get(offsets.len() / 2).copied().unwrap_or(0);
-        ClockVerdict { known: fresh.len(), far, median_offset_ms, ok: far * 2 <= peers }
+        // Trusted only once measured against enough peers to be a majority with this node,
+        // and not found far from most of them: a node that just started with a bad clock
+        // grants nothing until it knows.
+        let needed = peers.div_ceil(2);
+        let ok = fresh.len() >= needed && far * 2 <= fresh.len();
+        ClockVerdict { known: fresh.len(), far, median_offset_ms, ok }
     }
 }
 
@@ -102,14 +107,18 @@ mod tests {
         // (offsets of the peers in ms, uncertainty, peers in the cluster) -> ok
         let max = 500;
         let cases: &[(&[i64], u64, usize, bool)] = &[
-            (&[], 0, 2, true),               // nothing known yet
+            (&[], 0, 2, false),              // nothing known yet: no leases
+            (&[], 0, 0, true),               // no peers: nothing to compare with
+            (&[10], 1, 2, true),             // one of two peers (the other down) agrees
             (&[10, -20], 1, 2, true),        // all near
             (&[2000, 10], 1, 2, true),       // one peer is off: its problem, not ours
             (&[2000, 2100], 1, 2, false),    // both peers see us far: our clock is off
+            (&[2000], 1, 2, false),          // the only peer we hear sees us far
             (&[-3000, -2900], 1, 2, false),  // far behind counts too
             (&[600, 600], 150, 2, true),     // within the uncertainty of slow round trips
-            (&[800, 900, 5], 1, 4, true),    // two far of four: not most
-            (&[800, 900, 700], 1, 4, false), // three far of four
+            (&[800, 900, 5, 1], 1, 4, true), // two far of four: not most
+            (&[800, 900, 5], 1, 4, false),   // two far of the three we hear
+            (&[5], 1, 4, false),             // one of four: not enough to be a majority
             (&[900], 1, 1, false),           // two nodes: each sees the other far
         ];
         for (offsets, unc, peers, ok) in cases {
@@ -119,7 +128,7 @@ mod tests {
                 let t2 = t0 + 2 * unc;
                 c.record(i as u64 + 2, t0, (t0 as i64 + *unc as i64 + off) as u64, t2);
             }
-            let v = c.verdict(10_100, max, *peers);
+            let v = c.verdict(10_500, max, *peers);
             assert_eq!(v.ok, *ok, "{offsets:?} ±{unc} of {peers}: {v:?}");
         }
     }
@@ -131,6 +140,6 @@ mod tests {
         c.record(3, 0, 5000, 0);
         assert!(!c.verdict(100, 500, 2).ok);
         let later = c.verdict(SAMPLE_TTL_MS + 1, 500, 2);
-        assert!(later.ok && later.known == 0, "{later:?}");
+        assert!(!later.ok && later.known == 0, "stale samples tell nothing: {later:?}");
     }
 }

@@ -8,7 +8,7 @@
 //!    ping      payload: [sender's wall clock ms u64]
 //!    pong      payload: [the ping's clock u64][answerer's wall clock ms u64]
 //!    chunk     payload: a snapshot file chunk ([`Chunk`])
-//!    ack       payload: [partition u64][bytes of the file received u64]
+//!    ack       payload: [partition u64][transfer u64][bytes of the file received u64]
 //! ```
 //! Peer bytes are untrusted input: [`decode`] answers a typed error for anything malformed
 //! and never panics (prost bounds the recursion of a Raft message at 100 levels).
@@ -58,6 +58,7 @@ pub enum PeerFrame {
     SnapChunk(Chunk),
     SnapAck {
         partition: u64,
+        transfer: u64,
         upto: u64,
     },
 }
@@ -116,7 +117,7 @@ pub fn encode(from: u64, f: &PeerFrame, out: &mut Vec<u8>) {
         PeerFrame::ClockPing { sent_ms } => words(&[*sent_ms]),
         PeerFrame::ClockPong { sent_ms, remote_ms } => words(&[*sent_ms, *remote_ms]),
         PeerFrame::SnapChunk(chunk) => chunk.encode_into(out),
-        PeerFrame::SnapAck { partition, upto } => words(&[*partition, *upto]),
+        PeerFrame::SnapAck { partition, transfer, upto } => words(&[*partition, *transfer, *upto]),
     }
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -166,7 +167,8 @@ pub fn decode(f: &[u8]) -> Result<(u64, PeerFrame), PeerFrameError> {
         ),
         KIND_SNAP_ACK => PeerFrame::SnapAck {
             partition: u64_at(body, 0).ok_or_else(short)?,
-            upto: u64_at(body, 8).ok_or_else(short)?,
+            transfer: u64_at(body, 8).ok_or_else(short)?,
+            upto: u64_at(body, 16).ok_or_else(short)?,
         },
         other => return Err(PeerFrameError::Kind(other)),
     };
@@ -190,13 +192,14 @@ mod tests {
             PeerFrame::ClockPong { sent_ms: 11, remote_ms: 12 },
             PeerFrame::SnapChunk(Chunk {
                 partition: 1,
+                transfer: 6,
                 index: 2,
                 term: 3,
                 total: 4,
                 offset: 1,
                 data: vec![7, 7],
             }),
-            PeerFrame::SnapAck { partition: 1, upto: 4 },
+            PeerFrame::SnapAck { partition: 1, transfer: 6, upto: 4 },
         ];
         let mut out = Vec::new();
         for f in &frames {

@@ -202,10 +202,13 @@ pub fn decode_file(b: &[u8]) -> Result<(Header, Vec<Pair>), SnapshotFormatError>
 }
 
 /// One chunk of a snapshot file on the peer link:
-/// `[partition u64][index u64][term u64][total bytes u64][offset u64][data]`.
+/// `[partition u64][transfer u64][index u64][term u64][total bytes u64][offset u64][data]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chunk {
     pub partition: u64,
+    /// Names one attempt to send one file; acknowledgements carry it back, so a late one from
+    /// an abandoned attempt is never taken for the current one's.
+    pub transfer: u64,
     pub index: u64,
     pub term: u64,
     pub total: u64,
@@ -214,10 +217,10 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    pub const HEADER_BYTES: usize = 40;
+    pub const HEADER_BYTES: usize = 48;
 
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        for n in [self.partition, self.index, self.term, self.total, self.offset] {
+        for n in [self.partition, self.transfer, self.index, self.term, self.total, self.offset] {
             out.extend_from_slice(&n.to_le_bytes());
         }
         out.extend_from_slice(&self.data);
@@ -230,10 +233,11 @@ impl Chunk {
         let word = |i: usize| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().unwrap());
         let c = Chunk {
             partition: word(0),
-            index: word(1),
-            term: word(2),
-            total: word(3),
-            offset: word(4),
+            transfer: word(1),
+            index: word(2),
+            term: word(3),
+            total: word(4),
+            offset: word(5),
             data: b[Self::HEADER_BYTES..].to_vec(),
         };
         let end = c.offset.checked_add(c.data.len() as u64).ok_or_else(|| bad("chunk offset"))?;
@@ -268,7 +272,15 @@ mod tests {
         assert_eq!(pairs.len(), 3);
         let d = Descriptor { partition: 3, index: 90, term: 2, bytes: f.len() as u64, crc: 7 };
         assert_eq!(Descriptor::decode(&d.encode()).unwrap(), d);
-        let c = Chunk { partition: 3, index: 90, term: 2, total: 10, offset: 4, data: vec![1; 6] };
+        let c = Chunk {
+            partition: 3,
+            transfer: 8,
+            index: 90,
+            term: 2,
+            total: 10,
+            offset: 4,
+            data: vec![1; 6],
+        };
         let mut out = Vec::new();
         c.encode_into(&mut out);
         assert_eq!(Chunk::decode(&out).unwrap(), c);
@@ -304,10 +316,18 @@ mod tests {
         assert!(Descriptor::decode(&[0; 40]).is_err());
         assert!(Descriptor::decode(b"KSND").is_err());
         let mut c = Vec::new();
-        Chunk { partition: 1, index: 1, term: 1, total: 4, offset: 2, data: vec![0; 3] }
-            .encode_into(&mut c);
+        Chunk {
+            partition: 1,
+            transfer: 1,
+            index: 1,
+            term: 1,
+            total: 4,
+            offset: 2,
+            data: vec![0; 3],
+        }
+        .encode_into(&mut c);
         assert!(Chunk::decode(&c).is_err(), "past the end");
-        let mut c = vec![0u8; 32];
+        let mut c = vec![0u8; 40];
         c.extend_from_slice(&u64::MAX.to_le_bytes());
         c.push(1);
         assert!(Chunk::decode(&c).is_err(), "offset overflow");

@@ -48,7 +48,7 @@ fn main() {
     let msg = raft::eraftpb::Message { to: 2, from: 1, term: 3, index: 7, ..Default::default() };
     encode(1, &PeerFrame::Raft { partition: 1, msg: Box::new(msg) }, &mut peer);
     encode(1, &PeerFrame::ClockPong { sent_ms: 1, remote_ms: 2 }, &mut peer);
-    encode(1, &PeerFrame::SnapAck { partition: 1, upto: 2 }, &mut peer);
+    encode(1, &PeerFrame::SnapAck { partition: 1, transfer: 3, upto: 2 }, &mut peer);
     write(dir, "peer_frame", "raft-clock-ack", &peer);
 
     let rec = WalRecord {
@@ -70,7 +70,7 @@ fn main() {
     let d = Descriptor { partition: 1, index: 9, term: 2, bytes: file.len() as u64, crc: 7 };
     write(dir, "snapshot_chunk", "descriptor", &d.encode());
     let mut chunk = Vec::new();
-    Chunk { partition: 1, index: 9, term: 2, total: 10, offset: 0, data: vec![1; 10] }
+    Chunk { partition: 1, transfer: 3, index: 9, term: 2, total: 10, offset: 0, data: vec![1; 10] }
         .encode_into(&mut chunk);
     write(dir, "snapshot_chunk", "chunk", &chunk);
 }

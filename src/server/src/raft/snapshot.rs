@@ -43,18 +43,25 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct Snapshots {
     dir: PathBuf,
-    /// Transfers being sent, by (partition, follower): where their acknowledgements go.
-    sending: HashMap<(u64, u64), LocalSender<u64>>,
+    /// Transfers being sent, by (partition, follower): their id, and where their
+    /// acknowledgements go.
+    sending: HashMap<(u64, u64), (u64, LocalSender<u64>)>,
+    /// The id of the next transfer this shard sends (random high bits: unique across restarts).
+    next_transfer: u64,
     /// Transfers being received, by partition.
     receiving: HashMap<u64, Receiving>,
     /// Complete, checked files, by partition, waiting for their MsgSnapshot.
     staged: HashMap<u64, (Descriptor, PathBuf)>,
+    /// Files whose MsgSnapshot was stepped, waiting for the Ready that installs them: a newer
+    /// transfer that completes meanwhile goes to `staged` and never replaces these.
+    accepted: HashMap<u64, (Descriptor, PathBuf)>,
     /// Names each received file apart, so an abandoned transfer never writes into a new one.
     received: u64,
 }
 
 struct Receiving {
     from: u64,
+    transfer: u64,
     index: u64,
     term: u64,
     total: u64,
@@ -68,7 +75,9 @@ impl Snapshots {
     pub fn new(dir: PathBuf) -> std::io::Result<Snapshots> {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        Ok(Snapshots { dir, ..Default::default() })
+        use std::hash::{BuildHasher, Hasher};
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        Ok(Snapshots { dir, next_transfer: random << 20, ..Default::default() })
     }
 
     pub fn dir(&self) -> &Path {
@@ -116,7 +125,7 @@ pub fn send(shard: &Rc<Shard>, partition: u64, msg: Message) {
     let to = msg.to;
     let key = (partition, to);
     let (tx, rx) = local_channel::new_bounded((WINDOW * 2) as usize);
-    {
+    let transfer = {
         let mut s = shard.snapshots.borrow_mut();
         if s.sending.contains_key(&key) {
             return; // one transfer at a time to a follower; that one reports
@@ -132,11 +141,16 @@ pub fn send(shard: &Rc<Shard>, partition: u64, msg: Message) {
             .detach();
             return;
         }
-        s.sending.insert(key, tx);
-    }
+        s.next_transfer += 1;
+        let transfer = s.next_transfer;
+        s.sending.insert(key, (transfer, tx));
+        transfer
+    };
     let shard = shard.clone();
     glommio::spawn_local(async move {
-        let sent = stream(&shard, partition, &msg, &rx).await;
+        // Spawned while the ready loop holds the partitions: let it go first.
+        futures_lite::future::yield_now().await;
+        let sent = stream(&shard, partition, transfer, &msg, &rx).await;
         shard.snapshots.borrow_mut().sending.remove(&key);
         match sent {
             Ok(bytes) => {
@@ -158,6 +172,7 @@ pub fn send(shard: &Rc<Shard>, partition: u64, msg: Message) {
 async fn stream(
     shard: &Rc<Shard>,
     partition: u64,
+    transfer: u64,
     msg: &Message,
     acks: &local_channel::LocalReceiver<u64>,
 ) -> Result<u64, String> {
@@ -186,6 +201,7 @@ async fn stream(
             file = f;
             let chunk = Chunk {
                 partition,
+                transfer,
                 index: desc.index,
                 term: desc.term,
                 total: desc.bytes,
@@ -198,7 +214,8 @@ async fn stream(
             offset += len as u64;
         }
         match with_deadline(std::time::Instant::now() + ACK_TIMEOUT, acks.recv()).await {
-            Some(Some(upto)) => acked = acked.max(upto),
+            // Never more than was sent: an acknowledgement is a peer's word.
+            Some(Some(upto)) => acked = acked.max(upto.min(offset)),
             Some(None) => return Err("transfer abandoned".into()),
             None => return Err(format!("no acknowledgement in {ACK_TIMEOUT:?} at byte {acked}")),
         }
@@ -206,10 +223,12 @@ async fn stream(
     Ok(desc.bytes)
 }
 
-/// Leader: the follower has the file up to `upto`.
-pub fn on_ack(shard: &Shard, from: u64, partition: u64, upto: u64) {
-    if let Some(tx) = shard.snapshots.borrow().sending.get(&(partition, from)) {
-        let _ = tx.try_send(upto);
+/// Leader: the follower has the file of `transfer` up to `upto`.
+pub fn on_ack(shard: &Shard, from: u64, partition: u64, transfer: u64, upto: u64) {
+    if let Some((t, tx)) = shard.snapshots.borrow().sending.get(&(partition, from)) {
+        if *t == transfer {
+            let _ = tx.try_send(upto);
+        }
     }
 }
 
@@ -228,6 +247,7 @@ pub fn on_chunk(shard: &Rc<Shard>, from: u64, chunk: Chunk) {
             pid,
             Receiving {
                 from,
+                transfer: chunk.transfer,
                 index: chunk.index,
                 term: chunk.term,
                 total: chunk.total,
@@ -240,8 +260,8 @@ pub fn on_chunk(shard: &Rc<Shard>, from: u64, chunk: Chunk) {
         glommio::spawn_local(receive(shard.clone(), from, pid, path, rx)).detach();
     }
     let Some(r) = s.receiving.get_mut(&pid) else { return };
-    let continues = (r.from, r.index, r.term, r.total, r.next)
-        == (from, chunk.index, chunk.term, chunk.total, chunk.offset);
+    let continues = (r.from, r.transfer, r.index, r.term, r.total, r.next)
+        == (from, chunk.transfer, chunk.index, chunk.term, chunk.total, chunk.offset);
     if !continues {
         return;
     }
@@ -287,7 +307,8 @@ async fn receive(
             Err(e) => crate::fatal::storage("writing a snapshot file", e),
         };
         if let Some(peers) = &shard.peers {
-            peers.send(from, PeerOut::SnapAck { partition: pid, upto: end });
+            let transfer = chunk.transfer;
+            peers.send(from, PeerOut::SnapAck { partition: pid, transfer, upto: end });
         }
         if done {
             let desc = Descriptor {
@@ -324,25 +345,31 @@ pub fn accept(shard: &Shard, partition: u64, msg: &Message) -> bool {
     }
     let Ok(desc) = Descriptor::decode(&msg.get_snapshot().data) else { return false };
     let meta = msg.get_snapshot().get_metadata();
-    let staged = shard.snapshots.borrow().staged.get(&partition).map(|(d, _)| *d);
-    desc.partition == partition
+    let mut s = shard.snapshots.borrow_mut();
+    let matches = desc.partition == partition
         && (meta.index, meta.term) == (desc.index, desc.term)
-        && staged == Some(desc)
+        && s.staged.get(&partition).map(|(d, _)| *d) == Some(desc);
+    if matches {
+        // From here the file belongs to this message: a later transfer cannot replace it.
+        let (d, path) = s.staged.remove(&partition).expect("a staged file");
+        if let Some((_, old)) = s.accepted.insert(partition, (d, path.clone())) {
+            if old != path {
+                let _ = std::fs::remove_file(old);
+            }
+        }
+    }
+    matches
 }
 
 /// The install of a snapshot a Ready carried, running on a blocking thread.
 pub type Installed = Rc<RefCell<Option<Result<(), StorageError>>>>;
 
-/// A `Ready` that carried a snapshot, held while the snapshot installs: its entries, hard state
-/// and answers count only once the state they follow is in RocksDB.
+/// A `Ready` that carried a snapshot, held while the snapshot installs: its WAL record and
+/// answers count only once the state they follow is in RocksDB.
 pub struct PendingInstall {
     pub index: u64,
-    pub term: u64,
-    pub conf_state: raft::eraftpb::ConfState,
     pub number: u64,
     pub record: Option<crate::storage::wal::WalRecord>,
-    pub entries: Vec<raft::eraftpb::Entry>,
-    pub hard_state: Option<raft::eraftpb::HardState>,
     pub after_sync: Vec<Message>,
     pub committed: Vec<raft::eraftpb::Entry>,
     pub state: ApplyState,
@@ -357,10 +384,11 @@ pub fn install(
     state: ApplyState,
 ) -> Installed {
     let done: Installed = Rc::default();
-    let staged = shard.snapshots.borrow_mut().staged.remove(&partition);
-    let Some((desc, path)) = staged.filter(|(d, _)| d.index == state.applied_index) else {
+    let accepted = shard.snapshots.borrow_mut().accepted.remove(&partition);
+    let exact = |d: &Descriptor| (d.index, d.term) == (state.applied_index, state.applied_term);
+    let Some((desc, path)) = accepted.filter(|(d, _)| exact(d)) else {
         *done.borrow_mut() = Some(Err(StorageError::Snapshot(format!(
-            "partition {partition}: no staged file for the snapshot at {}",
+            "partition {partition}: no accepted file for the snapshot at {}",
             state.applied_index
         ))));
         return done;

@@ -112,7 +112,8 @@ pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
                 Err(e) => log::warn!("shard {}: releasing WAL segments: {e}", shard.id),
             }
         }
-        if !flushing && wal.sealed_segments() >= 2 {
+        // No flush while the disk is full: it would need space too, and fail (fatally).
+        if !flushing && wal.sealed_segments() >= 2 && !shard.disk_full.get() {
             flushing = true;
             start_flush(&shard, flushed.clone());
         }
@@ -153,9 +154,12 @@ fn on_tick(shard: &Shard) {
         })
     };
     let heard_from = |n: u64| heard.get(&n).is_some_and(|t| now.duration_since(*t) < alive_within);
-    let step_down = !shard.clock_verdict().ok;
-    // Stepping down, every other clock looks far from ours: any live replica will do.
-    let alive = |n: u64| heard_from(n) && (step_down || clock_near(n));
+    // A leader that may not time leases (its clock is off), or cannot write its log (its disk
+    // is full: it would commit but never apply, so reads would wait on it), hands over.
+    let clock_off = !shard.clock_verdict().ok;
+    let step_down = clock_off || shard.disk_full.get();
+    // With our own clock off, every other clock looks far from ours: any live replica will do.
+    let alive = |n: u64| heard_from(n) && (clock_off || clock_near(n));
     let hold = if step_down { STEP_DOWN_HOLD } else { hold };
     let collect = shard.ticks.get().is_multiple_of(COLLECT_EVERY_TICKS);
     if collect {
@@ -170,8 +174,11 @@ fn on_tick(shard: &Shard) {
         }
         if shard.peers.is_some() && !hold.is_zero() {
             if let Some(to) = p.rebalance(shard.node_id, now, hold, alive, step_down) {
-                let why =
-                    if step_down { "this node's clock is off" } else { "its preferred leader" };
+                let why = match (clock_off, step_down) {
+                    (true, _) => "this node's clock is off",
+                    (false, true) => "this node's disk is full",
+                    _ => "its preferred leader",
+                };
                 log::info!("partition {pid}: handing leadership to node {to} ({why})");
             }
         }
@@ -270,7 +277,7 @@ async fn turn(shard: &Rc<Shard>, wal: &mut Wal, held: &mut Held) {
     // A batch a full disk refused comes first: its records precede everything collected now.
     let mut batch = held.unsynced.take().unwrap_or_default();
     finish_installs(shard, &mut batch);
-    if batch.bytes < MAX_UNSYNCED_BYTES {
+    if batch.bytes < MAX_UNSYNCED_BYTES && batch.records.len() < MAX_UNSYNCED_RECORDS {
         collect_readies(shard, &mut batch);
     }
     // Tests hold committed entries back (`defer_apply`), as a slow apply would: reads must
@@ -287,8 +294,15 @@ async fn turn(shard: &Rc<Shard>, wal: &mut Wal, held: &mut Held) {
         apply(shard, committed);
         return;
     }
+    if held.retry_at.is_some_and(|at| Instant::now() < at) {
+        // The disk was full a moment ago: not yet time to try again.
+        apply(shard, committed);
+        held.unsynced = Some(batch);
+        return;
+    }
     match persist_and_apply(shard, wal, &batch.records, committed).await {
         Ok(()) => {
+            held.retry_at = None;
             if shard.disk_full.replace(false) {
                 log::warn!("shard {}: the WAL is written again; taking writes", shard.id);
             }
@@ -304,6 +318,7 @@ async fn turn(shard: &Rc<Shard>, wal: &mut Wal, held: &mut Held) {
                 );
             }
             held.unsynced = Some(batch);
+            held.retry_at = Some(Instant::now() + NO_SPACE_RETRY);
             let kick = shard.clone();
             glommio::spawn_local(async move {
                 glommio::timer::sleep(NO_SPACE_RETRY).await;
@@ -322,6 +337,8 @@ pub struct Held {
     unsynced: Option<Batch>,
     /// Committed entries held back by the `defer_apply` failpoint.
     deferred: Vec<(u64, Vec<Entry>)>,
+    /// When to try a refused batch again.
+    retry_at: Option<Instant>,
 }
 
 /// How often a batch a full disk refused is tried again.
@@ -329,6 +346,8 @@ const NO_SPACE_RETRY: Duration = Duration::from_millis(200);
 /// Entry bytes a refused batch may grow to while the disk is full; then no more Readys are
 /// taken (raft-rs keeps what comes meanwhile, within its own bounds).
 const MAX_UNSYNCED_BYTES: usize = 64 << 20;
+/// The same bound in records (hard-state changes carry no entry bytes).
+const MAX_UNSYNCED_RECORDS: usize = 16_384;
 
 fn is_no_space(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
@@ -344,8 +363,8 @@ fn record_of(partition: u64, rd: &raft::Ready) -> Option<WalRecord> {
     })
 }
 
-/// Snapshot installs that finished since the last turn: the log store restarts at the
-/// snapshot, and the `Ready` that carried it (its entries, hard state and answers) goes into
+/// Snapshot installs that finished since the last turn: the partition's state is the
+/// snapshot's, and the `Ready` that carried it (its entries, hard state and answers) goes into
 /// this turn's batch as if it had just been collected.
 fn finish_installs(shard: &Shard, batch: &mut Batch) {
     let mut parts = shard.parts.borrow_mut();
@@ -356,12 +375,6 @@ fn finish_installs(shard: &Shard, batch: &mut Batch) {
             fatal("installing a snapshot", e);
         }
         let inst = p.installing.take().expect("an install in flight");
-        let store = p.node.mut_store();
-        store.install_snapshot(inst.index, inst.term, inst.conf_state);
-        store.append(&inst.entries);
-        if let Some(hs) = inst.hard_state {
-            store.hard_state = hs;
-        }
         p.applied = inst.state;
         batch.records.extend(inst.record);
         batch.handed.push(Handed {
@@ -408,14 +421,18 @@ fn collect_readies(shard: &Rc<Shard>, batch: &mut Batch) {
                 applied_term: meta.term,
                 applied_hlc: shard.hlc.borrow().last().0,
             };
+            // raft-rs reads the log from storage from `advance_append_async` on: the log (not
+            // the state machine, which the install brings) restarts at the snapshot now.
+            let store = p.node.mut_store();
+            store.install_snapshot(meta.index, meta.term, meta.get_conf_state().clone());
+            store.append(rd.entries());
+            if let Some(hs) = rd.hs() {
+                store.hard_state = hs.clone();
+            }
             p.installing = Some(snapshot::PendingInstall {
                 index: meta.index,
-                term: meta.term,
-                conf_state: meta.get_conf_state().clone(),
                 number: rd.number(),
                 record: record_of(*pid, &rd),
-                entries: rd.entries().to_vec(),
-                hard_state: rd.hs().cloned(),
                 after_sync: rd.take_persisted_messages(),
                 committed: rd.take_committed_entries(),
                 state,

@@ -97,6 +97,14 @@ fn overloaded(what: &str) -> WireError {
 /// How long a forwarded read waits for its answer before it is answered UNAVAILABLE (retryable).
 const FORWARDED_READ_WAIT: Duration = Duration::from_millis(1500);
 
+/// A random number for this process, different on every start.
+fn process_epoch() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish() & 0xffff_ffff
+}
+
 fn timeout_error(what: &str) -> WireError {
     WireError::new(ErrorCode::Timeout, format!("deadline passed while {what}"))
 }
@@ -145,7 +153,9 @@ impl Shard {
             connections: Cell::new(0),
             peers,
             forwarded,
-            next_forward: Cell::new(1),
+            // Tokens of different runs differ: an answer to a request this node sent before a
+            // restart must never complete a new request that happens to reuse its number.
+            next_forward: Cell::new(process_epoch() << 32 | 1),
             heard: Default::default(),
             forwarded_count: Cell::new(0),
             serving_forwarded: Cell::new(0),
@@ -434,7 +444,7 @@ impl Shard {
         // A status answer with checksums reads whole ranges: it gets the caller's deadline.
         let is_read = op.is_read() && !matches!(op, Op::ClusterStatus { checksums: true, .. });
         let (tx, rx) = oneshot::channel();
-        self.forwarded.borrow_mut().insert(token, tx);
+        self.forwarded.borrow_mut().insert(token, crate::transport::peer::Waiter { node: to, tx });
         let out =
             PeerOut::Request { token, partition, hops, read: is_read, frame: frame.split_off(4) };
         if !peers.send(to, out) {
@@ -538,9 +548,16 @@ impl Shard {
         }
     }
 
-    /// The answer to a request this shard forwarded.
-    pub fn on_forwarded_response(&self, token: u64, frame: &[u8]) {
-        let Some(tx) = self.forwarded.borrow_mut().remove(&token) else { return };
+    /// The answer to a request this shard forwarded to node `from`.
+    pub fn on_forwarded_response(&self, from: u64, token: u64, frame: &[u8]) {
+        let mut waiting = self.forwarded.borrow_mut();
+        if waiting.get(&token).is_none_or(|w| w.node != from) {
+            return; // not ours: another node's, or from before a restart
+        }
+        let Some(crate::transport::peer::Waiter { tx, .. }) = waiting.remove(&token) else {
+            return;
+        };
+        drop(waiting);
         let answer = match frame.get(4..).map(decode_response) {
             Some(Ok((_, result, hint))) => (result, hint),
             _ => (Err(WireError::new(ErrorCode::Internal, "malformed forwarded answer")), 0),

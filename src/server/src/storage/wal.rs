@@ -92,6 +92,9 @@ struct Segment {
     path: PathBuf,
     /// The highest entry index each partition wrote into this segment.
     max_index: HashMap<u64, u64>,
+    /// This segment durably holds a checkpoint of every partition's hard state: the segments
+    /// before it hold no hard state that is not repeated here or later.
+    checkpointed: bool,
 }
 
 pub struct Wal {
@@ -150,7 +153,7 @@ async fn create_segment(dir: &Path, id: u64) -> io::Result<(Segment, DmaFile)> {
     // directory is a blocking call: it runs on a blocking thread while the writer waits.
     let d = dir.to_path_buf();
     glommio::executor().spawn_blocking(move || std::fs::File::open(d)?.sync_all()).await?;
-    Ok((Segment { id, path, max_index: HashMap::new() }, file))
+    Ok((Segment { id, path, max_index: HashMap::new(), checkpointed: false }, file))
 }
 
 impl Wal {
@@ -186,31 +189,32 @@ impl Wal {
             let bytes = std::fs::read(&path)?;
             if bytes.iter().all(|b| *b == 0) {
                 // Created, never written (or zero-filled only): nothing to recover or check.
-                sealed.push(Segment { id, path, max_index: HashMap::new() });
+                sealed.push(Segment { id, path, max_index: HashMap::new(), checkpointed: false });
                 continue;
             }
+            // Written data after a torn segment: the log went on past the damage.
+            if let Some((p, at, _)) = torn.take() {
+                return Err(WalError::Damaged {
+                    file: p,
+                    offset: at,
+                    reason: format!("a bad record is followed by data in {}", path.display()),
+                });
+            }
+            // The first segment's sequence comes from its first record, trusted only if that
+            // record checks out (a flipped sequence number must not make the rest look torn).
             let first_seq = match expected_seq {
                 Some(s) => s,
-                None => first_record_seq(&bytes).unwrap_or(0),
+                None => first_record_seq(&bytes)
+                    .filter(|s| !scan_segment(&bytes, *s).0.is_empty())
+                    .unwrap_or(0),
             };
             let (records, valid_end, next) = scan_segment(&bytes, first_seq);
-            if !records.is_empty() {
-                if let Some((p, at, _)) = torn.take() {
-                    return Err(WalError::Damaged {
-                        file: p,
-                        offset: at,
-                        reason: format!(
-                            "a bad record is followed by valid ones in {}",
-                            path.display()
-                        ),
-                    });
-                }
-            }
             // Where the first bad record starts (padding after the last good batch is zeros).
             let bad_at = bytes[valid_end..].iter().position(|b| *b != 0).map(|i| valid_end + i);
             // A valid record after the first bad one (or a segment that skips records) means
-            // the damage is not a torn tail.
-            if let (Some(bad), Some(at)) = (bad_at, later_record(&bytes, valid_end, first_seq)) {
+            // the damage is not a torn tail. The first segment's records may carry any number.
+            let min_seq = if expected_seq.is_some() { first_seq } else { 0 };
+            if let (Some(bad), Some(at)) = (bad_at, later_record(&bytes, valid_end, min_seq)) {
                 return Err(WalError::Damaged {
                     file: path,
                     offset: bad,
@@ -220,7 +224,7 @@ impl Wal {
             if let (Some(bad), None) = (bad_at, &torn) {
                 torn = Some((path.clone(), bad, valid_end));
             }
-            let mut seg = Segment { id, path, max_index: HashMap::new() };
+            let mut seg = Segment { id, path, max_index: HashMap::new(), checkpointed: false };
             for rec in records {
                 let log = logs.entry(rec.partition).or_default();
                 if let Some(last) = rec.entries.last() {
@@ -261,7 +265,8 @@ impl Wal {
             zeroed_to: 0,
             filling: None,
             next_seq: expected_seq.unwrap_or(0),
-            needs_checkpoint: false,
+            // The segment a start opens has no checkpoint yet: its first batch writes one.
+            needs_checkpoint: true,
             bytes_written: 0,
         };
         wal.zero_ahead();
@@ -370,6 +375,9 @@ impl Wal {
             ));
         }
         self.next_seq = seq;
+        if self.needs_checkpoint {
+            self.active.checkpointed = true;
+        }
         self.needs_checkpoint = false;
         for rec in records {
             if let Some(last) = rec.entries.last() {
@@ -407,14 +415,24 @@ impl Wal {
 
     /// Deletes the oldest sealed segments whose every entry is at or below its partition's
     /// flushed applied index. Stops at the first one still needed, so the log stays a suffix.
+    ///
+    /// A segment also goes only once a later one durably holds a checkpoint of every hard
+    /// state: otherwise the only copy of an idle partition's term and vote could go with it.
     pub fn release(&mut self, flushed_applied: &HashMap<u64, u64>) -> io::Result<usize> {
         let mut removed = 0;
+        let checkpoint = self
+            .sealed
+            .iter()
+            .chain(std::iter::once(&self.active))
+            .filter(|s| s.checkpointed)
+            .map(|s| s.id)
+            .max();
         while let Some(seg) = self.sealed.first() {
             let done = seg
                 .max_index
                 .iter()
                 .all(|(p, max)| flushed_applied.get(p).is_some_and(|a| a >= max));
-            if !done {
+            if !done || checkpoint.is_none_or(|c| seg.id >= c) {
                 break;
             }
             std::fs::remove_file(&seg.path)?;

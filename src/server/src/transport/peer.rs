@@ -59,6 +59,7 @@ pub enum PeerOut {
     SnapChunk(Chunk),
     SnapAck {
         partition: u64,
+        transfer: u64,
         upto: u64,
     },
 }
@@ -71,11 +72,18 @@ pub struct PeerLinks {
 
 /// Callers waiting for the answer to a request forwarded to a peer, by token. A request the
 /// link drops before sending is answered `UNAVAILABLE` at once (safe to retry: never sent).
-pub type ForwardWaiters = Rc<RefCell<HashMap<u64, oneshot::Sender<Answer>>>>;
+pub type ForwardWaiters = Rc<RefCell<HashMap<u64, Waiter>>>;
+
+/// A caller waiting for a forwarded request's answer, and the node that must give it: an
+/// answer with this token from any other node is not this request's.
+pub struct Waiter {
+    pub node: u64,
+    pub tx: oneshot::Sender<Answer>,
+}
 
 fn never_sent(waiters: &ForwardWaiters, m: &PeerOut) {
     if let PeerOut::Request { token, .. } = m {
-        if let Some(tx) = waiters.borrow_mut().remove(token) {
+        if let Some(Waiter { tx, .. }) = waiters.borrow_mut().remove(token) {
             let _ = tx.send((
                 Err(WireError::new(ErrorCode::Unavailable, "the leader's node is not reachable")),
                 0,
@@ -146,7 +154,9 @@ fn encode(me: u64, m: PeerOut, out: &mut Vec<u8>) {
         PeerOut::ClockPing { sent_ms } => PeerFrame::ClockPing { sent_ms },
         PeerOut::ClockPong { sent_ms, remote_ms } => PeerFrame::ClockPong { sent_ms, remote_ms },
         PeerOut::SnapChunk(chunk) => PeerFrame::SnapChunk(chunk),
-        PeerOut::SnapAck { partition, upto } => PeerFrame::SnapAck { partition, upto },
+        PeerOut::SnapAck { partition, transfer, upto } => {
+            PeerFrame::SnapAck { partition, transfer, upto }
+        }
     };
     peer_frame::encode(me, &f, out);
 }
@@ -179,7 +189,7 @@ fn peer_closed(fd: i32) -> bool {
 fn lost_in_flight(link: &Link, sent: &mut Vec<(u64, bool)>) {
     let mut waiters = link.waiters.borrow_mut();
     for (token, read) in sent.drain(..) {
-        let Some(tx) = waiters.remove(&token) else { continue };
+        let Some(Waiter { tx, .. }) = waiters.remove(&token) else { continue };
         let err = if read {
             WireError::new(
                 ErrorCode::Unavailable,
@@ -340,7 +350,9 @@ fn dispatch(shard: &Rc<Shard>, from: u64, f: PeerFrame) {
             })
             .detach();
         }
-        PeerFrame::Response { token, response } => shard.on_forwarded_response(token, &response),
+        PeerFrame::Response { token, response } => {
+            shard.on_forwarded_response(from, token, &response)
+        }
         PeerFrame::ClockPing { sent_ms } => {
             if let Some(peers) = &shard.peers {
                 let remote_ms = shard.clock.now_ms();
@@ -351,8 +363,8 @@ fn dispatch(shard: &Rc<Shard>, from: u64, f: PeerFrame) {
             shard.on_clock_pong(from, sent_ms, remote_ms)
         }
         PeerFrame::SnapChunk(chunk) => crate::raft::snapshot::on_chunk(shard, from, chunk),
-        PeerFrame::SnapAck { partition, upto } => {
-            crate::raft::snapshot::on_ack(shard, from, partition, upto)
+        PeerFrame::SnapAck { partition, transfer, upto } => {
+            crate::raft::snapshot::on_ack(shard, from, partition, transfer, upto)
         }
     }
 }
