@@ -600,6 +600,55 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_goes_only_behind_a_durable_checkpoint_and_a_flipped_first_seq_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        run(move || async move {
+            prime_dma_probe(&d).await.unwrap();
+            let (mut wal, _) = Wal::open(&d, 2 * BLOCK as u64).await.unwrap();
+            let hs = |term| {
+                move || {
+                    vec![WalRecord {
+                        partition: 9,
+                        hard_state: Some(HardStateRec { term, vote: 1, commit: 0 }),
+                        entries: vec![],
+                    }]
+                }
+            };
+            for i in 0..4u64 {
+                wal.append(&[rec(1, 1 + i * 30, 30, 0)], hs(3)).await.unwrap();
+            }
+            drop(wal);
+            // A restart: old segments are sealed, the new one has no checkpoint yet. Even with
+            // everything applied, nothing goes: partition 9's hard state lives only in them.
+            let (mut wal, logs) = Wal::open(&d, 2 * BLOCK as u64).await.unwrap();
+            assert_eq!(logs[&9].hard_state.as_ref().unwrap().term, 3);
+            let all: HashMap<u64, u64> = [(1, 1000), (9, 1000)].into_iter().collect();
+            let before = wal.sealed_segments();
+            assert_eq!(wal.release(&all).unwrap(), 0, "released with no checkpoint after them");
+            // The first batch after the start carries the checkpoint: now they may go.
+            wal.append(&[rec(1, 121, 1, 0)], hs(3)).await.unwrap();
+            assert_eq!(wal.release(&all).unwrap(), before);
+            wal.append(&[rec(1, 122, 1, 0)], hs(3)).await.unwrap();
+            drop(wal);
+            let (_, logs) = Wal::open(&d, 2 * BLOCK as u64).await.unwrap();
+            assert_eq!(logs[&9].hard_state.as_ref().unwrap().term, 3, "the hard state survived");
+
+            // A flipped high bit in the first record's sequence number, with a batch after it:
+            // damage, not a torn tail.
+            let mut segs: Vec<_> =
+                std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).collect();
+            segs.retain(|p| std::fs::read(p).unwrap().iter().any(|b| *b != 0));
+            segs.sort();
+            let mut bytes = std::fs::read(&segs[0]).unwrap();
+            bytes[15] ^= 0x80;
+            std::fs::write(&segs[0], &bytes).unwrap();
+            assert!(matches!(Wal::open(&d, 2 * BLOCK as u64).await, Err(WalError::Damaged { .. })));
+            assert_eq!(std::fs::read(&segs[0]).unwrap(), bytes, "nothing was cut");
+        });
+    }
+
+    #[test]
     fn segments_roll_with_a_checkpoint_and_release_once_applied() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
