@@ -30,7 +30,7 @@ use raft::eraftpb::{Message, MessageType};
 
 use crate::shard::{with_deadline, Shard};
 use crate::storage::state::{ApplyState, StateDb, StorageError};
-use crate::transport::peer::PeerOut;
+use kahuna_core::peer_frame::PeerFrame;
 
 /// Chunks of one transfer sent and not yet acknowledged.
 pub const WINDOW: u64 = 4;
@@ -155,7 +155,7 @@ pub fn send(shard: &Rc<Shard>, partition: u64, msg: Message) {
         match sent {
             Ok(bytes) => {
                 if let Some(peers) = &shard.peers {
-                    peers.send(to, PeerOut::Raft { partition, msg: Box::new(msg) });
+                    peers.send(to, PeerFrame::Raft { partition, msg: Box::new(msg) });
                 }
                 log::info!("partition {partition}: sent a snapshot ({bytes} bytes) to node {to}");
                 report(&shard, partition, to, raft::SnapshotStatus::Finish);
@@ -208,7 +208,7 @@ async fn stream(
                 offset,
                 data,
             };
-            if !peers.send(to, PeerOut::SnapChunk(chunk)) {
+            if !peers.send(to, PeerFrame::SnapChunk(chunk)) {
                 return Err("the peer link is down or full".into());
             }
             offset += len as u64;
@@ -308,7 +308,7 @@ async fn receive(
         };
         if let Some(peers) = &shard.peers {
             let transfer = chunk.transfer;
-            peers.send(from, PeerOut::SnapAck { partition: pid, transfer, upto: end });
+            peers.send(from, PeerFrame::SnapAck { partition: pid, transfer, upto: end });
         }
         if done {
             let desc = Descriptor {

@@ -29,6 +29,7 @@ use super::Shard;
 use crate::raft::snapshot;
 use crate::storage::state::ApplyState;
 use crate::storage::wal::{EntryRec, HardStateRec, Wal, WalRecord};
+use kahuna_core::peer_frame::PeerFrame;
 
 /// Entries kept in memory behind the applied index (for followers that lag a little).
 const LOG_TAIL: u64 = 256;
@@ -71,7 +72,7 @@ fn send_messages(shard: &Rc<Shard>, partition: u64, msgs: Vec<raft::eraftpb::Mes
             continue;
         }
         // A dropped message is retransmitted by Raft (heartbeats, append retries).
-        peers.send(msg.to, crate::transport::peer::PeerOut::Raft { partition, msg: Box::new(msg) });
+        peers.send(msg.to, PeerFrame::Raft { partition, msg: Box::new(msg) });
     }
 }
 

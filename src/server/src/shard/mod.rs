@@ -32,8 +32,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::NodeConfig;
 use crate::raft::partition::Partition;
 use crate::storage::state::StateDb;
-use crate::transport::peer::{PeerLinks, PeerOut};
+use crate::transport::peer::PeerLinks;
 use futures_channel::oneshot;
+use kahuna_core::peer_frame::PeerFrame;
 use kahuna_protocol::{decode_request, decode_response, encode_request, encode_response};
 
 /// An answer and the leader hint that goes with it.
@@ -235,7 +236,7 @@ impl Shard {
         let Some(peers) = &self.peers else { return };
         let sent_ms = self.clock.now_ms();
         for id in peers.peer_ids().collect::<Vec<_>>() {
-            peers.send(id, PeerOut::ClockPing { sent_ms });
+            peers.send(id, PeerFrame::ClockPing { sent_ms });
         }
     }
 
@@ -444,9 +445,10 @@ impl Shard {
         // A status answer with checksums reads whole ranges: it gets the caller's deadline.
         let is_read = op.is_read() && !matches!(op, Op::ClusterStatus { checksums: true, .. });
         let (tx, rx) = oneshot::channel();
-        self.forwarded.borrow_mut().insert(token, crate::transport::peer::Waiter { node: to, tx });
-        let out =
-            PeerOut::Request { token, partition, hops, read: is_read, frame: frame.split_off(4) };
+        self.forwarded
+            .borrow_mut()
+            .insert(token, crate::transport::peer::Waiter { node: to, read: is_read, tx });
+        let out = PeerFrame::Request { token, partition, hops, request: frame.split_off(4) };
         if !peers.send(to, out) {
             self.forwarded.borrow_mut().remove(&token);
             return (
@@ -544,7 +546,7 @@ impl Shard {
         let mut out = Vec::new();
         encode_response(&mut fbb, token, &result, hint, &mut out);
         if let Some(peers) = &self.peers {
-            peers.send(from, PeerOut::Response { token, frame: out });
+            peers.send(from, PeerFrame::Response { token, response: out });
         }
     }
 
@@ -582,7 +584,7 @@ impl Shard {
             None => None,
         };
         if let (Some(r), Some(peers)) = (reply, &self.peers) {
-            peers.send(r.to, PeerOut::Raft { partition, msg: Box::new(r) });
+            peers.send(r.to, PeerFrame::Raft { partition, msg: Box::new(r) });
         }
         self.kick();
     }

@@ -18,55 +18,19 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
-use raft::eraftpb::Message;
 
 use crate::clock::Clock;
 use crate::shard::{Answer, Shard};
 use futures_channel::oneshot;
 use kahuna_core::peer_frame::{self, PeerFrame};
-use kahuna_core::snapshot_format::Chunk;
 use kahuna_protocol::{ErrorCode, WireError};
 
 /// Messages queued toward one peer before new ones are dropped.
 const PEER_QUEUE: usize = 8192;
 
-pub enum PeerOut {
-    Raft {
-        partition: u64,
-        msg: Box<Message>,
-    },
-    /// `read`: safe to send again (not on the wire; decides how a lost link answers it).
-    Request {
-        token: u64,
-        partition: u64,
-        hops: u8,
-        read: bool,
-        frame: Vec<u8>,
-    },
-    Response {
-        token: u64,
-        frame: Vec<u8>,
-    },
-    /// Asks the peer for its clock (see `kahuna_core::clock_offsets`).
-    ClockPing {
-        sent_ms: u64,
-    },
-    ClockPong {
-        sent_ms: u64,
-        remote_ms: u64,
-    },
-    /// A piece of a snapshot file (see `raft::snapshot`).
-    SnapChunk(Chunk),
-    SnapAck {
-        partition: u64,
-        transfer: u64,
-        upto: u64,
-    },
-}
-
 /// This shard's outgoing links, one bounded queue and sender task per remote node.
 pub struct PeerLinks {
-    queues: BTreeMap<u64, (LocalSender<PeerOut>, Rc<Cell<bool>>)>,
+    queues: BTreeMap<u64, (LocalSender<PeerFrame>, Rc<Cell<bool>>)>,
     waiters: ForwardWaiters,
 }
 
@@ -78,11 +42,13 @@ pub type ForwardWaiters = Rc<RefCell<HashMap<u64, Waiter>>>;
 /// answer with this token from any other node is not this request's.
 pub struct Waiter {
     pub node: u64,
+    /// A read: safe to send again, so a lost link answers it UNAVAILABLE (a write: TIMEOUT).
+    pub read: bool,
     pub tx: oneshot::Sender<Answer>,
 }
 
-fn never_sent(waiters: &ForwardWaiters, m: &PeerOut) {
-    if let PeerOut::Request { token, .. } = m {
+fn never_sent(waiters: &ForwardWaiters, m: &PeerFrame) {
+    if let PeerFrame::Request { token, .. } = m {
         if let Some(Waiter { tx, .. }) = waiters.borrow_mut().remove(token) {
             let _ = tx.send((
                 Err(WireError::new(ErrorCode::Unavailable, "the leader's node is not reachable")),
@@ -133,32 +99,15 @@ impl PeerLinks {
     /// Queues `m` for node `to`; false when it was dropped (unknown node or full queue). A
     /// forwarded request is refused at once while the peer is unreachable, so its caller can
     /// retry elsewhere knowing it was never sent.
-    pub fn send(&self, to: u64, m: PeerOut) -> bool {
+    pub fn send(&self, to: u64, m: PeerFrame) -> bool {
         match self.queues.get(&to) {
-            Some((_, connected)) if !connected.get() && matches!(m, PeerOut::Request { .. }) => {
+            Some((_, connected)) if !connected.get() && matches!(m, PeerFrame::Request { .. }) => {
                 false
             }
             Some((q, _)) => q.try_send(m).is_ok(),
             None => false,
         }
     }
-}
-
-fn encode(me: u64, m: PeerOut, out: &mut Vec<u8>) {
-    let f = match m {
-        PeerOut::Raft { partition, msg } => PeerFrame::Raft { partition, msg },
-        PeerOut::Request { token, partition, hops, frame, .. } => {
-            PeerFrame::Request { token, partition, hops, request: frame }
-        }
-        PeerOut::Response { token, frame } => PeerFrame::Response { token, response: frame },
-        PeerOut::ClockPing { sent_ms } => PeerFrame::ClockPing { sent_ms },
-        PeerOut::ClockPong { sent_ms, remote_ms } => PeerFrame::ClockPong { sent_ms, remote_ms },
-        PeerOut::SnapChunk(chunk) => PeerFrame::SnapChunk(chunk),
-        PeerOut::SnapAck { partition, transfer, upto } => {
-            PeerFrame::SnapAck { partition, transfer, upto }
-        }
-    };
-    peer_frame::encode(me, &f, out);
 }
 
 struct Link {
@@ -168,7 +117,7 @@ struct Link {
     waiters: ForwardWaiters,
 }
 
-async fn drain(link: &Link, rx: &LocalReceiver<PeerOut>) {
+async fn drain(link: &Link, rx: &LocalReceiver<PeerFrame>) {
     while let Some(Some(m)) = futures_lite::future::poll_once(rx.recv()).await {
         never_sent(&link.waiters, &m);
     }
@@ -186,10 +135,10 @@ fn peer_closed(fd: i32) -> bool {
 /// The connection that carried forwarded requests is gone: their answers will never come back
 /// on it. A read is answered UNAVAILABLE (retry it); a write TIMEOUT, since the peer may have
 /// carried it out before it went away.
-fn lost_in_flight(link: &Link, sent: &mut Vec<(u64, bool)>) {
+fn lost_in_flight(link: &Link, sent: &mut Vec<u64>) {
     let mut waiters = link.waiters.borrow_mut();
-    for (token, read) in sent.drain(..) {
-        let Some(Waiter { tx, .. }) = waiters.remove(&token) else { continue };
+    for token in sent.drain(..) {
+        let Some(Waiter { tx, read, .. }) = waiters.remove(&token) else { continue };
         let err = if read {
             WireError::new(
                 ErrorCode::Unavailable,
@@ -209,7 +158,7 @@ fn lost_in_flight(link: &Link, sent: &mut Vec<(u64, bool)>) {
 /// ones when it grows, so it stays bounded by the requests actually waiting.
 const SENT_PRUNE_AT: usize = 4096;
 
-async fn sender_loop(link: Link, rx: LocalReceiver<PeerOut>) {
+async fn sender_loop(link: Link, rx: LocalReceiver<PeerFrame>) {
     let mut backoff = Duration::from_millis(20);
     loop {
         let connected = TcpStream::connect(link.addr).await.and_then(|s| {
@@ -239,7 +188,7 @@ async fn sender_loop(link: Link, rx: LocalReceiver<PeerOut>) {
         let fd = stream.as_raw_fd();
         let mut out = Vec::with_capacity(64 << 10);
         let mut batch = Vec::new();
-        let mut sent: Vec<(u64, bool)> = Vec::new();
+        let mut sent: Vec<u64> = Vec::new();
         let mut prune_at = SENT_PRUNE_AT;
         loop {
             let Some(first) = rx.recv().await else { return };
@@ -268,15 +217,15 @@ async fn sender_loop(link: Link, rx: LocalReceiver<PeerOut>) {
             }
             if sent.len() >= prune_at {
                 let waiters = link.waiters.borrow();
-                sent.retain(|(t, _)| waiters.contains_key(t));
+                sent.retain(|t| waiters.contains_key(t));
                 // Amortised: many requests still waiting must not make every batch rescan them.
                 prune_at = SENT_PRUNE_AT.max(sent.len() * 2);
             }
             for m in batch.drain(..) {
-                if let PeerOut::Request { token, read, .. } = &m {
-                    sent.push((*token, *read));
+                if let PeerFrame::Request { token, .. } = &m {
+                    sent.push(*token);
                 }
-                encode(link.me, m, &mut out);
+                peer_frame::encode(link.me, &m, &mut out);
             }
             if let Err(e) = stream.write_all(&out).await {
                 log::info!("peer link to {} failed: {e}", link.addr);
@@ -356,7 +305,7 @@ fn dispatch(shard: &Rc<Shard>, from: u64, f: PeerFrame) {
         PeerFrame::ClockPing { sent_ms } => {
             if let Some(peers) = &shard.peers {
                 let remote_ms = shard.clock.now_ms();
-                peers.send(from, PeerOut::ClockPong { sent_ms, remote_ms });
+                peers.send(from, PeerFrame::ClockPong { sent_ms, remote_ms });
             }
         }
         PeerFrame::ClockPong { sent_ms, remote_ms } => {
@@ -366,20 +315,5 @@ fn dispatch(shard: &Rc<Shard>, from: u64, f: PeerFrame) {
         PeerFrame::SnapAck { partition, transfer, upto } => {
             crate::raft::snapshot::on_ack(shard, from, partition, transfer, upto)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outgoing_messages_become_peer_frames() {
-        let mut out = Vec::new();
-        let msg = Message { to: 2, term: 7, ..Default::default() };
-        encode(1, PeerOut::Raft { partition: 9, msg: Box::new(msg.clone()) }, &mut out);
-        let len = peer_frame::frame_len(&out).unwrap().unwrap();
-        let (from, f) = peer_frame::decode(&out[4..4 + len]).unwrap();
-        assert_eq!((from, f), (1, PeerFrame::Raft { partition: 9, msg: Box::new(msg) }));
     }
 }
