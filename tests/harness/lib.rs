@@ -120,6 +120,12 @@ impl Server {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
+            // Metrics on the client port + 200 could land on another test's port: off unless asked.
+            .args(if self.args.iter().any(|a| a == "--metrics-listen") {
+                vec![]
+            } else {
+                vec!["--metrics-listen", "off"]
+            })
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())

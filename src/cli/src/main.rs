@@ -65,6 +65,16 @@ enum ClusterCmd {
         /// applied index must agree).
         #[arg(long)]
         checksums: bool,
+        /// Refresh in place, like `top`: lag, write rates and leader moves as they happen
+        /// (with `--output json`, one status per line). Ctrl-C stops.
+        #[arg(long)]
+        watch: bool,
+        /// Time between refreshes of `--watch`.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop `--watch` after this many refreshes (0: never).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
     },
     /// Wait until every node is up and every partition has a leader (with `--balanced`, its
     /// preferred one); exits non-zero with the last status if `--timeout-ms` passes first.
@@ -306,7 +316,9 @@ fn status_json(st: &ClusterStatus) -> Value {
     json!({"answered_by": st.answered_by, "nodes": nodes, "partitions": partitions})
 }
 
-fn status_table(st: &ClusterStatus) -> String {
+/// The status as a table. With the previous status and the time since it, each partition also
+/// shows its write rate (committed entries per second) and a leader that moved meanwhile.
+fn status_table(st: &ClusterStatus, prev: Option<(&ClusterStatus, Duration)>) -> String {
     let mut out = String::from(
         "NODE  STATE  CLIENT                 PEER                   SHARDS  FORWARDED  CLOCK\n",
     );
@@ -330,7 +342,9 @@ fn status_table(st: &ClusterStatus) -> String {
             if n.error.is_empty() { String::new() } else { format!("  ({})", n.error) },
         ));
     }
-    out.push_str("\nPART  RANGE                LEADER  TERM  COMMIT    APPLIED   REPLICAS (node/shard role applied)\n");
+    out.push_str(
+        "\nPART  RANGE                LEADER  TERM  COMMIT    APPLIED   LAG     RATE/s  REPLICAS (node/shard role applied)\n",
+    );
     for p in &st.partitions {
         let end = if p.end.is_empty() { "∞".into() } else { format!("{:?}", bound(&p.end)) };
         let range = format!("[{:?}, {end})", bound(&p.start));
@@ -359,22 +373,46 @@ fn status_table(st: &ClusterStatus) -> String {
         let num = |f: fn(&kahuna_client::ReplicaStatus) -> u64| {
             leader.map(|l| f(l).to_string()).unwrap_or_else(|| "-".into())
         };
+        // How far the slowest replica that answered is behind the leader's commit index.
+        let lag = leader
+            .map(|l| {
+                let slowest = p.status.iter().map(|r| r.applied).min().unwrap_or(l.commit);
+                l.commit.saturating_sub(slowest).to_string()
+            })
+            .unwrap_or_else(|| "-".into());
+        let before =
+            prev.and_then(|(ps, dt)| Some((ps.partitions.iter().find(|q| q.id == p.id)?, dt)));
+        let rate = match (before.and_then(|(q, dt)| Some((q.leader()?.commit, dt))), leader) {
+            (Some((c0, dt)), Some(l)) if !dt.is_zero() => {
+                format!("{:.0}", l.commit.saturating_sub(c0) as f64 / dt.as_secs_f64())
+            }
+            _ => "-".into(),
+        };
+        let moved = match (before.and_then(|(q, _)| q.leader()), leader) {
+            (Some(was), Some(now)) if was.node != now.node => {
+                format!("  (leader moved from node {})", was.node)
+            }
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "{:<5} {:<20} {:<7} {:<5} {:<9} {:<9} {}\n",
+            "{:<5} {:<20} {:<7} {:<5} {:<9} {:<9} {:<7} {:<7} {}{}\n",
             p.id,
             range,
             num(|l| l.node),
             num(|l| l.term),
             num(|l| l.commit),
             num(|l| l.applied),
+            lag,
+            rate,
             reps.join(", "),
+            moved,
         ));
     }
     out.trim_end().to_string()
 }
 
 /// Runs the command; returns its JSON answer and its table form.
-fn run(c: &Client, cmd: Cmd, wait_for: Duration) -> Result<(Value, String), Error> {
+fn run(c: &Client, cmd: Cmd, wait_for: Duration, json_out: bool) -> Result<(Value, String), Error> {
     Ok(match cmd {
         Cmd::Kv(KvCmd::Set {
             key,
@@ -516,9 +554,44 @@ fn run(c: &Client, cmd: Cmd, wait_for: Duration) -> Result<(Value, String), Erro
             let (first, count) = c.seq_next(name.as_bytes(), count)?;
             (json!({"first": first, "count": count}), format!("[{first}, {})", first + count))
         }
-        Cmd::Cluster(ClusterCmd::Status { checksums }) => {
+        Cmd::Cluster(ClusterCmd::Status { checksums, watch: false, .. }) => {
             let st = c.cluster_status(checksums)?;
-            (status_json(&st), status_table(&st))
+            (status_json(&st), status_table(&st, None))
+        }
+        Cmd::Cluster(ClusterCmd::Status { checksums, watch: true, interval_ms, count }) => {
+            let interval = Duration::from_millis(interval_ms.max(100));
+            let mut prev: Option<(ClusterStatus, std::time::Instant)> = None;
+            let mut shown = 0u64;
+            loop {
+                let st = c.cluster_status(checksums);
+                let now = std::time::Instant::now();
+                match (&st, json_out) {
+                    (Ok(st), true) => println!("{}", status_json(st)),
+                    (Ok(st), false) => {
+                        let since = prev.as_ref().map(|(p, at)| (p, now.duration_since(*at)));
+                        // Home the cursor and clear the screen, then draw the frame.
+                        print!("\x1b[H\x1b[2J");
+                        println!(
+                            "kahuna cluster status, every {} ms (Ctrl-C stops)\n",
+                            interval.as_millis()
+                        );
+                        println!("{}", status_table(st, since));
+                    }
+                    (Err(e), _) => eprintln!("error: {}: {}", e.code.name(), e.message),
+                }
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                if let Ok(st) = st {
+                    prev = Some((st, now));
+                }
+                shown += 1;
+                if count != 0 && shown >= count {
+                    let last = prev.map(|(p, _)| p).unwrap_or_default();
+                    // Already shown: the caller prints nothing more.
+                    break (status_json(&last), String::new());
+                }
+                std::thread::sleep(interval);
+            }
         }
         Cmd::Cluster(ClusterCmd::Wait { balanced }) => {
             let deadline = std::time::Instant::now() + wait_for;
@@ -536,7 +609,7 @@ fn run(c: &Client, cmd: Cmd, wait_for: Duration) -> Result<(Value, String), Erro
                 }
                 if std::time::Instant::now() >= deadline {
                     let detail = match st {
-                        Ok(st) => status_table(&st),
+                        Ok(st) => status_table(&st, None),
                         Err(e) => e.to_string(),
                     };
                     return Err(Error::new(
@@ -588,10 +661,13 @@ fn main() -> ExitCode {
     } else {
         Client::connect(&endpoints, opts)
     };
-    let result = client.and_then(|c| run(&c, cli.cmd, wait_for));
+    let watching = matches!(cli.cmd, Cmd::Cluster(ClusterCmd::Status { watch: true, .. }));
+    let result = client.and_then(|c| run(&c, cli.cmd, wait_for, cli.output == Output::Json));
     match result {
         Ok((v, table)) => {
             match cli.output {
+                // `--watch` printed every status as it came.
+                _ if watching => {}
                 Output::Json => println!("{v}"),
                 Output::Table => println!("{table}"),
             }

@@ -111,6 +111,9 @@ settings! {
     /// node's clock; a node whose clock is further than this from most of its peers grants no
     /// leases; a lock whose lease an earlier leader granted is honoured this much past its expiry.
     max_clock_offset_ms: u64 = 500;
+    /// Where Prometheus scrapes this node (`/metrics`, `/health`); default: the client port +
+    /// 200 on the client address; `off` serves nothing.
+    metrics_listen: String = String::new();
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +203,9 @@ impl NodeConfig {
         let mut taken: Vec<(String, SocketAddr, u32)> =
             members.iter().map(|(id, a)| (format!("node {id}'s peer ports"), *a, n)).collect();
         taken.push(("this node's client address".into(), self.listen, 1));
+        if let Some(m) = self.metrics_addr()? {
+            taken.push(("this node's metrics address".into(), m, 1));
+        }
         let own = self.peer_addr()?;
         if members.get(&self.id) != Some(&own) {
             taken.push(("this node's peer_listen ports".into(), own, n));
@@ -280,6 +286,23 @@ impl NodeConfig {
             )));
         }
         Ok(m)
+    }
+
+    /// The metrics endpoint's address, if it is on.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.metrics_listen.as_str() {
+            "off" => Ok(None),
+            "" => {
+                let mut a = self.listen;
+                a.set_port(self.listen.port().checked_add(200).ok_or_else(|| {
+                    ConfigError::Invalid("listen port too high for the default metrics port".into())
+                })?);
+                Ok(Some(a))
+            }
+            s => s.parse().map(Some).map_err(|_| {
+                ConfigError::Invalid(format!("metrics_listen {s:?} is not host:port or off"))
+            }),
+        }
     }
 
     pub fn limits(&self) -> Limits {

@@ -224,6 +224,15 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     let plan = MeshPlan::new(cfg.shards);
     StateDb::start_background_threads()
         .map_err(|e| NodeError::Shard { shard: 0, reason: format!("RocksDB threads: {e}") })?;
+    let metrics = crate::metrics::Metrics::new();
+    if let Some(addr) =
+        cfg.metrics_addr().map_err(|e| NodeError::Shard { shard: 0, reason: e.to_string() })?
+    {
+        crate::metrics::serve(addr, metrics.clone()).map_err(|e| NodeError::Shard {
+            shard: 0,
+            reason: format!("metrics on {addr}: {e}"),
+        })?;
+    }
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let cfg = Arc::new(cfg);
     let mut handles = Vec::new();
@@ -245,10 +254,11 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             builder = builder.spin_before_park(Duration::from_micros(cfg.spin_before_park_us));
         }
         let (cfg, map, plan, members) = (cfg.clone(), map.clone(), plan.clone(), members.clone());
+        let metrics = metrics.clone();
         let handle = builder
-            .spawn(
-                move || async move { run_shard(shard, cfg, map, plan, members, peer_base).await },
-            )
+            .spawn(move || async move {
+                run_shard(shard, cfg, map, plan, members, peer_base, metrics).await
+            })
             .map_err(|e| NodeError::Shard {
                 shard,
                 reason: format!("starting its executor: {e}"),
@@ -380,6 +390,7 @@ async fn run_shard(
     plan: MeshPlan,
     members: BTreeMap<u64, SocketAddr>,
     peer_base: SocketAddr,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<(), NodeError> {
     let dir = cfg.data_dir.join(format!("shard-{shard}"));
     let wal_dir = dir.join("wal");
@@ -412,6 +423,7 @@ async fn run_shard(
         link,
         (members.len() > 1).then(|| PeerLinks::start(cfg.id, shard, &members)),
         snapshots,
+        metrics.shard(shard),
     ));
     if members.len() > 1 {
         let addr = peer::shard_addr(peer_base, shard);

@@ -104,6 +104,11 @@ impl Partition {
         }
     }
 
+    /// Writes proposed here and not yet answered.
+    pub fn proposals_in_flight(&self) -> usize {
+        self.proposals.len()
+    }
+
     pub fn is_leader(&self) -> bool {
         self.node.raft.state == StateRole::Leader
     }

@@ -158,6 +158,7 @@ pub fn send(shard: &Rc<Shard>, partition: u64, msg: Message) {
                     peers.send(to, PeerFrame::Raft { partition, msg: Box::new(msg) });
                 }
                 log::info!("partition {partition}: sent a snapshot ({bytes} bytes) to node {to}");
+                shard.metrics.snapshots_sent.inc();
                 report(&shard, partition, to, raft::SnapshotStatus::Finish);
             }
             Err(why) => {
@@ -405,6 +406,7 @@ pub fn install(
             })
             .await;
         if result.is_ok() {
+            shard.metrics.snapshots_installed.inc();
             log::info!(
                 "partition {partition}: installed a snapshot at index {} term {} ({} bytes)",
                 desc.index,

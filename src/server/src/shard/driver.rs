@@ -165,6 +165,7 @@ fn on_tick(shard: &Shard) {
     let collect = shard.ticks.get().is_multiple_of(COLLECT_EVERY_TICKS);
     if collect {
         shard.ping_clocks();
+        report_gauges(shard);
     }
     shard.ticks.set(shard.ticks.get() + 1);
     for (pid, p) in shard.parts.borrow_mut().iter_mut() {
@@ -194,6 +195,34 @@ fn on_tick(shard: &Shard) {
         }
     }
     shard.ephemeral_bytes.set(shard.ephemeral_bytes.get().saturating_sub(freed));
+}
+
+/// Once a second: the metrics that describe state rather than count events.
+fn report_gauges(shard: &Shard) {
+    let m = &shard.metrics;
+    m.ephemeral_bytes.set(shard.ephemeral_bytes.get() as i64);
+    m.disk_full.set(shard.disk_full.get() as i64);
+    m.clock_ok.set(shard.clock_verdict().ok as i64);
+    if let Some(peers) = &shard.peers {
+        for peer in peers.peer_ids() {
+            if let Some(s) = shard.clock_offsets.borrow().get(peer) {
+                m.clock_offset(peer, s.offset_ms);
+            }
+        }
+    }
+    m.rocksdb_sst_bytes.set(shard.db.property("rocksdb.total-sst-files-size") as i64);
+    m.rocksdb_memtable_bytes.set(shard.db.property("rocksdb.cur-size-all-mem-tables") as i64);
+    m.rocksdb_write_stopped.set(shard.db.property("rocksdb.is-write-stopped") as i64);
+    for (pid, p) in shard.parts.borrow().iter() {
+        m.partition(&crate::metrics::PartitionGauges {
+            partition: *pid,
+            leader: p.is_leader(),
+            term: p.term(),
+            commit: p.node.raft.raft_log.committed,
+            applied: p.applied.applied_index,
+            proposals: p.proposals_in_flight(),
+        });
+    }
 }
 
 /// Looks at the next [`COLLECT_BATCH`] keys of a led partition and proposes removing those
@@ -496,10 +525,15 @@ async fn persist_and_apply(
             })
             .collect()
     };
+    let (started, before) = (Instant::now(), wal.bytes_written);
     let (written, ()) = futures_lite::future::zip(wal.append(records, checkpoint), async {
         apply(shard, committed)
     })
     .await;
+    if written.is_ok() {
+        shard.metrics.wal_write_seconds.observe(started.elapsed().as_secs_f64());
+        shard.metrics.wal_batch_bytes.observe((wal.bytes_written - before) as f64);
+    }
     written
 }
 
@@ -549,7 +583,14 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
                     Ok(cmd) => {
                         shard.observe_hlc(cmd.hlc);
                         let ctx = ApplyCtx::persistent(&cmd, e.term, &p.info.start);
-                        state_machine::apply(&mut buf, &cmd.op, &ctx)
+                        let result = state_machine::apply(&mut buf, &cmd.op, &ctx);
+                        if let (WriteOp::KvCollect { .. }, Ok(Reply::KvDelete { revision, .. })) =
+                            (&cmd.op, &result)
+                        {
+                            // The collector's answer counts the keys it removed.
+                            shard.metrics.expired_keys_collected.inc_by(*revision);
+                        }
+                        result
                     }
                     Err(err) => {
                         log::error!("partition {pid}: entry {} cannot be decoded: {err}", e.index);

@@ -76,6 +76,8 @@ pub struct Shard {
     pub snapshots: RefCell<crate::raft::snapshot::Snapshots>,
     /// The WAL refused a batch for lack of space: writes are refused until it takes one again.
     pub disk_full: Cell<bool>,
+    /// This shard's series of the node's Prometheus metrics.
+    pub metrics: crate::metrics::ShardMetrics,
 }
 
 /// A forwarded request may be forwarded once more (to a leader the first hop learned of), never
@@ -136,6 +138,7 @@ impl Shard {
         mesh: mesh::MeshLink,
         peers: Option<PeerLinks>,
         snapshots: crate::raft::snapshot::Snapshots,
+        metrics: crate::metrics::ShardMetrics,
     ) -> Shard {
         let forwarded = peers.as_ref().map(|p| p.waiters().clone()).unwrap_or_default();
         Shard {
@@ -166,6 +169,7 @@ impl Shard {
             clock_ok: Cell::new(true),
             snapshots: RefCell::new(snapshots),
             disk_full: Cell::new(false),
+            metrics,
         }
     }
 
@@ -435,6 +439,7 @@ impl Shard {
         self.next_forward.set(token + 1);
         if !matches!(op, Op::ClusterStatus { .. }) {
             self.forwarded_count.set(self.forwarded_count.get() + 1);
+            self.metrics.forwarded.inc();
         }
         let left_ms =
             deadline.saturating_duration_since(std::time::Instant::now()).as_millis().min(60_000)

@@ -299,6 +299,12 @@ impl StateDb {
         Ok(())
     }
 
+    /// A RocksDB integer property (`rocksdb.total-sst-files-size`, …); 0 when unknown. Reads
+    /// counters in memory: cheap enough for the shard loop once a second.
+    pub fn property(&self, name: &str) -> u64 {
+        self.db.property_int_value(name).ok().flatten().unwrap_or(0)
+    }
+
     /// Flushes the memtables to SST files. Blocking: call it through `spawn_blocking`.
     pub fn flush_blocking(&self) -> Result<(), rocksdb::Error> {
         self.db.flush()

@@ -50,10 +50,12 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
             continue;
         }
         shard.connections.set(shard.connections.get() + 1);
+        shard.metrics.connections.inc();
         let shard = shard.clone();
         glommio::spawn_local(async move {
             connection(&shard, stream).await;
             shard.connections.set(shard.connections.get() - 1);
+            shard.metrics.connections.dec();
         })
         .detach();
     }
@@ -154,8 +156,14 @@ async fn handle_frame(
     inflight.set(inflight.get() + 1);
     let deadline = shard.deadline(timeout_ms);
     let (shard, tx, inflight) = (shard.clone(), tx.clone(), inflight.clone());
+    let (name, arrived) = (op.name(), std::time::Instant::now());
     glommio::spawn_local(async move {
         let (result, leader_hint) = shard.execute(op, deadline).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code.name(),
+        };
+        shard.metrics.request(name, outcome, arrived.elapsed().as_secs_f64());
         let _ = tx.send(Outgoing { request_id, result, leader_hint }).await;
         inflight.set(inflight.get() - 1);
     })

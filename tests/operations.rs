@@ -1,0 +1,125 @@
+//! What an operator runs a node with: the Prometheus endpoint, and `cluster status --watch`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use kahuna_client::SetOptions;
+use kahuna_tests::{client_via, free_port, start_cluster_with, watchdog, ClusterOpts, Server};
+
+/// GETs `path` from the node's metrics endpoint.
+fn http_get(port: u16, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+/// The value of the first series whose line starts with `prefix` (name and labels).
+fn value(body: &str, prefix: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no series {prefix} in:\n{body}"))
+}
+
+#[test]
+fn metrics_are_served_and_move_as_requests_go_through() {
+    watchdog(Duration::from_secs(60));
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let s = Server::start(&["--shards", "1", "--no-pin", "--metrics-listen", &addr]);
+    let (head, body) = http_get(port, "/health");
+    assert!(head.starts_with("HTTP/1.1 200") && body == "ok\n", "{head}\n{body}");
+    let (_, before) = http_get(port, "/metrics");
+    assert!(value(&before, "process_resident_memory_bytes") > 1e6, "{before}");
+    assert!(value(&before, "process_open_fds") > 3.0);
+    let c = client_via(&s, 5000);
+    for i in 0..20 {
+        c.kv_set(format!("m{i}").as_bytes(), b"v", SetOptions::default()).unwrap();
+    }
+    let _ = c.kv_get(b"missing", Default::default());
+    let (head, body) = http_get(port, "/metrics");
+    assert!(head.contains("openmetrics-text"), "{head}");
+    let sets = r#"kahuna_requests_total{shard="0",op="kv set",outcome="ok"}"#;
+    assert!(value(&body, sets) >= 20.0, "{body}");
+    let misses = r#"kahuna_requests_total{shard="0",op="kv get",outcome="NOT_FOUND"}"#;
+    assert!(value(&body, misses) >= 1.0, "{body}");
+    assert!(
+        value(&body, r#"kahuna_request_duration_seconds_count{shard="0",op="kv set"}"#) >= 20.0
+    );
+    assert!(value(&body, r#"kahuna_wal_write_duration_seconds_count{shard="0"}"#) >= 20.0);
+    assert!(value(&body, r#"kahuna_client_connections{shard="0"}"#) >= 1.0);
+    // State gauges come once a second.
+    std::thread::sleep(Duration::from_millis(1300));
+    let (_, body) = http_get(port, "/metrics");
+    assert!(value(&body, "kahuna_partition_commit_index{") >= 1.0, "{body}");
+    assert_eq!(value(&body, r#"kahuna_disk_full{shard="0"}"#), 0.0);
+    assert_eq!(value(&body, r#"kahuna_clock_ok{shard="0"}"#), 1.0);
+    assert!(body.trim_end().ends_with("# EOF"), "not OpenMetrics text");
+    let (head, _) = http_get(port, "/nothing");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+
+    // Every series the example dashboard plots exists.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tuning/grafana-kahuna.json"),
+    )
+    .unwrap();
+    let mut names: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("kahuna_") || w.starts_with("process_"))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() > 10, "{names:?}");
+    for name in names {
+        let base = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        // A single node measures no peer's clock: that series needs a cluster.
+        let described =
+            body.contains(&format!("# TYPE {base} ")) || base == "kahuna_clock_offset_seconds";
+        assert!(described, "the dashboard plots {name}, not served");
+    }
+}
+
+#[test]
+fn cluster_status_watch_refreshes_with_rates_and_lag() {
+    watchdog(Duration::from_secs(90));
+    let c = start_cluster_with(ClusterOpts::default());
+    let cl = client_via(c.node(1), 5000);
+    let writer = std::thread::spawn(move || {
+        for i in 0..300 {
+            let _ = cl.kv_set(format!("w{}", i % 10).as_bytes(), b"v", SetOptions::default());
+        }
+    });
+    let out =
+        c.node(2).cli(&["cluster", "status", "--watch", "--interval-ms", "300", "--count", "3"]);
+    writer.join().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Three frames, each drawn after clearing the screen, with the lag and rate columns.
+    assert_eq!(text.matches("\x1b[H\x1b[2J").count(), 3, "{text}");
+    assert!(text.contains("LAG") && text.contains("RATE/s"), "{text}");
+    let json = c.node(2).cli(&[
+        "--output",
+        "json",
+        "cluster",
+        "status",
+        "--watch",
+        "--interval-ms",
+        "100",
+        "--count",
+        "2",
+    ]);
+    let lines: Vec<_> = String::from_utf8_lossy(&json.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
+    }
+}
