@@ -123,3 +123,29 @@ fn cluster_status_watch_refreshes_with_rates_and_lag() {
         assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
     }
 }
+
+#[test]
+fn logs_are_json_lines_with_raft_s_own_log_forwarded() {
+    watchdog(Duration::from_secs(60));
+    // RUST_LOG (which the harness sets) would win over --log-level.
+    let args = ["--shards", "1", "--no-pin", "--log-format", "json", "--log-level", "info"];
+    let mut s = Server::launch_env(&args, &[("RUST_LOG", "")]);
+    s.wait_ready();
+    client_via(&s, 5000).kv_set(b"k", b"v", SetOptions::default()).unwrap();
+    let log = s.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .any(|v| v["fields"]["message"].as_str().is_some_and(|m| m.contains("serving on"))));
+    // raft-rs's election, forwarded with the partition it is about.
+    let raft: Vec<_> = lines.iter().filter(|v| v["target"] == "raft").collect();
+    assert!(!raft.is_empty(), "raft-rs logged nothing:\n{log}");
+    assert!(raft.iter().all(|v| v["fields"]["partition"].as_u64().is_some()), "{raft:?}");
+    assert!(lines.iter().all(|v| v["level"].is_string() && v["timestamp"].is_string()));
+    // A bad format is refused at start.
+    let (code, err) = s.run_to_exit(&["--log-format", "yaml"], Duration::from_secs(10));
+    assert_eq!(code, Some(2), "{err}");
+}

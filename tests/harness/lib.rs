@@ -126,7 +126,7 @@ impl Server {
             } else {
                 vec!["--metrics-listen", "off"]
             })
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,raft=warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)

@@ -52,7 +52,7 @@ impl Clock for SystemClock {
                 let fastest = prev + elapsed + elapsed / SLEW_DIVISOR;
                 if wall > fastest + REPORT_GAP_US {
                     if !self.behind.replace(true) {
-                        log::warn!(
+                        tracing::warn!(
                             "the wall clock jumped {} ms ahead; this node's clock catches up at \
                              1% instead of jumping (leases stay as long as granted)",
                             (wall - fastest) / 1000

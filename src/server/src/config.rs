@@ -114,6 +114,11 @@ settings! {
     /// Where Prometheus scrapes this node (`/metrics`, `/health`); default: the client port +
     /// 200 on the client address; `off` serves nothing.
     metrics_listen: String = String::new();
+    /// `text` or `json` (one object per line, with the span fields).
+    log_format: String = "text".to_string();
+    /// What to log: a level (`info`) or a filter (`info,raft=info`); `RUST_LOG` wins. raft-rs
+    /// logs every partition's elections at `info`: by default only its warnings show.
+    log_level: String = "info,raft=warn".to_string();
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +172,9 @@ impl NodeConfig {
         }
         self.members()?;
         self.check_ports()?;
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad(format!("log_format must be text or json, not {:?}", self.log_format));
+        }
         if self.raft_tick_ms == 0 || self.wal_segment_mb == 0 {
             return bad("raft_tick_ms and wal_segment_mb must be positive".into());
         }

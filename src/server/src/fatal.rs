@@ -34,7 +34,7 @@ pub fn exit_now(code: i32, msg: &str) -> ! {
 
 /// A storage error: the node stops, a restart recovers from what is durable.
 pub fn storage(what: &str, err: impl std::fmt::Display) -> ! {
-    log::error!("fatal storage error while {what}: {err}; stopping the node");
+    tracing::error!("fatal storage error while {what}: {err}; stopping the node");
     exit_now(EXIT_STORAGE, &format!("fatal storage error while {what}: {err}"))
 }
 

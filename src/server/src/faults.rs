@@ -54,14 +54,16 @@ pub fn start(data_dir: &std::path::Path) {
                 for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
                     let Some((name, actions)) = line.split_once('=') else { continue };
                     match fail::cfg(name.trim(), actions.trim()) {
-                        Ok(()) => log::warn!("failpoint {} armed: {}", name.trim(), actions.trim()),
-                        Err(e) => log::warn!("failpoint {line:?}: {e}"),
+                        Ok(()) => {
+                            tracing::warn!("failpoint {} armed: {}", name.trim(), actions.trim())
+                        }
+                        Err(e) => tracing::warn!("failpoint {line:?}: {e}"),
                     }
                     now.push(name.trim().to_string());
                 }
                 for gone in armed.iter().filter(|n| !now.contains(n)) {
                     fail::remove(gone);
-                    log::warn!("failpoint {gone} disarmed");
+                    tracing::warn!("failpoint {gone} disarmed");
                 }
                 armed = now;
                 last = read.clone();
@@ -70,7 +72,7 @@ pub fn start(data_dir: &std::path::Path) {
         }
     });
     if let Err(e) = spawned {
-        log::warn!("failpoints: cannot watch {}: {e}", data_dir.display());
+        tracing::warn!("failpoints: cannot watch {}: {e}", data_dir.display());
     }
 }
 

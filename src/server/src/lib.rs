@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod fatal;
 pub mod faults;
+pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod raft;

@@ -207,7 +207,7 @@ fn io_memory_bytes(shards: usize) -> Result<Option<usize>, NodeError> {
     if per < 512 << 10 {
         return Err(NodeError::MemLock { limit, shards });
     }
-    log::info!("memlock limit {limit} bytes: io_memory {per} bytes per shard");
+    tracing::info!("memlock limit {limit} bytes: io_memory {per} bytes per shard");
     Ok(Some(per))
 }
 
@@ -313,7 +313,6 @@ async fn recover(
             WalError::Damaged { .. } => NodeError::Damaged { shard, reason: e.to_string() },
             WalError::Io(e) => NodeError::Shard { shard, reason: format!("opening the WAL: {e}") },
         })?;
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
     let mut parts = BTreeMap::new();
     let mut hlc = HlcClock::default();
     for info in map.partitions().iter().filter(|p| p.shard == shard && p.replicas.contains(&cfg.id))
@@ -370,7 +369,7 @@ async fn recover(
             dir: snap_dir.to_path_buf(),
         });
         let rcfg = raft_config(cfg, applied.applied_index);
-        let mut node = RawNode::new(&rcfg, store, &logger)
+        let mut node = RawNode::new(&rcfg, store, &crate::logging::raft_logger(info.id))
             .map_err(|e| shard_err(shard, format!("partition {}: {e}", info.id)))?;
         // The only voter of its group, or the designated first leader of a new group: elect it
         // now rather than after an election timeout.
@@ -437,7 +436,7 @@ async fn run_shard(
     let listener = TcpListener::bind(cfg.listen)
         .map_err(|e| shard_err(shard, format!("binding {}: {e}", cfg.listen)))?;
     if shard == 0 {
-        log::info!(
+        tracing::info!(
             "kahuna-server node {} serving on {} ({} shards, {} partitions, data in {})",
             cfg.id,
             cfg.listen,

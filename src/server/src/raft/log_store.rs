@@ -222,7 +222,7 @@ impl Storage for LogStore {
                     meta.index = desc.index;
                     meta.term = desc.term;
                     meta.set_conf_state(conf_state);
-                    log::info!(
+                    tracing::info!(
                         "partition {pid}: built a snapshot at index {} ({} bytes)",
                         desc.index,
                         desc.bytes

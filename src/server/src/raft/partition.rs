@@ -300,7 +300,7 @@ impl Partition {
         let mut reply = None;
         if msg.get_msg_type() == MessageType::MsgHeartbeat && msg.commit > last {
             if !std::mem::replace(&mut self.lost_data, true) {
-                log::error!(
+                tracing::error!(
                     "partition {pid}: leader {} counts entries up to {} as held here, but this \
                      replica's log ends at {last}: its data was lost after it acknowledged them; \
                      asking for them again",
@@ -327,7 +327,7 @@ impl Partition {
             let (from, hint) = (msg.from, msg.reject_hint);
             if let Some(pr) = self.node.raft.mut_prs().get_mut(from) {
                 if hint < pr.matched {
-                    log::warn!(
+                    tracing::warn!(
                         "partition {pid}: node {from} lost entries it had acknowledged (matched \
                          {}, its log ends at {hint}); replicating to it again from there",
                         pr.matched

@@ -147,26 +147,32 @@ pub fn send(shard: &Rc<Shard>, partition: u64, msg: Message) {
         transfer
     };
     let shard = shard.clone();
-    glommio::spawn_local(async move {
-        // Spawned while the ready loop holds the partitions: let it go first.
-        futures_lite::future::yield_now().await;
-        let sent = stream(&shard, partition, transfer, &msg, &rx).await;
-        shard.snapshots.borrow_mut().sending.remove(&key);
-        match sent {
-            Ok(bytes) => {
-                if let Some(peers) = &shard.peers {
-                    peers.send(to, PeerFrame::Raft { partition, msg: Box::new(msg) });
+    let span = tracing::info_span!("snapshot", partition, to);
+    glommio::spawn_local(tracing::Instrument::instrument(
+        async move {
+            // Spawned while the ready loop holds the partitions: let it go first.
+            futures_lite::future::yield_now().await;
+            let sent = stream(&shard, partition, transfer, &msg, &rx).await;
+            shard.snapshots.borrow_mut().sending.remove(&key);
+            match sent {
+                Ok(bytes) => {
+                    if let Some(peers) = &shard.peers {
+                        peers.send(to, PeerFrame::Raft { partition, msg: Box::new(msg) });
+                    }
+                    tracing::info!(
+                        "partition {partition}: sent a snapshot ({bytes} bytes) to node {to}"
+                    );
+                    shard.metrics.snapshots_sent.inc();
+                    report(&shard, partition, to, raft::SnapshotStatus::Finish);
                 }
-                log::info!("partition {partition}: sent a snapshot ({bytes} bytes) to node {to}");
-                shard.metrics.snapshots_sent.inc();
-                report(&shard, partition, to, raft::SnapshotStatus::Finish);
+                Err(why) => {
+                    tracing::warn!("partition {partition}: snapshot to node {to} failed: {why}");
+                    report(&shard, partition, to, raft::SnapshotStatus::Failure);
+                }
             }
-            Err(why) => {
-                log::warn!("partition {partition}: snapshot to node {to} failed: {why}");
-                report(&shard, partition, to, raft::SnapshotStatus::Failure);
-            }
-        }
-    })
+        },
+        span,
+    ))
     .detach();
 }
 
@@ -326,7 +332,7 @@ async fn receive(
                     let _ = std::fs::remove_file(old);
                 }
             }
-            log::info!(
+            tracing::info!(
                 "partition {pid}: received a snapshot at index {} ({} bytes) from node {from}",
                 chunk.index,
                 chunk.total
@@ -407,7 +413,7 @@ pub fn install(
             .await;
         if result.is_ok() {
             shard.metrics.snapshots_installed.inc();
-            log::info!(
+            tracing::info!(
                 "partition {partition}: installed a snapshot at index {} term {} ({} bytes)",
                 desc.index,
                 desc.term,

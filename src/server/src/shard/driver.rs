@@ -108,9 +108,9 @@ pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
         if let Some(applied) = flushed.borrow_mut().take() {
             flushing = false;
             match wal.release(&applied) {
-                Ok(n) if n > 0 => log::debug!("shard {}: released {n} WAL segments", shard.id),
+                Ok(n) if n > 0 => tracing::debug!("shard {}: released {n} WAL segments", shard.id),
                 Ok(_) => {}
-                Err(e) => log::warn!("shard {}: releasing WAL segments: {e}", shard.id),
+                Err(e) => tracing::warn!("shard {}: releasing WAL segments: {e}", shard.id),
             }
         }
         // No flush while the disk is full: it would need space too, and fail (fatally).
@@ -181,7 +181,7 @@ fn on_tick(shard: &Shard) {
                     (false, true) => "this node's disk is full",
                     _ => "its preferred leader",
                 };
-                log::info!("partition {pid}: handing leadership to node {to} ({why})");
+                tracing::info!("partition {pid}: handing leadership to node {to} ({why})");
             }
         }
         if !p.ephemeral.is_empty() {
@@ -334,7 +334,7 @@ async fn turn(shard: &Rc<Shard>, wal: &mut Wal, held: &mut Held) {
         Ok(()) => {
             held.retry_at = None;
             if shard.disk_full.replace(false) {
-                log::warn!("shard {}: the WAL is written again; taking writes", shard.id);
+                tracing::warn!("shard {}: the WAL is written again; taking writes", shard.id);
             }
             advance(shard, batch.handed, &batch.restored);
         }
@@ -342,7 +342,7 @@ async fn turn(shard: &Rc<Shard>, wal: &mut Wal, held: &mut Held) {
             // The loop goes on (ticks, heartbeats, reads); new writes are refused; this batch is
             // written again shortly, unchanged. Nothing in it has been acknowledged.
             if !shard.disk_full.replace(true) {
-                log::error!(
+                tracing::error!(
                     "shard {}: the disk is full ({e}); refusing writes until there is space",
                     shard.id
                 );
@@ -434,7 +434,7 @@ fn collect_readies(shard: &Rc<Shard>, batch: &mut Batch) {
                 shard.ephemeral_bytes.set(shard.ephemeral_bytes.get().saturating_sub(freed));
             }
             if new == raft::StateRole::Leader && old != raft::StateRole::Leader {
-                log::info!("shard {}: partition {pid} leader at term {}", shard.id, p.term());
+                tracing::info!("shard {}: partition {pid} leader at term {}", shard.id, p.term());
             }
         }
         // Messages that do not depend on this Ready's persistence (a leader's appends) go now.
@@ -593,7 +593,10 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
                         result
                     }
                     Err(err) => {
-                        log::error!("partition {pid}: entry {} cannot be decoded: {err}", e.index);
+                        tracing::error!(
+                            "partition {pid}: entry {} cannot be decoded: {err}",
+                            e.index
+                        );
                         Err(WireError::new(ErrorCode::Internal, err.to_string()))
                     }
                 };

@@ -202,7 +202,7 @@ impl Shard {
                 .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10));
             if quiet {
                 self.clock_warned.set(Some(now));
-                log::warn!(
+                tracing::warn!(
                     "shard {}: a log entry is stamped {} ms ahead of this node's clock (more than \
                      max_clock_offset_ms {max}); not taken into this node's clock",
                     self.id,
@@ -220,9 +220,9 @@ impl Shard {
         let v = self.clock_offsets.borrow().verdict(now, max, peers);
         if v.ok != self.clock_ok.replace(v.ok) {
             if v.ok {
-                log::warn!("shard {}: this node's clock is back within max_clock_offset_ms of its peers; granting leases again", self.id);
+                tracing::warn!("shard {}: this node's clock is back within max_clock_offset_ms of its peers; granting leases again", self.id);
             } else {
-                log::error!(
+                tracing::error!(
                     "shard {}: this node's clock is about {} ms from its peers' ({} of {} further than max_clock_offset_ms {}); it grants no leases until that is fixed",
                     self.id,
                     -v.median_offset_ms,
@@ -578,7 +578,7 @@ impl Shard {
         // A snapshot's state comes beside the message, in chunks: step it only once that is
         // here, whole and checked.
         if !crate::raft::snapshot::accept(self, partition, &msg) {
-            log::info!(
+            tracing::info!(
                 "partition {partition}: a snapshot message from node {} came without its file; dropped",
                 msg.from
             );

@@ -91,7 +91,7 @@ impl Shard {
                         p.status[0].checksum = checksum;
                         p.status[0].checksum_index = index;
                     }
-                    Err(e) => log::warn!("partition {pid}: checksum failed: {e}"),
+                    Err(e) => tracing::warn!("partition {pid}: checksum failed: {e}"),
                 }
             }
         }
@@ -134,7 +134,7 @@ impl Shard {
                     forwarded += part.nodes.drain(..).map(|n| n.forwarded).sum::<u64>();
                     st.merge(part);
                 }
-                (other, _) => log::warn!("shard {s} gave no status: {:?}", other.err()),
+                (other, _) => tracing::warn!("shard {s} gave no status: {:?}", other.err()),
             }
         }
         st.nodes.push(self.this_node(forwarded));

@@ -244,7 +244,7 @@ impl Wal {
             // after the last valid record becomes zeros (the end of the log), up to its block's
             // end where the next batch would have started.
             let keep = (valid_end as u64).next_multiple_of(BLOCK as u64);
-            log::warn!(
+            tracing::warn!(
                 "wal: {} ends in a torn write at byte {bad}: cut after byte {valid_end}",
                 path.display()
             );
@@ -311,7 +311,7 @@ impl Wal {
     fn fill_done(&mut self, done: Option<io::Result<u64>>) {
         match done {
             Some(Ok(to)) => self.zeroed_to = self.zeroed_to.max(to),
-            Some(Err(e)) => log::warn!("wal: zero-filling ahead failed: {e}"),
+            Some(Err(e)) => tracing::warn!("wal: zero-filling ahead failed: {e}"),
             None => {}
         }
     }
@@ -404,7 +404,7 @@ impl Wal {
         self.write_pos = 0;
         self.zeroed_to = 0;
         self.zero_ahead();
-        log::debug!("wal: rolled to segment {}", self.active.id);
+        tracing::debug!("wal: rolled to segment {}", self.active.id);
         Ok(())
     }
 

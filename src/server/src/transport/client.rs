@@ -40,7 +40,7 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
             Ok(s) => s,
             Err(e) => {
                 // Out of descriptors or a reset during accept: back off instead of spinning.
-                log::warn!("shard {}: accept failed: {e}", shard.id);
+                tracing::warn!("shard {}: accept failed: {e}", shard.id);
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }
@@ -157,16 +157,20 @@ async fn handle_frame(
     let deadline = shard.deadline(timeout_ms);
     let (shard, tx, inflight) = (shard.clone(), tx.clone(), inflight.clone());
     let (name, arrived) = (op.name(), std::time::Instant::now());
-    glommio::spawn_local(async move {
-        let (result, leader_hint) = shard.execute(op, deadline).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.code.name(),
-        };
-        shard.metrics.request(name, outcome, arrived.elapsed().as_secs_f64());
-        let _ = tx.send(Outgoing { request_id, result, leader_hint }).await;
-        inflight.set(inflight.get() - 1);
-    })
+    let span = tracing::debug_span!("request", op = name, id = request_id);
+    glommio::spawn_local(tracing::Instrument::instrument(
+        async move {
+            let (result, leader_hint) = shard.execute(op, deadline).await;
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(e) => e.code.name(),
+            };
+            shard.metrics.request(name, outcome, arrived.elapsed().as_secs_f64());
+            let _ = tx.send(Outgoing { request_id, result, leader_hint }).await;
+            inflight.set(inflight.get() - 1);
+        },
+        span,
+    ))
     .detach();
 }
 

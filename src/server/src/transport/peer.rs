@@ -173,7 +173,7 @@ async fn sender_loop(link: Link, rx: LocalReceiver<PeerFrame>) {
         let mut stream = match connected {
             Ok(s) => s,
             Err(e) => {
-                log::debug!("connecting to peer {}: {e}", link.addr);
+                tracing::debug!("connecting to peer {}: {e}", link.addr);
                 // Nobody to send to: what is queued is stale by the time the peer returns.
                 link.connected.set(false);
                 drain(&link, &rx).await;
@@ -202,7 +202,7 @@ async fn sender_loop(link: Link, rx: LocalReceiver<PeerFrame>) {
             // The peer never writes on this connection, so a readable EOF means it is gone: the
             // kernel would still accept our write and lose it, so check first.
             if peer_closed(fd) {
-                log::info!(
+                tracing::info!(
                     "peer link to {} closed; {} queued messages dropped",
                     link.addr,
                     batch.len()
@@ -228,7 +228,7 @@ async fn sender_loop(link: Link, rx: LocalReceiver<PeerFrame>) {
                 peer_frame::encode(link.me, &m, &mut out);
             }
             if let Err(e) = stream.write_all(&out).await {
-                log::info!("peer link to {} failed: {e}", link.addr);
+                tracing::info!("peer link to {} failed: {e}", link.addr);
                 link.connected.set(false);
                 lost_in_flight(&link, &mut sent);
                 break;
@@ -244,10 +244,16 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
         match listener.accept().await {
             Ok(stream) => {
                 let shard = shard.clone();
-                glommio::spawn_local(async move { receive(&shard, stream).await }).detach();
+                let remote = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                let span = tracing::info_span!("peer", shard = shard.id, remote);
+                glommio::spawn_local(tracing::Instrument::instrument(
+                    async move { receive(&shard, stream).await },
+                    span,
+                ))
+                .detach();
             }
             Err(e) => {
-                log::warn!("shard {}: peer accept failed: {e}", shard.id);
+                tracing::warn!("shard {}: peer accept failed: {e}", shard.id);
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -270,14 +276,14 @@ async fn receive(shard: &Rc<Shard>, mut stream: TcpStream) {
                 Ok(Some(len)) => len,
                 Ok(None) => break,
                 Err(e) => {
-                    log::warn!("shard {}: {e}; closing the peer connection", shard.id);
+                    tracing::warn!("shard {}: {e}; closing the peer connection", shard.id);
                     return;
                 }
             };
             match peer_frame::decode(&buf[start + 4..start + 4 + len]) {
                 Ok((from, f)) => dispatch(shard, from, f),
                 Err(e) => {
-                    log::warn!("shard {}: {e}; closing the peer connection", shard.id);
+                    tracing::warn!("shard {}: {e}; closing the peer connection", shard.id);
                     return;
                 }
             }
