@@ -54,6 +54,17 @@ enum Cmd {
     /// The cluster: nodes and partitions.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Backups of every partition, taken while the cluster serves.
+    #[command(subcommand)]
+    Backup(BackupCmd),
+}
+
+#[derive(Subcommand)]
+enum BackupCmd {
+    /// Copy every partition into DIR (one file each, with its index, term and CRC32C in
+    /// DIR/manifest.json). Each copy holds every write acknowledged before it was asked for.
+    /// Restore with `kahuna-server --restore-from DIR` on every node of a new cluster.
+    Create { dir: std::path::PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -411,6 +422,77 @@ fn status_table(st: &ClusterStatus, prev: Option<(&ClusterStatus, Duration)>) ->
     out.trim_end().to_string()
 }
 
+/// Copies one partition (starting at `start`) into `path`; its manifest entry. The pieces go
+/// straight to a file (a partition's copy can be larger than memory should hold).
+fn backup_partition(c: &Client, start: &[u8], path: &std::path::Path) -> Result<Value, Error> {
+    use std::io::Write;
+    let io = |e: std::io::Error| {
+        Error::new(kahuna_client::ErrorCode::Internal, format!("{}: {e}", path.display()))
+    };
+    let tmp = path.with_extension("tmp");
+    // A copy lives on the partition's leader: if leadership moves mid-way, take a new one.
+    let mut last = None;
+    for _ in 0..3 {
+        let first = c.backup_chunk(start, 0, 0)?;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+        file.write_all(&first.data).map_err(io)?;
+        let (mut len, mut crc) = (first.data.len() as u64, crc32c::crc32c(&first.data));
+        let mut failed = None;
+        while len < first.total {
+            match c.backup_chunk(start, len, first.index) {
+                Ok(ch) if ch.offset == len && !ch.data.is_empty() => {
+                    file.write_all(&ch.data).map_err(io)?;
+                    crc = crc32c::crc32c_append(crc, &ch.data);
+                    len += ch.data.len() as u64;
+                }
+                Ok(_) => {
+                    failed = Some(Error::new(
+                        kahuna_client::ErrorCode::Internal,
+                        "a piece out of order",
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            last = Some(e);
+            continue;
+        }
+        if len != first.total || crc != first.crc {
+            last = Some(Error::new(
+                kahuna_client::ErrorCode::Internal,
+                "the copy's checksum does not match",
+            ));
+            continue;
+        }
+        let file = file.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io)?;
+        return Ok(json!({
+            "id": first.partition,
+            "start": hex(&first.start),
+            "end": hex(&first.end),
+            "index": first.index,
+            "term": first.term,
+            "hlc": first.hlc,
+            "bytes": first.total,
+            "crc32c": first.crc,
+            "file": path.file_name().map(|n| n.to_string_lossy().to_string()),
+        }));
+    }
+    let _ = std::fs::remove_file(&tmp);
+    Err(last.unwrap_or_else(|| Error::new(kahuna_client::ErrorCode::Unavailable, "no copy")))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Runs the command; returns its JSON answer and its table form.
 fn run(c: &Client, cmd: Cmd, wait_for: Duration, json_out: bool) -> Result<(Value, String), Error> {
     Ok(match cmd {
@@ -593,6 +675,40 @@ fn run(c: &Client, cmd: Cmd, wait_for: Duration, json_out: bool) -> Result<(Valu
                 std::thread::sleep(interval);
             }
         }
+        Cmd::Backup(BackupCmd::Create { dir }) => {
+            let io = |e: std::io::Error| {
+                Error::new(kahuna_client::ErrorCode::Internal, format!("{}: {e}", dir.display()))
+            };
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            let st = c.cluster_status(false)?;
+            let started = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let mut parts = Vec::new();
+            let mut bytes = 0;
+            for p in &st.partitions {
+                let entry = backup_partition(c, &p.start, &dir.join(format!("p{}.snap", p.id)))?;
+                bytes += entry["bytes"].as_u64().unwrap_or(0);
+                parts.push(entry);
+            }
+            let manifest = json!({
+                "format": 1,
+                "created_at_ms": started,
+                "partitions": parts,
+            });
+            let tmp = dir.join("manifest.json.tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&manifest).unwrap_or_default())
+                .map_err(io)?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+            std::fs::rename(&tmp, dir.join("manifest.json")).map_err(io)?;
+            std::fs::File::open(&dir).and_then(|f| f.sync_all()).map_err(io)?;
+            let n = st.partitions.len();
+            (
+                json!({"dir": dir.display().to_string(), "partitions": n, "bytes": bytes}),
+                format!("backed up {n} partitions ({bytes} bytes) into {}", dir.display()),
+            )
+        }
         Cmd::Cluster(ClusterCmd::Wait { balanced }) => {
             let deadline = std::time::Instant::now() + wait_for;
             loop {
@@ -629,7 +745,7 @@ fn is_write(cmd: &Cmd) -> bool {
         Cmd::Kv(k) => matches!(k, KvCmd::Set { .. } | KvCmd::Delete { .. } | KvCmd::Extend { .. }),
         Cmd::Lock(l) => !matches!(l, LockCmd::Get { .. }),
         Cmd::Seq(_) => true,
-        Cmd::Cluster(_) => false,
+        Cmd::Cluster(_) | Cmd::Backup(_) => false,
     }
 }
 

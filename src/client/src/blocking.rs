@@ -4,8 +4,8 @@
 use tokio::runtime::Runtime;
 
 use crate::{
-    ClientOptions, ClusterStatus, DeleteOptions, Durability, Error, GetOptions, KvItem, LockState,
-    Op, Reply, ScanOptions, ScanPage, SetOptions,
+    BackupChunk, ClientOptions, ClusterStatus, DeleteOptions, Durability, Error, GetOptions,
+    KvItem, LockState, Op, Reply, ScanOptions, ScanPage, SetOptions,
 };
 
 pub struct Client {
@@ -36,6 +36,9 @@ impl Client {
 
     pub fn call(&self, op: Op) -> Result<Reply, Error> {
         self.rt.block_on(self.inner.call(op))
+    }
+    pub fn backup_chunk(&self, key: &[u8], offset: u64, index: u64) -> Result<BackupChunk, Error> {
+        self.rt.block_on(self.inner.backup_chunk(key, offset, index))
     }
     pub fn kv_set(&self, key: &[u8], value: &[u8], o: SetOptions) -> Result<u64, Error> {
         self.rt.block_on(self.inner.kv_set(key, value, o))

@@ -43,8 +43,8 @@ use std::time::{Duration, Instant};
 use flatbuffers::FlatBufferBuilder;
 use kahuna_protocol::{encode_request, DEFAULT_MAX_FRAME_BYTES};
 pub use kahuna_protocol::{
-    ClusterStatus, Durability, ErrorCode, KvItem, LockState, NodeStatus, Op, PartitionStatus,
-    ReplicaRole, ReplicaStatus, Reply, SetCondition, StatusScope, WireError,
+    BackupChunk, ClusterStatus, Durability, ErrorCode, KvItem, LockState, NodeStatus, Op,
+    PartitionStatus, ReplicaRole, ReplicaStatus, Reply, SetCondition, StatusScope, WireError,
 };
 use tokio::sync::Mutex;
 
@@ -564,6 +564,20 @@ impl Client {
     ) -> Result<LockState, Error> {
         match self.call(Op::LockGet { resource: resource.to_vec(), durability }).await? {
             Reply::Lock(s) => Ok(s),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// One piece of a backup of the partition holding `key`: `offset` 0 takes a consistent copy
+    /// on its leader; later pieces name that copy by the `index` the first answer gave.
+    pub async fn backup_chunk(
+        &self,
+        key: &[u8],
+        offset: u64,
+        index: u64,
+    ) -> Result<BackupChunk, Error> {
+        match self.call(Op::Backup { key: key.to_vec(), offset, index }).await? {
+            Reply::BackupChunk(c) => Ok(c),
             r => Err(unexpected(r)),
         }
     }

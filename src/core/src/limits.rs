@@ -152,6 +152,7 @@ impl Limits {
                 Ok(())
             }
             Op::ClusterStatus { .. } => Ok(()),
+            Op::Backup { key, .. } => self.key("key", key, true),
         }
     }
 }

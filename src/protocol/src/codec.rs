@@ -9,8 +9,8 @@ use thiserror::Error;
 
 use crate::frame::write_frame;
 use crate::types::{
-    ClusterStatus, Durability, ErrorCode, KvItem, LockState, NodeStatus, Op, PartitionStatus,
-    ReplicaRole, ReplicaStatus, Reply, SetCondition, StatusScope, WireError,
+    BackupChunk, ClusterStatus, Durability, ErrorCode, KvItem, LockState, NodeStatus, Op,
+    PartitionStatus, ReplicaRole, ReplicaStatus, Reply, SetCondition, StatusScope, WireError,
 };
 use crate::wire;
 
@@ -194,6 +194,10 @@ pub fn decode_request(buf: &[u8]) -> Result<(u64, u32, Op), DecodeError> {
         wire::Op::SeqNext => {
             let o = req.op_as_seq_next().ok_or_else(|| missing("seq next body"))?;
             Op::SeqNext { name: bytes(o.name()), count: o.count() }
+        }
+        wire::Op::Backup => {
+            let o = req.op_as_backup().ok_or_else(|| missing("backup body"))?;
+            Op::Backup { key: bytes(o.key()), offset: o.offset(), index: o.index() }
         }
         wire::Op::ClusterStatus => {
             let o = req.op_as_cluster_status().ok_or_else(|| missing("cluster status body"))?;
@@ -379,6 +383,14 @@ pub fn encode_request(
             let o =
                 wire::SeqNext::create(fbb, &wire::SeqNextArgs { name: Some(name), count: *count });
             (wire::Op::SeqNext, o.as_union_value())
+        }
+        Op::Backup { key, offset, index } => {
+            let key = fbb.create_vector(key);
+            let o = wire::Backup::create(
+                fbb,
+                &wire::BackupArgs { key: Some(key), offset: *offset, index: *index },
+            );
+            (wire::Op::Backup, o.as_union_value())
         }
         Op::ClusterStatus { scope, checksums } => {
             let scope = match scope {
@@ -703,6 +715,25 @@ pub fn encode_response(
                 Reply::ClusterStatus(st) => {
                     (wire::Reply::ClusterStatusResult, cluster_status(fbb, st).as_union_value())
                 }
+                Reply::BackupChunk(c) => {
+                    let start = fbb.create_vector(&c.start);
+                    let end = fbb.create_vector(&c.end);
+                    let data = fbb.create_vector(&c.data);
+                    let args = wire::BackupChunkResultArgs {
+                        partition: c.partition,
+                        start: Some(start),
+                        end: Some(end),
+                        index: c.index,
+                        term: c.term,
+                        hlc: c.hlc,
+                        total: c.total,
+                        crc: c.crc,
+                        offset: c.offset,
+                        data: Some(data),
+                    };
+                    let r = wire::BackupChunkResult::create(fbb, &args);
+                    (wire::Reply::BackupChunkResult, r.as_union_value())
+                }
             });
         }
     }
@@ -797,6 +828,21 @@ pub fn decode_response(buf: &[u8]) -> Result<DecodedResponse, DecodeError> {
         wire::Reply::ClusterStatusResult => Reply::ClusterStatus(cluster_status_from(
             resp.result_as_cluster_status_result().ok_or_else(|| missing("result"))?,
         )),
+        wire::Reply::BackupChunkResult => {
+            let r = resp.result_as_backup_chunk_result().ok_or_else(|| missing("result"))?;
+            Reply::BackupChunk(BackupChunk {
+                partition: r.partition(),
+                start: bytes(r.start()),
+                end: bytes(r.end()),
+                index: r.index(),
+                term: r.term(),
+                hlc: r.hlc(),
+                total: r.total(),
+                crc: r.crc(),
+                offset: r.offset(),
+                data: bytes(r.data()),
+            })
+        }
         other => return Err(DecodeError::UnknownOp { request_id: id, tag: other.0 }),
     };
     Ok((id, Ok(reply), hint))
@@ -888,6 +934,7 @@ mod tests {
             },
             Op::LockGet { resource: k.clone(), durability: d },
             Op::SeqNext { name: k.clone(), count: 100 },
+            Op::Backup { key: k.clone(), offset: 5, index: 9 },
             Op::ClusterStatus { scope: StatusScope::Cluster, checksums: false },
             Op::ClusterStatus { scope: StatusScope::Node, checksums: true },
             Op::ClusterStatus { scope: StatusScope::Shard, checksums: false },
@@ -929,6 +976,18 @@ mod tests {
             })),
             Ok(Reply::LockAck { fencing_token: 5, expires_at_ms: 2 }),
             Ok(Reply::Seq { first: 1, count: 100 }),
+            Ok(Reply::BackupChunk(BackupChunk {
+                partition: 2,
+                start: b"a".to_vec(),
+                end: vec![],
+                index: 9,
+                term: 3,
+                hlc: 77,
+                total: 100,
+                crc: 5,
+                offset: 10,
+                data: vec![1, 2, 3],
+            })),
             Ok(Reply::ClusterStatus(ClusterStatus {
                 answered_by: 2,
                 nodes: vec![

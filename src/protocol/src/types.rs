@@ -209,6 +209,12 @@ pub enum Op {
         scope: StatusScope,
         checksums: bool,
     },
+    /// A piece of a backup of the partition holding `key` (see the schema's `Backup`).
+    Backup {
+        key: Vec<u8>,
+        offset: u64,
+        index: u64,
+    },
 }
 
 /// Which replicas a [`Op::ClusterStatus`] reports.
@@ -239,6 +245,7 @@ impl Op {
             | Op::LockRelease { resource, .. }
             | Op::LockGet { resource, .. } => resource,
             Op::SeqNext { name, .. } => name,
+            Op::Backup { key, .. } => key,
             Op::ClusterStatus { .. } => &[],
         }
     }
@@ -256,7 +263,9 @@ impl Op {
             | Op::LockExtend { durability, .. }
             | Op::LockRelease { durability, .. }
             | Op::LockGet { durability, .. } => *durability,
-            Op::SeqNext { .. } | Op::ClusterStatus { .. } => Durability::Persistent,
+            Op::SeqNext { .. } | Op::ClusterStatus { .. } | Op::Backup { .. } => {
+                Durability::Persistent
+            }
         }
     }
 
@@ -270,6 +279,7 @@ impl Op {
                 | Op::KvHistory { .. }
                 | Op::LockGet { .. }
                 | Op::ClusterStatus { .. }
+                | Op::Backup { .. }
         )
     }
 
@@ -288,6 +298,7 @@ impl Op {
             Op::LockGet { .. } => "lock get",
             Op::SeqNext { .. } => "seq next",
             Op::ClusterStatus { .. } => "cluster status",
+            Op::Backup { .. } => "backup",
         }
     }
 }
@@ -327,6 +338,22 @@ pub enum Reply {
     LockAck { fencing_token: u64, expires_at_ms: u64 },
     Seq { first: u64, count: u64 },
     ClusterStatus(ClusterStatus),
+    BackupChunk(BackupChunk),
+}
+
+/// A piece of a partition's backup (see the schema's `BackupChunkResult`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackupChunk {
+    pub partition: u64,
+    pub start: Vec<u8>,
+    pub end: Vec<u8>,
+    pub index: u64,
+    pub term: u64,
+    pub hlc: u64,
+    pub total: u64,
+    pub crc: u32,
+    pub offset: u64,
+    pub data: Vec<u8>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -119,6 +119,9 @@ settings! {
     /// What to log: a level (`info`) or a filter (`info,raft=info`); `RUST_LOG` wins. raft-rs
     /// logs every partition's elections at `info`: by default only its warnings show.
     log_level: String = "info,raft=warn".to_string();
+    /// Start a new cluster's node from a backup (`kahuna-cli backup create DIR`): every node of
+    /// the new cluster names the same backup, on an empty data directory.
+    restore_from: String = String::new();
 }
 
 #[derive(Debug, thiserror::Error)]

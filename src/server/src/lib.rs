@@ -13,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod raft;
+pub mod restore;
 pub mod shard;
 pub mod storage;
 pub mod transport;

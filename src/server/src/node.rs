@@ -49,13 +49,15 @@ pub enum NodeError {
     Damaged { shard: usize, reason: String },
     #[error("data directory {path} holds data format {found}; this build reads format {FORMAT} only (start it on an empty directory)")]
     Format { path: String, found: u32 },
+    #[error("{0}")]
+    Restore(String),
 }
 
 impl NodeError {
     /// The process exit code for this failure (see [`crate::fatal`]).
     pub fn exit_code(&self) -> i32 {
         match self {
-            NodeError::Damaged { .. } => crate::fatal::EXIT_DAMAGED,
+            NodeError::Damaged { .. } | NodeError::Restore(_) => crate::fatal::EXIT_DAMAGED,
             _ => crate::fatal::EXIT_START,
         }
     }
@@ -141,7 +143,8 @@ impl Layout {
 
 const LAYOUT_FILE: &str = "kahuna-node.toml";
 
-fn check_layout(cfg: &NodeConfig) -> Result<Layout, NodeError> {
+/// The data directory's layout, and whether this start created it (the directory was new).
+fn check_layout(cfg: &NodeConfig) -> Result<(Layout, bool), NodeError> {
     let dir = &cfg.data_dir;
     let io = |source| NodeError::DataDir { path: dir.display().to_string(), source };
     std::fs::create_dir_all(dir).map_err(io)?;
@@ -176,7 +179,7 @@ fn check_layout(cfg: &NodeConfig) -> Result<Layout, NodeError> {
                     wanted: wanted.describe(),
                 });
             }
-            Ok(found)
+            Ok((found, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let text = toml::to_string(&wanted).expect("layout serialises");
@@ -185,7 +188,7 @@ fn check_layout(cfg: &NodeConfig) -> Result<Layout, NodeError> {
             std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
             std::fs::rename(&tmp, &path).map_err(io)?;
             std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io)?;
-            Ok(wanted)
+            Ok((wanted, true))
         }
         Err(e) => Err(io(e)),
     }
@@ -215,12 +218,33 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     let peer_base =
         cfg.peer_addr().map_err(|e| NodeError::Shard { shard: 0, reason: e.to_string() })?;
     let _claims = claim(&cfg, peer_base)?;
-    let layout = check_layout(&cfg)?;
+    let (layout, fresh) = check_layout(&cfg)?;
     let io_memory = io_memory_bytes(cfg.shards)?;
     let members =
         cfg.members().map_err(|e| NodeError::Shard { shard: 0, reason: e.to_string() })?;
     let ids: Vec<u64> = members.keys().copied().collect();
     let map = PartitionMap::initial(layout.partitions, cfg.shards, &ids, cfg.replication_factor);
+    let backup = match cfg.restore_from.as_str() {
+        "" => None,
+        dir if !fresh => {
+            // A node restored before restarts as it is (the flag may stay in its unit file);
+            // one whose restore did not finish, or that was never restored, is refused.
+            let restored = (0..cfg.shards)
+                .all(|i| cfg.data_dir.join(format!("shard-{i}")).join(RESTORED).exists());
+            if !restored {
+                return Err(NodeError::Restore(format!(
+                    "--restore-from needs an empty data directory, and {} already holds a node \
+                     (or a restore into it that did not finish): empty it to restore",
+                    cfg.data_dir.display()
+                )));
+            }
+            tracing::info!("restored from {dir} before; starting from its data directory");
+            None
+        }
+        dir => {
+            Some(Arc::new(crate::restore::read(Path::new(dir), &map).map_err(NodeError::Restore)?))
+        }
+    };
     let plan = MeshPlan::new(cfg.shards);
     StateDb::start_background_threads()
         .map_err(|e| NodeError::Shard { shard: 0, reason: format!("RocksDB threads: {e}") })?;
@@ -254,15 +278,19 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             builder = builder.spin_before_park(Duration::from_micros(cfg.spin_before_park_us));
         }
         let (cfg, map, plan, members) = (cfg.clone(), map.clone(), plan.clone(), members.clone());
-        let metrics = metrics.clone();
-        let handle = builder
-            .spawn(move || async move {
-                run_shard(shard, cfg, map, plan, members, peer_base, metrics).await
-            })
-            .map_err(|e| NodeError::Shard {
-                shard,
-                reason: format!("starting its executor: {e}"),
-            })?;
+        let start = ShardStart {
+            shard,
+            cfg,
+            map,
+            plan,
+            members,
+            peer_base,
+            metrics: metrics.clone(),
+            backup: backup.clone(),
+        };
+        let handle = builder.spawn(move || async move { run_shard(start).await }).map_err(|e| {
+            NodeError::Shard { shard, reason: format!("starting its executor: {e}") }
+        })?;
         handles.push((shard, handle));
     }
     for (shard, handle) in handles {
@@ -382,7 +410,11 @@ async fn recover(
     Ok((wal, parts, hlc))
 }
 
-async fn run_shard(
+/// What a shard starts from: its place in the node and what every shard shares.
+/// Written in a shard's directory once every copy of a restore is installed in it.
+const RESTORED: &str = "restored";
+
+struct ShardStart {
     shard: usize,
     cfg: Arc<NodeConfig>,
     map: PartitionMap,
@@ -390,7 +422,12 @@ async fn run_shard(
     members: BTreeMap<u64, SocketAddr>,
     peer_base: SocketAddr,
     metrics: Arc<crate::metrics::Metrics>,
-) -> Result<(), NodeError> {
+    /// The checked backup to start this node's partitions from (`--restore-from`).
+    backup: Option<Arc<crate::restore::Backup>>,
+}
+
+async fn run_shard(start: ShardStart) -> Result<(), NodeError> {
+    let ShardStart { shard, cfg, map, plan, members, peer_base, metrics, backup } = start;
     let dir = cfg.data_dir.join(format!("shard-{shard}"));
     let wal_dir = dir.join("wal");
     std::fs::create_dir_all(&wal_dir)
@@ -407,6 +444,38 @@ async fn run_shard(
         .map_err(|e| shard_err(shard, format!("opening RocksDB: {e}")))?;
     let snapshots = crate::raft::snapshot::Snapshots::new(dir.join("snap"))
         .map_err(|e| shard_err(shard, format!("snapshot directory: {e}")))?;
+    if let Some(backup) = backup {
+        // This shard's partitions start from the backup's copies (the directory is new: its
+        // WAL is empty, so recovery starts each log at the copy's index).
+        for info in
+            map.partitions().iter().filter(|p| p.shard == shard && p.replicas.contains(&cfg.id))
+        {
+            let copy = backup[&info.id].clone();
+            let (db, info, sst) = (db.clone(), info.clone(), snapshots.dir().join("restore.sst"));
+            glommio::executor()
+                .spawn_blocking(move || {
+                    db.install_snapshot_file(
+                        info.id,
+                        &info.start,
+                        &info.end,
+                        &copy.path,
+                        &sst,
+                        copy.state,
+                    )
+                })
+                .await
+                .map_err(|e| NodeError::Restore(format!("partition {}: {e}", info.id)))?;
+        }
+        // Every copy is in (installs are durable): a restart with the same flags starts as is.
+        let marker = dir.join(RESTORED);
+        std::fs::write(&marker, cfg.restore_from.as_bytes())
+            .and_then(|_| std::fs::File::open(&marker)?.sync_all())
+            .and_then(|_| std::fs::File::open(&dir)?.sync_all())
+            .map_err(|e| shard_err(shard, format!("{}: {e}", marker.display())))?;
+        if shard == 0 {
+            tracing::info!("restored {} partitions from {}", backup.len(), cfg.restore_from);
+        }
+    }
     let (wal, parts, hlc) = recover(shard, &cfg, &map, &db, &wal_dir, snapshots.dir()).await?;
     let (kick_tx, kick_rx) = local_channel::new_bounded(1);
     let (link, receivers, shard_of_peer) =

@@ -436,10 +436,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for StatusScope {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 13;
+pub const ENUM_MAX_OP: u8 = 14;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 14] = [
+pub const ENUM_VALUES_OP: [Op; 15] = [
   Op::NONE,
   Op::KvSet,
   Op::KvGet,
@@ -454,6 +454,7 @@ pub const ENUM_VALUES_OP: [Op; 14] = [
   Op::LockGet,
   Op::SeqNext,
   Op::ClusterStatus,
+  Op::Backup,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -475,9 +476,10 @@ impl Op {
   pub const LockGet: Self = Self(11);
   pub const SeqNext: Self = Self(12);
   pub const ClusterStatus: Self = Self(13);
+  pub const Backup: Self = Self(14);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 13;
+  pub const ENUM_MAX: u8 = 14;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::KvSet,
@@ -493,6 +495,7 @@ impl Op {
     Self::LockGet,
     Self::SeqNext,
     Self::ClusterStatus,
+    Self::Backup,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -511,6 +514,7 @@ impl Op {
       Self::LockGet => Some("LockGet"),
       Self::SeqNext => Some("SeqNext"),
       Self::ClusterStatus => Some("ClusterStatus"),
+      Self::Backup => Some("Backup"),
       _ => None,
     }
   }
@@ -662,10 +666,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ReplicaRole {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 11;
+pub const ENUM_MAX_REPLY: u8 = 12;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 12] = [
+pub const ENUM_VALUES_REPLY: [Reply; 13] = [
   Reply::NONE,
   Reply::KvSetResult,
   Reply::KvGetResult,
@@ -678,6 +682,7 @@ pub const ENUM_VALUES_REPLY: [Reply; 12] = [
   Reply::LockAck,
   Reply::SeqResult,
   Reply::ClusterStatusResult,
+  Reply::BackupChunkResult,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -697,9 +702,10 @@ impl Reply {
   pub const LockAck: Self = Self(9);
   pub const SeqResult: Self = Self(10);
   pub const ClusterStatusResult: Self = Self(11);
+  pub const BackupChunkResult: Self = Self(12);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 11;
+  pub const ENUM_MAX: u8 = 12;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::KvSetResult,
@@ -713,6 +719,7 @@ impl Reply {
     Self::LockAck,
     Self::SeqResult,
     Self::ClusterStatusResult,
+    Self::BackupChunkResult,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -729,6 +736,7 @@ impl Reply {
       Self::LockAck => Some("LockAck"),
       Self::SeqResult => Some("SeqResult"),
       Self::ClusterStatusResult => Some("ClusterStatusResult"),
+      Self::BackupChunkResult => Some("BackupChunkResult"),
       _ => None,
     }
   }
@@ -2456,6 +2464,139 @@ impl ::core::fmt::Debug for SeqNext<'_> {
       ds.finish()
   }
 }
+pub enum BackupOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One piece of a backup of the partition that holds `key`: offset 0 takes a consistent copy
+/// of the partition on its leader (after a read barrier, so it holds every write acknowledged
+/// before) and answers its first piece; later offsets name that copy by its `index`.
+pub struct Backup<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Backup<'a> {
+  type Inner = Backup<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Backup<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 6;
+  pub const VT_INDEX: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Backup { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args BackupArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Backup<'bldr>> {
+    let mut builder = BackupBuilder::new(_fbb);
+    builder.add_index(args.index);
+    builder.add_offset(args.offset);
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Backup::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Backup::VT_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Backup::VT_INDEX, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Backup<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<u64>("index", Self::VT_INDEX, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct BackupArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub offset: u64,
+    pub index: u64,
+}
+impl<'a> Default for BackupArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    BackupArgs {
+      key: None,
+      offset: 0,
+      index: 0,
+    }
+  }
+}
+
+pub struct BackupBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BackupBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Backup::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot::<u64>(Backup::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn add_index(&mut self, index: u64) {
+    self.fbb_.push_slot::<u64>(Backup::VT_INDEX, index, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BackupBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    BackupBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Backup<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Backup<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Backup");
+      ds.field("key", &self.key());
+      ds.field("offset", &self.offset());
+      ds.field("index", &self.index());
+      ds.finish()
+  }
+}
 pub enum ClusterStatusOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2835,6 +2976,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_backup(&self) -> Option<Backup<'a>> {
+    if self.op_type() == Op::Backup {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Backup::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -2860,6 +3016,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Op::LockGet => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LockGet>>("Op::LockGet", pos),
           Op::SeqNext => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SeqNext>>("Op::SeqNext", pos),
           Op::ClusterStatus => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterStatus>>("Op::ClusterStatus", pos),
+          Op::Backup => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Backup>>("Op::Backup", pos),
           _ => Ok(()),
         }
      })?
@@ -3014,6 +3171,13 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Op::ClusterStatus => {
           if let Some(x) = self.op_as_cluster_status() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Backup => {
+          if let Some(x) = self.op_as_backup() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -5347,6 +5511,257 @@ impl ::core::fmt::Debug for ClusterStatusResult<'_> {
       ds.finish()
   }
 }
+pub enum BackupChunkResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A piece of a partition's backup: the copy's position in the log (`index`, `term`), the
+/// leader's clock then (`hlc`), its size and CRC32C, and `data` from `offset`.
+pub struct BackupChunkResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for BackupChunkResult<'a> {
+  type Inner = BackupChunkResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> BackupChunkResult<'a> {
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_START: ::flatbuffers::VOffsetT = 6;
+  pub const VT_END: ::flatbuffers::VOffsetT = 8;
+  pub const VT_INDEX: ::flatbuffers::VOffsetT = 10;
+  pub const VT_TERM: ::flatbuffers::VOffsetT = 12;
+  pub const VT_HLC: ::flatbuffers::VOffsetT = 14;
+  pub const VT_TOTAL: ::flatbuffers::VOffsetT = 16;
+  pub const VT_CRC: ::flatbuffers::VOffsetT = 18;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 20;
+  pub const VT_DATA: ::flatbuffers::VOffsetT = 22;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    BackupChunkResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args BackupChunkResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<BackupChunkResult<'bldr>> {
+    let mut builder = BackupChunkResultBuilder::new(_fbb);
+    builder.add_offset(args.offset);
+    builder.add_total(args.total);
+    builder.add_hlc(args.hlc);
+    builder.add_term(args.term);
+    builder.add_index(args.index);
+    builder.add_partition(args.partition);
+    if let Some(x) = args.data { builder.add_data(x); }
+    builder.add_crc(args.crc);
+    if let Some(x) = args.end { builder.add_end(x); }
+    if let Some(x) = args.start { builder.add_start(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BackupChunkResult::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn start(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(BackupChunkResult::VT_START, None)}
+  }
+  #[inline]
+  pub fn end(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(BackupChunkResult::VT_END, None)}
+  }
+  #[inline]
+  pub fn index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BackupChunkResult::VT_INDEX, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn term(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BackupChunkResult::VT_TERM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn hlc(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BackupChunkResult::VT_HLC, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn total(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BackupChunkResult::VT_TOTAL, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn crc(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(BackupChunkResult::VT_CRC, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BackupChunkResult::VT_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn data(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(BackupChunkResult::VT_DATA, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for BackupChunkResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("start", Self::VT_START, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("end", Self::VT_END, false)?
+     .visit_field::<u64>("index", Self::VT_INDEX, false)?
+     .visit_field::<u64>("term", Self::VT_TERM, false)?
+     .visit_field::<u64>("hlc", Self::VT_HLC, false)?
+     .visit_field::<u64>("total", Self::VT_TOTAL, false)?
+     .visit_field::<u32>("crc", Self::VT_CRC, false)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct BackupChunkResultArgs<'a> {
+    pub partition: u64,
+    pub start: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub end: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub index: u64,
+    pub term: u64,
+    pub hlc: u64,
+    pub total: u64,
+    pub crc: u32,
+    pub offset: u64,
+    pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for BackupChunkResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    BackupChunkResultArgs {
+      partition: 0,
+      start: None,
+      end: None,
+      index: 0,
+      term: 0,
+      hlc: 0,
+      total: 0,
+      crc: 0,
+      offset: 0,
+      data: None,
+    }
+  }
+}
+
+pub struct BackupChunkResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BackupChunkResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: u64) {
+    self.fbb_.push_slot::<u64>(BackupChunkResult::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_start(&mut self, start: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(BackupChunkResult::VT_START, start);
+  }
+  #[inline]
+  pub fn add_end(&mut self, end: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(BackupChunkResult::VT_END, end);
+  }
+  #[inline]
+  pub fn add_index(&mut self, index: u64) {
+    self.fbb_.push_slot::<u64>(BackupChunkResult::VT_INDEX, index, 0);
+  }
+  #[inline]
+  pub fn add_term(&mut self, term: u64) {
+    self.fbb_.push_slot::<u64>(BackupChunkResult::VT_TERM, term, 0);
+  }
+  #[inline]
+  pub fn add_hlc(&mut self, hlc: u64) {
+    self.fbb_.push_slot::<u64>(BackupChunkResult::VT_HLC, hlc, 0);
+  }
+  #[inline]
+  pub fn add_total(&mut self, total: u64) {
+    self.fbb_.push_slot::<u64>(BackupChunkResult::VT_TOTAL, total, 0);
+  }
+  #[inline]
+  pub fn add_crc(&mut self, crc: u32) {
+    self.fbb_.push_slot::<u32>(BackupChunkResult::VT_CRC, crc, 0);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot::<u64>(BackupChunkResult::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(BackupChunkResult::VT_DATA, data);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BackupChunkResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    BackupChunkResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<BackupChunkResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for BackupChunkResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("BackupChunkResult");
+      ds.field("partition", &self.partition());
+      ds.field("start", &self.start());
+      ds.field("end", &self.end());
+      ds.field("index", &self.index());
+      ds.field("term", &self.term());
+      ds.field("hlc", &self.hlc());
+      ds.field("total", &self.total());
+      ds.field("crc", &self.crc());
+      ds.field("offset", &self.offset());
+      ds.field("data", &self.data());
+      ds.finish()
+  }
+}
 pub enum ResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -5590,6 +6005,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_backup_chunk_result(&self) -> Option<BackupChunkResult<'a>> {
+    if self.result_type() == Reply::BackupChunkResult {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { BackupChunkResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -5613,6 +6043,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           Reply::LockAck => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LockAck>>("Reply::LockAck", pos),
           Reply::SeqResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SeqResult>>("Reply::SeqResult", pos),
           Reply::ClusterStatusResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterStatusResult>>("Reply::ClusterStatusResult", pos),
+          Reply::BackupChunkResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BackupChunkResult>>("Reply::BackupChunkResult", pos),
           _ => Ok(()),
         }
      })?
@@ -5760,6 +6191,13 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         Reply::ClusterStatusResult => {
           if let Some(x) = self.result_as_cluster_status_result() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::BackupChunkResult => {
+          if let Some(x) = self.result_as_backup_chunk_result() {
             ds.field("result", &x)
           } else {
             ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -11,6 +11,7 @@
 //! Must never: block the executor (RocksDB flushes go to `spawn_blocking`), hold a `RefCell`
 //! borrow across an `.await`, or grow a queue without a bound.
 
+mod backup;
 pub mod driver;
 pub mod mesh;
 mod status;
@@ -71,13 +72,18 @@ pub struct Shard {
     /// This node's clock against each peer's, measured over this shard's links.
     pub clock_offsets: RefCell<ClockOffsets>,
     /// Whether this node may time leases (the last verdict, to log changes).
-    clock_ok: Cell<bool>,
+    /// What the last clock verdict said, to log its changes: 0 not settled (too few peers
+    /// answered to tell), 1 within the maximum offset, 2 off from most of its peers.
+    clock_state: Cell<u8>,
     /// Snapshot files being sent, received and staged.
     pub snapshots: RefCell<crate::raft::snapshot::Snapshots>,
     /// The WAL refused a batch for lack of space: writes are refused until it takes one again.
     pub disk_full: Cell<bool>,
     /// This shard's series of the node's Prometheus metrics.
     pub metrics: crate::metrics::ShardMetrics,
+    /// Backup copies being read by clients.
+    backups: RefCell<backup::Copies>,
+    next_backup: Cell<u64>,
 }
 
 /// A forwarded request may be forwarded once more (to a leader the first hop learned of), never
@@ -166,10 +172,13 @@ impl Shard {
             ticks: Cell::new(0),
             clock_warned: Cell::new(None),
             clock_offsets: RefCell::default(),
-            clock_ok: Cell::new(true),
+            // Not measured yet: a node starts granting leases once its peers answered.
+            clock_state: Cell::new(0),
             snapshots: RefCell::new(snapshots),
             disk_full: Cell::new(false),
             metrics,
+            backups: RefCell::default(),
+            next_backup: Cell::new(0),
         }
     }
 
@@ -218,9 +227,34 @@ impl Shard {
         let now = self.clock.now_ms();
         let max = self.cfg.max_clock_offset_ms;
         let v = self.clock_offsets.borrow().verdict(now, max, peers);
-        if v.ok != self.clock_ok.replace(v.ok) {
-            if v.ok {
-                tracing::warn!("shard {}: this node's clock is back within max_clock_offset_ms of its peers; granting leases again", self.id);
+        let state = if v.ok {
+            1
+        } else if v.far * 2 > peers {
+            // Far from most of all its peers: certainly this node (one far peer among
+            // few samples could be that peer's clock).
+            2
+        } else {
+            0
+        };
+        let changed = state != self.clock_state.replace(state);
+        if changed && peers > 0 {
+            if state == 1 {
+                tracing::info!(
+                    "shard {}: this node's clock is within max_clock_offset_ms of its peers' \
+                     (measured against {} of {}); granting leases",
+                    self.id,
+                    v.known,
+                    peers
+                );
+            } else if state == 0 {
+                tracing::warn!(
+                    "shard {}: this node's clock is not settled: measured against {} of its {} \
+                     peers, {} of them far; it grants no leases until more answer",
+                    self.id,
+                    v.known,
+                    peers,
+                    v.far
+                );
             } else {
                 tracing::error!(
                     "shard {}: this node's clock is about {} ms from its peers' ({} of {} further than max_clock_offset_ms {}); it grants no leases until that is fixed",
@@ -447,8 +481,10 @@ impl Shard {
         let mut fbb = flatbuffers::FlatBufferBuilder::new();
         let mut frame = Vec::new();
         encode_request(&mut fbb, token, left_ms.max(1), &op, &mut frame);
-        // A status answer with checksums reads whole ranges: it gets the caller's deadline.
-        let is_read = op.is_read() && !matches!(op, Op::ClusterStatus { checksums: true, .. });
+        // A status answer with checksums reads whole ranges, a backup copy writes one: they get
+        // the caller's deadline.
+        let slow = matches!(op, Op::ClusterStatus { checksums: true, .. } | Op::Backup { .. });
+        let is_read = op.is_read() && !slow;
         let (tx, rx) = oneshot::channel();
         self.forwarded
             .borrow_mut()
@@ -673,6 +709,9 @@ impl Shard {
                 Some(Ok(Err(e))) => return Err(e),
                 Some(Ok(Ok(()))) => {}
             }
+        }
+        if let Op::Backup { offset, index, .. } = op {
+            return self.backup_chunk(partition, *offset, *index).await;
         }
         let now_ms = self.now_ms();
         let big_scan = match op {
