@@ -55,8 +55,23 @@ impl KeyGen {
     }
 }
 
-pub fn key_name(n: u64) -> String {
-    format!("bench/{n:010}")
+/// The name of key number `n`. With a prefix, `{prefix}{n:010}`: every key shares it, so they
+/// start in one partition (as most applications' keys do: `orders/…`) until load splits it.
+/// Without one, two printable characters from a hash of `n` come first, so keys spread over
+/// the whole key space, and so over every partition, as a cluster's many tenants' keys would.
+pub fn key_name(prefix: Option<&str>, n: u64) -> String {
+    match prefix {
+        Some(p) => format!("{p}{n:010}"),
+        None => {
+            // splitmix64: consecutive numbers land far apart.
+            let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            let c = |x: u64| (0x21 + (x % 94) as u8) as char;
+            format!("{}{}/bench/{n:010}", c(z), c(z >> 8))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -77,6 +92,12 @@ mod tests {
         let hot = (0..20_000).filter(|_| g.next(&mut rng) < 10).count();
         // Under zipf(0.99) the top 1% of keys take far more than 1% of draws.
         assert!(hot > 20_000 / 10, "{hot}");
+        // Spread names cover the printable first bytes; prefixed ones share the prefix.
+        let firsts: std::collections::HashSet<u8> =
+            (0..2000).map(|n| key_name(None, n).into_bytes()[0]).collect();
+        assert!(firsts.len() > 80, "{}", firsts.len());
+        assert_eq!(key_name(Some("orders/"), 7), "orders/0000000007");
+        assert_ne!(key_name(None, 1), key_name(None, 2));
         let one = KeyGen::new(&KeyDist::Zipf(0.99), 1);
         assert_eq!(one.next(&mut rng), 0);
     }

@@ -88,6 +88,10 @@ struct Args {
     /// `uniform` or `zipf:<exponent>`.
     #[arg(long, default_value = "uniform")]
     key_dist: KeyDist,
+    /// Every key (and lock resource) starts with this, so the load lands in one partition
+    /// until it splits; default: keys spread over the whole key space.
+    #[arg(long)]
+    key_prefix: Option<String>,
     /// Lock workload: 0 = uncontended (own resources per worker), N = everyone on N resources.
     #[arg(long, default_value_t = 0)]
     lock_resources: u64,
@@ -201,13 +205,15 @@ async fn preload(endpoints: &[String], a: &Args) -> Result<(), String> {
     let mut tasks = Vec::new();
     for _ in 0..64 {
         let (c, next, value, keys) = (client.clone(), next.clone(), value.clone(), a.keys);
+        let prefix = a.key_prefix.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
                 if k >= keys || Instant::now() > deadline {
                     return Ok::<(), String>(());
                 }
-                c.kv_set(key_name(k).as_bytes(), &value, SetOptions::default().durability(d))
+                let key = key_name(prefix.as_deref(), k);
+                c.kv_set(key.as_bytes(), &value, SetOptions::default().durability(d))
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -261,6 +267,7 @@ async fn run_one(
                 worker,
                 seq_block: a.seq_block.max(1),
                 read_percent: a.read_percent.min(100),
+                key_prefix: a.key_prefix.clone(),
             };
             let (c, shared, seed) = (client.clone(), shared.clone(), a.seed);
             tasks.push(tokio::spawn(async move {
@@ -361,6 +368,7 @@ async fn run_one(
             KeyDist::Uniform => "uniform".into(),
             KeyDist::Zipf(s) => format!("zipf:{s}"),
         },
+        key_prefix: a.key_prefix.clone(),
         keys: a.keys,
         value_size: a.value_size,
         duration_s: elapsed.as_secs_f64(),

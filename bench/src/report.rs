@@ -52,6 +52,9 @@ pub struct RunResult {
     pub mode: String,
     pub rate_ops_s: Option<f64>,
     pub key_dist: String,
+    /// `--key-prefix`: every key in one prefix; absent: keys spread over the key space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
     pub keys: u64,
     pub value_size: usize,
     pub duration_s: f64,
@@ -236,6 +239,7 @@ mod tests {
             mode: "closed".into(),
             rate_ops_s: None,
             key_dist: "uniform".into(),
+            key_prefix: None,
             keys: 10,
             value_size: 8,
             duration_s: 1.0,

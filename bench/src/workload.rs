@@ -55,6 +55,8 @@ pub struct OpCtx {
     pub worker: u64,
     pub seq_block: u64,
     pub read_percent: u32,
+    /// `--key-prefix`: every key starts with it; `None`: keys spread over the key space.
+    pub key_prefix: Option<String>,
 }
 
 /// Expected outcomes that are not failures: a read of an absent key, a lost CAS race, a lock
@@ -66,7 +68,7 @@ fn expected(code: ErrorCode) -> bool {
 /// Runs one operation; `Err(code)` for a failure worth counting.
 pub async fn run_op<R: Rng>(c: &Client, ctx: &OpCtx, rng: &mut R) -> Result<(), &'static str> {
     let k = ctx.keys.next(rng);
-    let key = key_name(k);
+    let key = key_name(ctx.key_prefix.as_deref(), k);
     let d = ctx.durability;
     let result = match ctx.workload {
         Workload::KvSet => c
@@ -91,13 +93,18 @@ pub async fn run_op<R: Rng>(c: &Client, ctx: &OpCtx, rng: &mut R) -> Result<(), 
                 limit: 10,
                 start_after: Some(key.clone().into_bytes()),
             };
-            c.kv_scan(b"bench/", o).await.map(drop)
+            // The keys that share the key's prefix: its own first character(s) when spread.
+            let prefix = match &ctx.key_prefix {
+                Some(p) => p.clone().into_bytes(),
+                None => key.as_bytes()[..2].to_vec(),
+            };
+            c.kv_scan(&prefix, o).await.map(drop)
         }
         Workload::Lock => {
             let r = if ctx.lock_resources == 0 {
-                format!("bench-lock/{}/{}", ctx.worker, k % 1024)
+                key_name(ctx.key_prefix.as_deref(), ctx.worker << 10 | (k % 1024)) + "/lock"
             } else {
-                format!("bench-lock/shared/{}", k % ctx.lock_resources)
+                key_name(ctx.key_prefix.as_deref(), k % ctx.lock_resources) + "/shared-lock"
             };
             match c.lock_acquire(r.as_bytes(), ctx.owner.as_bytes(), 10_000, d).await {
                 Ok(l) if l.acquired => c.lock_release(r.as_bytes(), ctx.owner.as_bytes(), d).await,

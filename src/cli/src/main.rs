@@ -93,6 +93,14 @@ enum ClusterCmd {
         #[arg(long)]
         balanced: bool,
     },
+    /// Split a partition in two at KEY (default: the middle of its keys by bytes). The left
+    /// half keeps the id, the right half gets a new one; both stay on the same replicas.
+    Split {
+        /// The partition's id (see `cluster status`).
+        partition: u64,
+        /// Where the right half starts (inside the partition's range).
+        key: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -321,6 +329,7 @@ fn status_json(st: &ClusterStatus) -> Value {
                 "commit": leader.map(|l| l.commit),
                 "applied": leader.map(|l| l.applied),
                 "replicas": replicas,
+                "epoch": p.epoch,
             })
         })
         .collect();
@@ -399,12 +408,18 @@ fn status_table(st: &ClusterStatus, prev: Option<(&ClusterStatus, Duration)>) ->
             }
             _ => "-".into(),
         };
-        let moved = match (before.and_then(|(q, _)| q.leader()), leader) {
+        let mut moved = match (before.and_then(|(q, _)| q.leader()), leader) {
             (Some(was), Some(now)) if was.node != now.node => {
                 format!("  (leader moved from node {})", was.node)
             }
             _ => String::new(),
         };
+        // Splits since the last refresh: a new partition, or one whose range changed.
+        match before {
+            None if prev.is_some() => moved.push_str("  (new: split off)"),
+            Some((q, _)) if q.epoch != p.epoch => moved.push_str("  (split)"),
+            _ => {}
+        }
         out.push_str(&format!(
             "{:<5} {:<20} {:<7} {:<5} {:<9} {:<9} {:<7} {:<7} {}{}\n",
             p.id,
@@ -709,6 +724,24 @@ fn run(c: &Client, cmd: Cmd, wait_for: Duration, json_out: bool) -> Result<(Valu
                 format!("backed up {n} partitions ({bytes} bytes) into {}", dir.display()),
             )
         }
+        Cmd::Cluster(ClusterCmd::Split { partition, key }) => {
+            let st = c.cluster_status(false)?;
+            let Some(p) = st.partitions.iter().find(|p| p.id == partition) else {
+                return Err(Error::new(
+                    kahuna_client::ErrorCode::NotFound,
+                    format!("no partition {partition} (see `cluster status`)"),
+                ));
+            };
+            let at = key.map(|k| k.into_bytes()).unwrap_or_default();
+            let (left, right, at, epoch) = c.split(&p.start, &at)?;
+            (
+                json!({"left": left, "right": right, "at": bound(&at), "epoch": epoch}),
+                format!(
+                    "partition {left} split at {:?}: partition {right} holds the keys from there",
+                    bound(&at)
+                ),
+            )
+        }
         Cmd::Cluster(ClusterCmd::Wait { balanced }) => {
             let deadline = std::time::Instant::now() + wait_for;
             loop {
@@ -745,7 +778,8 @@ fn is_write(cmd: &Cmd) -> bool {
         Cmd::Kv(k) => matches!(k, KvCmd::Set { .. } | KvCmd::Delete { .. } | KvCmd::Extend { .. }),
         Cmd::Lock(l) => !matches!(l, LockCmd::Get { .. }),
         Cmd::Seq(_) => true,
-        Cmd::Cluster(_) | Cmd::Backup(_) => false,
+        Cmd::Cluster(c) => matches!(c, ClusterCmd::Split { .. }),
+        Cmd::Backup(_) => false,
     }
 }
 

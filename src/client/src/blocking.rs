@@ -88,6 +88,10 @@ impl Client {
     pub fn cluster_status(&self, checksums: bool) -> Result<ClusterStatus, Error> {
         self.rt.block_on(self.inner.cluster_status(checksums))
     }
+    pub fn split(&self, key: &[u8], at: &[u8]) -> Result<(u64, u64, Vec<u8>, u64), Error> {
+        self.rt.block_on(self.inner.split(key, at))
+    }
+
     pub fn seq_next(&self, name: &[u8], count: u64) -> Result<(u64, u64), Error> {
         self.rt.block_on(self.inner.seq_next(name, count))
     }

@@ -383,6 +383,10 @@ impl Client {
                 Ok((reply, _)) => return Ok(reply),
                 Err((e, _)) => e,
             };
+            if err.code == ErrorCode::Moved && self.inner.opts.route_to_leaders {
+                // A partition split under the request: learn the new ranges.
+                self.refresh_routes();
+            }
             if !err.code.is_retryable() {
                 return Err(err);
             }
@@ -478,7 +482,7 @@ impl Client {
             limit: o.limit,
         };
         match self.call(op).await? {
-            Reply::KvScan { items, next } => Ok(ScanPage { items, next }),
+            Reply::KvScan { items, next, .. } => Ok(ScanPage { items, next }),
             r => Err(unexpected(r)),
         }
     }
@@ -583,6 +587,15 @@ impl Client {
     }
 
     /// A block `[first, first + count)` of the sequence `name`.
+    /// Splits the partition holding `key` at `at` (empty: its leader picks the middle of its
+    /// keys): `(left id, right id, split key, epoch)`.
+    pub async fn split(&self, key: &[u8], at: &[u8]) -> Result<(u64, u64, Vec<u8>, u64), Error> {
+        match self.call(Op::Split { key: key.to_vec(), at: at.to_vec() }).await? {
+            Reply::Split { left, right, at, epoch } => Ok((left, right, at, epoch)),
+            r => Err(unexpected(r)),
+        }
+    }
+
     pub async fn seq_next(&self, name: &[u8], count: u64) -> Result<(u64, u64), Error> {
         match self.call(Op::SeqNext { name: name.to_vec(), count }).await? {
             Reply::Seq { first, count } => Ok((first, count)),

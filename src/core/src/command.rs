@@ -60,6 +60,30 @@ pub enum WriteOp {
         keys: Vec<Vec<u8>>,
         grace_ms: u64,
     },
+    /// Splits the partition at `at` (see [`crate::PartitionInfo::split`]): `[at, end)` becomes
+    /// partition `new_id`. Refused at apply unless the partition is still at `epoch`.
+    Split {
+        at: Vec<u8>,
+        new_id: u64,
+        epoch: u64,
+    },
+}
+
+impl WriteOp {
+    /// The user keys the write touches (none for a split, which changes the partition itself).
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            WriteOp::KvSet { key, .. }
+            | WriteOp::KvDelete { key, .. }
+            | WriteOp::KvExtend { key, .. } => vec![key],
+            WriteOp::LockAcquire { resource, .. }
+            | WriteOp::LockExtend { resource, .. }
+            | WriteOp::LockRelease { resource, .. } => vec![resource],
+            WriteOp::SeqNext { name, .. } => vec![name],
+            WriteOp::KvCollect { keys, .. } => keys.iter().map(|k| k.as_slice()).collect(),
+            WriteOp::Split { .. } => vec![],
+        }
+    }
 }
 
 /// The settings that change what applying a command does. They travel in every entry, as the

@@ -14,6 +14,13 @@
 //! ```
 //! Bytes below `KIND_MIN` are reserved for the server's own per-partition metadata.
 
+/// User keys (and lock and sequence names) that start with this belong to Kahuna itself;
+/// requests naming one are refused.
+pub const SYSTEM_PREFIX: &[u8] = b"\0kahuna/";
+/// The sequence partition ids are drawn from: a split's new half takes the next one, so ids
+/// are never reused. It lives in whichever partition owns its key, replicated like any other.
+pub const PARTITION_IDS: &[u8] = b"\0kahuna/partition-ids";
+
 pub const KV: u8 = b'k';
 pub const HISTORY: u8 = b'h';
 pub const LOCK: u8 = b'l';

@@ -1,7 +1,8 @@
 //! Kahuna's pure logic: what a write does, what a read sees, which partition owns a key.
 //!
 //! Owns: the key/value, lock and sequence state machines, the log command format, the storage
-//! key layout, the hybrid logical clock, the partition map and the request limits.
+//! key layout, the hybrid logical clock, the partition map (and how it splits), the split
+//! decisions and the request limits.
 //! Must never: touch a disk, a socket, an executor or the wall clock. Time comes in as an
 //! argument (the HLC carried by the Raft entry), storage as the [`store::Get`]/[`store::Scan`]
 //! traits, so every decision here replays identically on every replica and in tests.
@@ -21,6 +22,7 @@ pub mod partition;
 pub mod peer_frame;
 pub mod records;
 pub mod snapshot_format;
+pub mod split;
 pub mod state_machine;
 pub mod store;
 pub mod wal_format;

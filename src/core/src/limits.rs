@@ -54,7 +54,22 @@ impl Limits {
         if key.len() > self.max_key_bytes {
             return Err(too_large(what, key.len(), self.max_key_bytes));
         }
+        if key.starts_with(crate::keys::SYSTEM_PREFIX) {
+            return Err(invalid(format!(
+                "{what}s starting with {:?} are reserved for Kahuna itself",
+                String::from_utf8_lossy(crate::keys::SYSTEM_PREFIX)
+            )));
+        }
         Ok(())
+    }
+
+    /// Checks a request another node forwarded: a client's checks, except that the cluster's
+    /// own sequence of partition ids (which a splitting leader draws from) may be asked for.
+    pub fn validate_from_peer(&self, op: &Op) -> Result<(), WireError> {
+        match op {
+            Op::SeqNext { name, count: 1 } if name == crate::keys::PARTITION_IDS => Ok(()),
+            other => self.validate(other),
+        }
     }
 
     fn owner(&self, owner: &[u8]) -> Result<(), WireError> {
@@ -153,6 +168,10 @@ impl Limits {
             }
             Op::ClusterStatus { .. } => Ok(()),
             Op::Backup { key, .. } => self.key("key", key, true),
+            Op::Split { key, at } => {
+                self.key("key", key, true)?;
+                self.key("split key", at, true)
+            }
         }
     }
 }
@@ -179,6 +198,16 @@ mod tests {
             (set(1, (1 << 20) + 1), Some(ErrorCode::TooLarge)),
             (set(0, 1), Some(ErrorCode::Invalid)),
             (Op::SeqNext { name: b"s".to_vec(), count: 0 }, Some(ErrorCode::Invalid)),
+            (
+                Op::SeqNext { name: crate::keys::PARTITION_IDS.to_vec(), count: 1 },
+                Some(ErrorCode::Invalid),
+            ),
+            (
+                Op::KvGet { key: b"\0kahuna/x".to_vec(), durability: Persistent, revision: 0 },
+                Some(ErrorCode::Invalid),
+            ),
+            (Op::Split { key: vec![], at: b"m".to_vec() }, None),
+            (Op::Split { key: vec![], at: vec![b'm'; 1025] }, Some(ErrorCode::TooLarge)),
             (Op::SeqNext { name: b"s".to_vec(), count: 1_000_001 }, Some(ErrorCode::Invalid)),
             (
                 Op::LockAcquire {
@@ -215,5 +244,11 @@ mod tests {
         for (op, want) in cases {
             assert_eq!(l.validate(&op).err().map(|e| e.code), want, "{op:?}");
         }
+        // A peer may draw a partition id, one at a time; nothing else reserved.
+        let ids = |count| Op::SeqNext { name: crate::keys::PARTITION_IDS.to_vec(), count };
+        assert!(l.validate_from_peer(&ids(1)).is_ok());
+        assert!(l.validate_from_peer(&ids(2)).is_err());
+        let other = Op::SeqNext { name: b"\0kahuna/other".to_vec(), count: 1 };
+        assert!(l.validate_from_peer(&other).is_err());
     }
 }

@@ -1,10 +1,14 @@
 //! The partition map: contiguous key ranges `[start, end)` that together cover the key space,
-//! each owned by one shard of the node. Pure data and lookups; who holds the map and how it
-//! changes (splits, the meta partition) belong to the server.
+//! each owned by one shard of the node. Pure data, lookups and the rules of change: how a
+//! partition splits in two ([`PartitionInfo::split`]) and how a map takes newer descriptors
+//! ([`PartitionMap::update`]). Who holds the map and when it changes belong to the server.
 
 use crate::keys::prefix_end;
+use crate::records::CorruptRecord;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One partition's descriptor. Persisted with the partition's state (so a restart finds the
+/// ranges its splits made), and sent between shards and nodes when it changes.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct PartitionInfo {
     pub id: u64,
     /// Inclusive start; empty = the beginning of the key space.
@@ -16,6 +20,18 @@ pub struct PartitionInfo {
     pub shard: usize,
     /// The nodes holding a replica; the first is the initial leader.
     pub replicas: Vec<u64>,
+    /// Counts the changes of the range (1 at creation, +1 for each split, on both halves): of
+    /// two descriptors of one partition, the higher epoch is the newer.
+    pub epoch: u64,
+}
+
+/// Why a split was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SplitRefused {
+    #[error("partition {id} is at epoch {have}, not {want}: it changed since the split was asked")]
+    Stale { id: u64, have: u64, want: u64 },
+    #[error("the split key must lie strictly inside partition {id}'s range")]
+    Outside { id: u64 },
 }
 
 impl PartitionInfo {
@@ -29,6 +45,54 @@ impl PartitionInfo {
     /// varies who comes second, so a dead node's share spreads over the survivors too.
     pub fn preferred_leader(&self, me: u64, ready: impl Fn(u64) -> bool) -> Option<u64> {
         self.replicas.iter().copied().take_while(|n| *n != me).find(|n| ready(*n))
+    }
+
+    /// The two halves of a split at `at`: `[start, at)` keeps the id, `[at, end)` takes `new_id`;
+    /// both take the next epoch and keep the replicas and shard. The right half's preference
+    /// order rotates by one, so its preferred leader is the next replica: the halves of a hot
+    /// partition end up led by different nodes. `epoch` is the epoch the split was decided at:
+    /// a partition that changed since refuses it.
+    pub fn split(
+        &self,
+        at: &[u8],
+        new_id: u64,
+        epoch: u64,
+    ) -> Result<(PartitionInfo, PartitionInfo), SplitRefused> {
+        if epoch != self.epoch {
+            return Err(SplitRefused::Stale { id: self.id, have: self.epoch, want: epoch });
+        }
+        if at <= self.start.as_slice() || !self.contains(at) {
+            return Err(SplitRefused::Outside { id: self.id });
+        }
+        let left = PartitionInfo { end: at.to_vec(), epoch: self.epoch + 1, ..self.clone() };
+        let mut replicas = self.replicas.clone();
+        if !replicas.is_empty() {
+            replicas.rotate_left(1);
+        }
+        let right = PartitionInfo {
+            id: new_id,
+            start: at.to_vec(),
+            end: self.end.clone(),
+            shard: self.shard,
+            replicas,
+            epoch: self.epoch + 1,
+        };
+        Ok((left, right))
+    }
+
+    /// Whether the two ranges share a key.
+    pub fn overlaps(&self, other: &PartitionInfo) -> bool {
+        let below_end = |k: &[u8], end: &[u8]| end.is_empty() || k < end;
+        below_end(&other.start, &self.end) && below_end(&self.start, &other.end)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(self).expect("serialising a descriptor").into_vec()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<PartitionInfo, CorruptRecord> {
+        rkyv::from_bytes::<PartitionInfo, rkyv::rancor::Error>(bytes)
+            .map_err(|e| CorruptRecord { what: "partition descriptor", detail: e.to_string() })
     }
 
     /// Where a leader that must step down (its clock is off: it may not time leases) hands
@@ -51,17 +115,39 @@ impl PartitionMap {
     /// `replication` replicas each on consecutive `nodes` so that every node leads (is the first
     /// replica of) about the same number of partitions.
     pub fn initial(count: usize, shards: usize, nodes: &[u64], replication: usize) -> PartitionMap {
-        assert!(count >= 1 && shards >= 1, "a map needs a partition and a shard");
+        assert!(count >= 1, "a map needs a partition");
+        let (lo, hi) = (0x21u32, 0x7fu32);
+        let mut ranges: Vec<(u64, Vec<u8>, Vec<u8>)> = (0..count)
+            .map(|i| {
+                let start = if i == 0 {
+                    vec![]
+                } else {
+                    vec![(lo + (hi - lo) * i as u32 / count as u32) as u8]
+                };
+                (i as u64 + 1, start, vec![])
+            })
+            .collect();
+        for i in 0..count - 1 {
+            ranges[i].2 = ranges[i + 1].1.clone();
+        }
+        PartitionMap::placed(ranges, shards, nodes, replication)
+            .expect("the initial ranges cover the key space")
+    }
+
+    /// Partitions `(id, start, end)` (sorted by start, covering the key space) placed on
+    /// `shards` shards and `nodes`, as [`PartitionMap::initial`] places its own: a restored
+    /// backup's partitions (which splits may have made) are placed on the new cluster this way.
+    pub fn placed(
+        ranges: Vec<(u64, Vec<u8>, Vec<u8>)>,
+        shards: usize,
+        nodes: &[u64],
+        replication: usize,
+    ) -> Result<PartitionMap, String> {
+        assert!(shards >= 1, "a map needs a shard");
         assert!(!nodes.is_empty(), "a map needs a node");
         let rf = replication.clamp(1, nodes.len());
-        let (lo, hi) = (0x21u32, 0x7fu32);
-        let mut parts = Vec::with_capacity(count);
-        for i in 0..count {
-            let start = if i == 0 {
-                vec![]
-            } else {
-                vec![(lo + (hi - lo) * i as u32 / count as u32) as u8]
-            };
+        let mut parts = Vec::with_capacity(ranges.len());
+        for (i, (id, start, end)) in ranges.into_iter().enumerate() {
             // The set is `rf` consecutive nodes; after the first, its order (the preference
             // order for leadership) rotates from one partition of a node to the next, so a
             // dead node's partitions fall to different survivors instead of all to its
@@ -70,18 +156,66 @@ impl PartitionMap {
             if rf > 2 {
                 replicas[1..].rotate_left((i / nodes.len()) % (rf - 1));
             }
-            parts.push(PartitionInfo {
-                id: i as u64 + 1,
-                start,
-                end: vec![],
-                shard: i % shards,
-                replicas,
-            });
+            parts.push(PartitionInfo { id, start, end, shard: i % shards, replicas, epoch: 1 });
         }
-        for i in 0..count.saturating_sub(1) {
-            parts[i].end = parts[i + 1].start.clone();
+        PartitionMap::from_parts(parts)
+    }
+
+    /// A map of these descriptors, if they cover the key space exactly (no gap, no overlap).
+    pub fn from_parts(mut parts: Vec<PartitionInfo>) -> Result<PartitionMap, String> {
+        parts.sort_by(|a, b| a.start.cmp(&b.start));
+        match parts.first() {
+            None => return Err("no partitions".into()),
+            Some(p) if !p.start.is_empty() => {
+                return Err(format!("nothing covers the keys below partition {}'s start", p.id))
+            }
+            _ => {}
         }
-        PartitionMap { parts }
+        for w in parts.windows(2) {
+            if w[0].end != w[1].start {
+                return Err(format!(
+                    "partitions {} and {} leave a gap or overlap ({:?} .. {:?})",
+                    w[0].id, w[1].id, w[0].end, w[1].start
+                ));
+            }
+        }
+        let last = parts.last().expect("not empty");
+        if !last.end.is_empty() {
+            return Err(format!("nothing covers the keys after partition {}", last.id));
+        }
+        let mut ids: Vec<u64> = parts.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err("a partition id appears twice".into());
+        }
+        Ok(PartitionMap { parts })
+    }
+
+    /// This map with newer descriptors taken in: each one whose epoch is above what the map
+    /// knows of its id (or whose id is new) replaces every descriptor it overlaps. `None` when
+    /// nothing is newer, or when the result would not cover the key space (only part of a
+    /// change arrived: the map waits for the rest rather than route into a gap).
+    pub fn update(&self, newer: &[PartitionInfo]) -> Option<PartitionMap> {
+        let mut parts = self.parts.clone();
+        let mut changed = false;
+        for n in newer {
+            let known = parts.iter().find(|p| p.id == n.id).map(|p| p.epoch);
+            if known.is_some_and(|e| e >= n.epoch) {
+                continue;
+            }
+            // An older descriptor it overlaps is superseded (a split's other half arrives in
+            // the same update); a newer one it overlaps means `n` itself is stale.
+            if parts.iter().any(|p| p.id != n.id && p.overlaps(n) && p.epoch > n.epoch) {
+                continue;
+            }
+            parts.retain(|p| p.id != n.id && !p.overlaps(n));
+            parts.push(n.clone());
+            changed = true;
+        }
+        if !changed {
+            return None;
+        }
+        PartitionMap::from_parts(parts).ok()
     }
 
     pub fn partitions(&self) -> &[PartitionInfo] {
@@ -182,6 +316,69 @@ mod tests {
         }
         assert_eq!(lead[1], 0);
         assert!(lead[2..].iter().all(|n| (3..=5).contains(n)), "{lead:?}");
+    }
+
+    #[test]
+    fn a_split_keeps_the_id_on_the_left_and_refuses_stale_or_outside_keys() {
+        let m = PartitionMap::initial(2, 2, &[1, 2, 3], 3);
+        let p = m.partitions()[1].clone(); // [b"P", end)
+        assert_eq!(p.start, vec![b'P']);
+        let (l, r) = p.split(b"x", 7, 1).unwrap();
+        assert_eq!(
+            (l.id, l.start.clone(), l.end.clone(), l.epoch),
+            (p.id, p.start.clone(), b"x".to_vec(), 2)
+        );
+        assert_eq!((r.id, r.start.clone(), r.end.clone(), r.epoch), (7, b"x".to_vec(), vec![], 2));
+        assert_eq!(r.shard, p.shard);
+        let mut rotated = p.replicas.clone();
+        rotated.rotate_left(1);
+        assert_eq!(r.replicas, rotated, "the same replicas, the next one preferred");
+        let cases: Vec<(&[u8], u64, Option<SplitRefused>)> = vec![
+            (b"x", 1, None),
+            (b"x", 2, Some(SplitRefused::Stale { id: p.id, have: 1, want: 2 })),
+            (b"P", 1, Some(SplitRefused::Outside { id: p.id })),
+            (b"A", 1, Some(SplitRefused::Outside { id: p.id })),
+            (b"P\0", 1, None),
+        ];
+        for (at, epoch, want) in cases {
+            assert_eq!(p.split(at, 7, epoch).err(), want, "{at:?} at epoch {epoch}");
+        }
+        let first = &m.partitions()[0]; // ["", "P")
+        assert!(first.split(b"P", 7, 1).is_err(), "the end is not inside");
+        assert!(first.split(b"", 7, 1).is_err());
+        assert!(first.split(b"\0", 7, 1).is_ok());
+        assert_eq!(PartitionInfo::decode(&r.encode()).unwrap(), r);
+        assert!(PartitionInfo::decode(b"junk").is_err());
+    }
+
+    #[test]
+    fn a_map_takes_newer_descriptors_only_when_they_cover_the_key_space() {
+        let m = PartitionMap::initial(2, 1, &[1], 1);
+        let p2 = m.partitions()[1].clone();
+        let (l, r) = p2.split(b"x", 9, 1).unwrap();
+        // Half of a split alone would leave a gap: refused.
+        assert!(m.update(std::slice::from_ref(&r)).is_none());
+        let m2 = m.update(&[l.clone(), r.clone()]).expect("both halves");
+        assert_eq!(m2.partitions().len(), 3);
+        assert_eq!(m2.locate(b"y").id, 9);
+        assert_eq!(m2.locate(b"w").id, p2.id);
+        // Nothing newer: no change; an old descriptor does not bring the parent back.
+        assert!(m2.update(&[l.clone(), r.clone()]).is_none());
+        assert!(m2.update(std::slice::from_ref(&p2)).is_none());
+        // A split of the right half, learned in one go with the first split's left half.
+        let (rl, rr) = r.split(b"z", 10, 2).unwrap();
+        let m3 = m.update(&[l.clone(), rl.clone(), rr.clone()]).expect("covers");
+        let ids: Vec<u64> = m3.partitions().iter().map(|p| p.id).collect();
+        assert_eq!(ids, vec![1, 2, 9, 10]);
+        // from_parts refuses gaps, overlaps and duplicate ids.
+        assert!(PartitionMap::from_parts(vec![l.clone(), rr.clone(), m.partitions()[0].clone()])
+            .is_err());
+        assert!(PartitionMap::from_parts(vec![p2.clone(), r.clone(), m.partitions()[0].clone()])
+            .is_err());
+        assert!(PartitionMap::from_parts(vec![]).is_err());
+        let dup = PartitionInfo { id: 1, ..l.clone() };
+        assert!(PartitionMap::from_parts(vec![m.partitions()[0].clone(), dup, r.clone()]).is_err());
+        assert!(PartitionMap::from_parts(m3.partitions().to_vec()).is_ok());
     }
 
     #[test]

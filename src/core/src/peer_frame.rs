@@ -9,6 +9,7 @@
 //!    pong      payload: [the ping's clock u64][answerer's wall clock ms u64]
 //!    chunk     payload: a snapshot file chunk ([`Chunk`])
 //!    ack       payload: [partition u64][transfer u64][bytes of the file received u64]
+//!    map       payload: partition descriptors, rkyv (at most [`MAX_DESCRIPTORS`])
 //! ```
 //! Peer bytes are untrusted input: [`decode`] answers a typed error for anything malformed
 //! and never panics (prost bounds the recursion of a Raft message at 100 levels).
@@ -17,6 +18,7 @@ use prost::Message as _;
 use raft::eraftpb::Message;
 use thiserror::Error;
 
+use crate::partition::PartitionInfo;
 use crate::snapshot_format::Chunk;
 
 /// The largest peer frame: a client frame plus a little, a Raft append of `max_size_per_msg`
@@ -30,6 +32,10 @@ const KIND_CLOCK_PING: u8 = 4;
 const KIND_CLOCK_PONG: u8 = 5;
 const KIND_SNAP_CHUNK: u8 = 6;
 const KIND_SNAP_ACK: u8 = 7;
+const KIND_MAP: u8 = 8;
+
+/// Descriptors one map frame may carry.
+pub const MAX_DESCRIPTORS: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum PeerFrame {
@@ -61,6 +67,9 @@ pub enum PeerFrame {
         transfer: u64,
         upto: u64,
     },
+    /// Partition descriptors the sender knows (after a split, and now and then): a node that
+    /// holds no replica of a partition learns its range changes this way.
+    Map(Vec<PartitionInfo>),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -91,6 +100,7 @@ pub fn encode(from: u64, f: &PeerFrame, out: &mut Vec<u8>) {
         PeerFrame::ClockPong { .. } => KIND_CLOCK_PONG,
         PeerFrame::SnapChunk(_) => KIND_SNAP_CHUNK,
         PeerFrame::SnapAck { .. } => KIND_SNAP_ACK,
+        PeerFrame::Map(_) => KIND_MAP,
     };
     out.push(kind);
     out.extend_from_slice(&from.to_le_bytes());
@@ -118,6 +128,12 @@ pub fn encode(from: u64, f: &PeerFrame, out: &mut Vec<u8>) {
         PeerFrame::ClockPong { sent_ms, remote_ms } => words(&[*sent_ms, *remote_ms]),
         PeerFrame::SnapChunk(chunk) => chunk.encode_into(out),
         PeerFrame::SnapAck { partition, transfer, upto } => words(&[*partition, *transfer, *upto]),
+        PeerFrame::Map(infos) => {
+            let n = infos.len().min(MAX_DESCRIPTORS);
+            let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&infos[..n].to_vec())
+                .expect("serialising descriptors");
+            out.extend_from_slice(&bytes);
+        }
     }
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -170,6 +186,14 @@ pub fn decode(f: &[u8]) -> Result<(u64, PeerFrame), PeerFrameError> {
             transfer: u64_at(body, 8).ok_or_else(short)?,
             upto: u64_at(body, 16).ok_or_else(short)?,
         },
+        KIND_MAP => {
+            let infos = rkyv::from_bytes::<Vec<PartitionInfo>, rkyv::rancor::Error>(body)
+                .map_err(|e| PeerFrameError::Payload(format!("descriptors: {e}")))?;
+            if infos.len() > MAX_DESCRIPTORS {
+                return Err(PeerFrameError::Payload(format!("{} descriptors", infos.len())));
+            }
+            PeerFrame::Map(infos)
+        }
         other => return Err(PeerFrameError::Kind(other)),
     };
     Ok((from, frame))
@@ -200,6 +224,7 @@ mod tests {
                 data: vec![7, 7],
             }),
             PeerFrame::SnapAck { partition: 1, transfer: 6, upto: 4 },
+            PeerFrame::Map(crate::PartitionMap::initial(3, 1, &[1, 2], 2).partitions().to_vec()),
         ];
         let mut out = Vec::new();
         for f in &frames {
@@ -229,6 +254,8 @@ mod tests {
         }
         let garbage = [vec![1], vec![0; 8], vec![0; 8], vec![0xff; 20]].concat();
         assert!(matches!(decode(&garbage), Err(PeerFrameError::Payload(_))));
+        let map = [vec![8], vec![0; 8], vec![0xff; 20]].concat();
+        assert!(matches!(decode(&map), Err(PeerFrameError::Payload(_))));
         assert_eq!(frame_len(&[1, 0]), Ok(None));
         assert_eq!(frame_len(&[3, 0, 0, 0]), Err(PeerFrameError::Length(3)));
         assert_eq!(

@@ -40,6 +40,21 @@ impl MemStore {
         self.map.is_empty()
     }
 
+    /// Moves every key in `[lo, hi)` into `to` (a split hands ephemeral state to the new half).
+    pub fn move_range(&mut self, lo: &[u8], hi: &[u8], to: &mut MemStore) {
+        let keys: Vec<Vec<u8>> = self
+            .map
+            .range::<[u8], _>((Bound::Included(lo), Bound::Excluded(hi)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            if let Some(v) = self.map.remove(&k) {
+                self.bytes -= k.len() + v.len();
+                to.put(k, v);
+            }
+        }
+    }
+
     /// Removes every key in `[lo, hi)` for which `dead` says so, visiting at most `budget`
     /// keys from `from`; returns where to continue (None when the range is done).
     pub fn sweep(

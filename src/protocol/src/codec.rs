@@ -199,6 +199,10 @@ pub fn decode_request(buf: &[u8]) -> Result<(u64, u32, Op), DecodeError> {
             let o = req.op_as_backup().ok_or_else(|| missing("backup body"))?;
             Op::Backup { key: bytes(o.key()), offset: o.offset(), index: o.index() }
         }
+        wire::Op::Split => {
+            let o = req.op_as_split().ok_or_else(|| missing("split body"))?;
+            Op::Split { key: bytes(o.key()), at: bytes(o.at()) }
+        }
         wire::Op::ClusterStatus => {
             let o = req.op_as_cluster_status().ok_or_else(|| missing("cluster status body"))?;
             let scope = match o.scope() {
@@ -392,6 +396,11 @@ pub fn encode_request(
             );
             (wire::Op::Backup, o.as_union_value())
         }
+        Op::Split { key, at } => {
+            let (key, at) = (fbb.create_vector(key), fbb.create_vector(at));
+            let o = wire::Split::create(fbb, &wire::SplitArgs { key: Some(key), at: Some(at) });
+            (wire::Op::Split, o.as_union_value())
+        }
         Op::ClusterStatus { scope, checksums } => {
             let scope = match scope {
                 StatusScope::Cluster => wire::StatusScope::Cluster,
@@ -520,6 +529,7 @@ fn cluster_status<'a>(
                     end: Some(end),
                     replicas: Some(replicas),
                     status: Some(status),
+                    epoch: p.epoch,
                 },
             )
         })
@@ -563,6 +573,7 @@ fn cluster_status_from(r: wire::ClusterStatusResult<'_>) -> ClusterStatus {
                     start: bytes(p.start()),
                     end: bytes(p.end()),
                     replicas: p.replicas().map(|r| r.iter().collect()).unwrap_or_default(),
+                    epoch: p.epoch(),
                     status: p
                         .status()
                         .map(|s| {
@@ -654,14 +665,15 @@ pub fn encode_response(
                     )
                     .as_union_value(),
                 ),
-                Reply::KvScan { items: its, next } => {
+                Reply::KvScan { items: its, next, covered_to } => {
                     let its = items(fbb, its);
                     let next = next.as_ref().map(|n| fbb.create_vector(n));
+                    let covered_to = covered_to.as_ref().map(|n| fbb.create_vector(n));
                     (
                         wire::Reply::KvScanResult,
                         wire::KvScanResult::create(
                             fbb,
-                            &wire::KvScanResultArgs { items: Some(its), next },
+                            &wire::KvScanResultArgs { items: Some(its), next, covered_to },
                         )
                         .as_union_value(),
                     )
@@ -734,6 +746,19 @@ pub fn encode_response(
                     let r = wire::BackupChunkResult::create(fbb, &args);
                     (wire::Reply::BackupChunkResult, r.as_union_value())
                 }
+                Reply::Split { left, right, at, epoch } => {
+                    let at = fbb.create_vector(at);
+                    let args = wire::SplitResultArgs {
+                        left: *left,
+                        right: *right,
+                        at: Some(at),
+                        epoch: *epoch,
+                    };
+                    (
+                        wire::Reply::SplitResult,
+                        wire::SplitResult::create(fbb, &args).as_union_value(),
+                    )
+                }
             });
         }
     }
@@ -802,6 +827,7 @@ pub fn decode_response(buf: &[u8]) -> Result<DecodedResponse, DecodeError> {
             Reply::KvScan {
                 items: items_from(r.items()),
                 next: r.next().map(|n| n.bytes().to_vec()),
+                covered_to: r.covered_to().map(|n| n.bytes().to_vec()),
             }
         }
         wire::Reply::KvHistoryResult => {
@@ -842,6 +868,10 @@ pub fn decode_response(buf: &[u8]) -> Result<DecodedResponse, DecodeError> {
                 offset: r.offset(),
                 data: bytes(r.data()),
             })
+        }
+        wire::Reply::SplitResult => {
+            let r = resp.result_as_split_result().ok_or_else(|| missing("result"))?;
+            Reply::Split { left: r.left(), right: r.right(), at: bytes(r.at()), epoch: r.epoch() }
         }
         other => return Err(DecodeError::UnknownOp { request_id: id, tag: other.0 }),
     };
@@ -935,6 +965,7 @@ mod tests {
             Op::LockGet { resource: k.clone(), durability: d },
             Op::SeqNext { name: k.clone(), count: 100 },
             Op::Backup { key: k.clone(), offset: 5, index: 9 },
+            Op::Split { key: k.clone(), at: b"m".to_vec() },
             Op::ClusterStatus { scope: StatusScope::Cluster, checksums: false },
             Op::ClusterStatus { scope: StatusScope::Node, checksums: true },
             Op::ClusterStatus { scope: StatusScope::Shard, checksums: false },
@@ -965,8 +996,13 @@ mod tests {
             Ok(Reply::KvDelete { deleted: true, revision: 4 }),
             Ok(Reply::KvExists { exists: false, revision: 0 }),
             Ok(Reply::KvExtend { revision: 3, expires_at_ms: 11 }),
-            Ok(Reply::KvScan { items: vec![it.clone(), it.clone()], next: Some(b"k".to_vec()) }),
-            Ok(Reply::KvScan { items: vec![], next: None }),
+            Ok(Reply::KvScan {
+                items: vec![it.clone(), it.clone()],
+                next: Some(b"k".to_vec()),
+                covered_to: Some(b"m".to_vec()),
+            }),
+            Ok(Reply::KvScan { items: vec![], next: None, covered_to: None }),
+            Ok(Reply::KvScan { items: vec![], next: None, covered_to: Some(vec![]) }),
             Ok(Reply::KvHistory { items: vec![it] }),
             Ok(Reply::Lock(LockState {
                 acquired: true,
@@ -976,6 +1012,7 @@ mod tests {
             })),
             Ok(Reply::LockAck { fencing_token: 5, expires_at_ms: 2 }),
             Ok(Reply::Seq { first: 1, count: 100 }),
+            Ok(Reply::Split { left: 1, right: 9, at: b"m".to_vec(), epoch: 2 }),
             Ok(Reply::BackupChunk(BackupChunk {
                 partition: 2,
                 start: b"a".to_vec(),
@@ -1019,6 +1056,7 @@ mod tests {
                     start: b"a".to_vec(),
                     end: vec![],
                     replicas: vec![2, 3, 1],
+                    epoch: 3,
                     status: vec![ReplicaStatus {
                         node: 2,
                         shard: 1,

@@ -215,6 +215,11 @@ pub enum Op {
         offset: u64,
         index: u64,
     },
+    /// Splits the partition holding `key` at `at` (empty: its leader picks the middle).
+    Split {
+        key: Vec<u8>,
+        at: Vec<u8>,
+    },
 }
 
 /// Which replicas a [`Op::ClusterStatus`] reports.
@@ -245,8 +250,19 @@ impl Op {
             | Op::LockRelease { resource, .. }
             | Op::LockGet { resource, .. } => resource,
             Op::SeqNext { name, .. } => name,
-            Op::Backup { key, .. } => key,
+            Op::Backup { key, .. } | Op::Split { key, .. } => key,
             Op::ClusterStatus { .. } => &[],
+        }
+    }
+
+    /// The key whose partition serves this operation: the routing key, but for a scan that
+    /// resumes after a cursor, the cursor (the next page starts in the cursor's partition).
+    pub fn position_key(&self) -> &[u8] {
+        match self {
+            Op::KvScan { prefix, start_after: Some(c), .. } if c.as_slice() > prefix.as_slice() => {
+                c
+            }
+            other => other.routing_key(),
         }
     }
 
@@ -263,9 +279,10 @@ impl Op {
             | Op::LockExtend { durability, .. }
             | Op::LockRelease { durability, .. }
             | Op::LockGet { durability, .. } => *durability,
-            Op::SeqNext { .. } | Op::ClusterStatus { .. } | Op::Backup { .. } => {
-                Durability::Persistent
-            }
+            Op::SeqNext { .. }
+            | Op::ClusterStatus { .. }
+            | Op::Backup { .. }
+            | Op::Split { .. } => Durability::Persistent,
         }
     }
 
@@ -299,6 +316,7 @@ impl Op {
             Op::SeqNext { .. } => "seq next",
             Op::ClusterStatus { .. } => "cluster status",
             Op::Backup { .. } => "backup",
+            Op::Split { .. } => "cluster split",
         }
     }
 }
@@ -327,18 +345,48 @@ pub struct LockState {
 /// The successful answer to one [`Op`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
-    KvSet { revision: u64 },
+    KvSet {
+        revision: u64,
+    },
     KvGet(KvItem),
-    KvDelete { deleted: bool, revision: u64 },
-    KvExists { exists: bool, revision: u64 },
-    KvExtend { revision: u64, expires_at_ms: u64 },
-    KvScan { items: Vec<KvItem>, next: Option<Vec<u8>> },
-    KvHistory { items: Vec<KvItem> },
+    KvDelete {
+        deleted: bool,
+        revision: u64,
+    },
+    KvExists {
+        exists: bool,
+        revision: u64,
+    },
+    KvExtend {
+        revision: u64,
+        expires_at_ms: u64,
+    },
+    /// `covered_to`: between nodes only (see the schema's `KvScanResult`); `None` to clients.
+    KvScan {
+        items: Vec<KvItem>,
+        next: Option<Vec<u8>>,
+        covered_to: Option<Vec<u8>>,
+    },
+    KvHistory {
+        items: Vec<KvItem>,
+    },
     Lock(LockState),
-    LockAck { fencing_token: u64, expires_at_ms: u64 },
-    Seq { first: u64, count: u64 },
+    LockAck {
+        fencing_token: u64,
+        expires_at_ms: u64,
+    },
+    Seq {
+        first: u64,
+        count: u64,
+    },
     ClusterStatus(ClusterStatus),
     BackupChunk(BackupChunk),
+    Split {
+        left: u64,
+        right: u64,
+        at: Vec<u8>,
+        epoch: u64,
+    },
 }
 
 /// A piece of a partition's backup (see the schema's `BackupChunkResult`).
@@ -405,6 +453,8 @@ pub struct PartitionStatus {
     pub replicas: Vec<u64>,
     /// The replicas that answered.
     pub status: Vec<ReplicaStatus>,
+    /// Counts the partition's splits: a descriptor with a higher epoch replaces a lower one.
+    pub epoch: u64,
 }
 
 impl PartitionStatus {
@@ -472,6 +522,10 @@ impl ClusterStatus {
         for p in other.partitions {
             match self.partitions.iter_mut().find(|q| q.id == p.id) {
                 Some(q) => {
+                    // Replicas that applied a split report the newer range.
+                    if p.epoch > q.epoch {
+                        (q.start, q.end, q.epoch) = (p.start, p.end, p.epoch);
+                    }
                     for r in p.status {
                         q.status.retain(|s| s.node != r.node);
                         q.status.push(r);

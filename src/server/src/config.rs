@@ -119,6 +119,15 @@ settings! {
     /// What to log: a level (`info`) or a filter (`info,raft=info`); `RUST_LOG` wins. raft-rs
     /// logs every partition's elections at `info`: by default only its warnings show.
     log_level: String = "info,raft=warn".to_string();
+    /// A partition whose data passes this size on disk (approximate, compressed) splits in two
+    /// at the middle of its keys; 0 = never by size.
+    split_size_mb: u64 = 256;
+    /// A partition that serves more requests a second than this, on average over
+    /// `split_load_window_secs`, splits where its sampled load divides evenly (never inside one
+    /// hot key); 0 = never by load.
+    split_load_qps: u64 = 2500;
+    /// The window the load of `split_load_qps` is averaged over.
+    split_load_window_secs: u64 = 10;
     /// Start a new cluster's node from a backup (`kahuna-cli backup create DIR`): every node of
     /// the new cluster names the same backup, on an empty data directory.
     restore_from: String = String::new();

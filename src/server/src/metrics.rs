@@ -82,6 +82,7 @@ pub struct Metrics {
     wal_batch_bytes: Family<ShardLabel, Histogram, fn() -> Histogram>,
     snapshots_sent: Family<ShardLabel, Counter>,
     snapshots_installed: Family<ShardLabel, Counter>,
+    splits: Family<ShardLabel, Counter>,
     expired_keys_collected: Family<ShardLabel, Counter>,
     ephemeral_bytes: Family<ShardLabel, Gauge>,
     disk_full: Family<ShardLabel, Gauge>,
@@ -117,6 +118,7 @@ impl Metrics {
             wal_batch_bytes: Family::new_with_constructor(bytes_histogram),
             snapshots_sent: Family::default(),
             snapshots_installed: Family::default(),
+            splits: Family::default(),
             expired_keys_collected: Family::default(),
             ephemeral_bytes: Family::default(),
             disk_full: Family::default(),
@@ -164,6 +166,11 @@ impl Metrics {
             "kahuna_snapshots_installed",
             "Partition snapshots installed from a leader",
             m.snapshots_installed.clone(),
+        );
+        r.register(
+            "kahuna_partition_splits",
+            "Partition splits applied by this shard's replicas",
+            m.splits.clone(),
         );
         r.register(
             "kahuna_expired_keys_collected",
@@ -258,6 +265,7 @@ impl Metrics {
             wal_batch_bytes: self.wal_batch_bytes.get_or_create_owned(&l),
             snapshots_sent: self.snapshots_sent.get_or_create_owned(&l),
             snapshots_installed: self.snapshots_installed.get_or_create_owned(&l),
+            splits: self.splits.get_or_create_owned(&l),
             expired_keys_collected: self.expired_keys_collected.get_or_create_owned(&l),
             ephemeral_bytes: self.ephemeral_bytes.get_or_create_owned(&l),
             disk_full: self.disk_full.get_or_create_owned(&l),
@@ -281,6 +289,7 @@ pub struct ShardMetrics {
     pub wal_batch_bytes: Histogram,
     pub snapshots_sent: Counter,
     pub snapshots_installed: Counter,
+    pub splits: Counter,
     pub expired_keys_collected: Counter,
     pub ephemeral_bytes: Gauge,
     pub disk_full: Gauge,

@@ -18,12 +18,10 @@ use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use kahuna_core::hlc::{Hlc, HlcClock};
 use kahuna_core::{LogCommand, PartitionMap};
-use raft::eraftpb::{ConfState, HardState};
-use raft::RawNode;
 use serde::{Deserialize, Serialize};
 
 use crate::config::NodeConfig;
-use crate::raft::log_store::{LogStore, SnapshotSource};
+use crate::raft::log_store::SnapshotSource;
 use crate::raft::partition::Partition;
 use crate::shard::mesh::{spawn_receivers, MeshPlan};
 use crate::shard::{driver, Shard};
@@ -223,7 +221,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     let members =
         cfg.members().map_err(|e| NodeError::Shard { shard: 0, reason: e.to_string() })?;
     let ids: Vec<u64> = members.keys().copied().collect();
-    let map = PartitionMap::initial(layout.partitions, cfg.shards, &ids, cfg.replication_factor);
+    let mut map =
+        PartitionMap::initial(layout.partitions, cfg.shards, &ids, cfg.replication_factor);
     let backup = match cfg.restore_from.as_str() {
         "" => None,
         dir if !fresh => {
@@ -242,7 +241,11 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             None
         }
         dir => {
-            Some(Arc::new(crate::restore::read(Path::new(dir), &map).map_err(NodeError::Restore)?))
+            let (backup, placed) =
+                crate::restore::read(Path::new(dir), cfg.shards, &ids, cfg.replication_factor)
+                    .map_err(NodeError::Restore)?;
+            map = placed;
+            Some(Arc::new(backup))
         }
     };
     let plan = MeshPlan::new(cfg.shards);
@@ -305,33 +308,46 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     Ok(())
 }
 
-fn raft_config(cfg: &NodeConfig, applied: u64) -> raft::Config {
-    raft::Config {
-        id: cfg.id,
-        election_tick: 10,
-        heartbeat_tick: 2,
-        applied,
-        max_size_per_msg: 1 << 20,
-        max_inflight_msgs: 256,
-        check_quorum: true,
-        pre_vote: true,
-        max_uncommitted_size: 64 << 20,
-        ..Default::default()
-    }
-}
-
 fn shard_err(shard: usize, reason: String) -> NodeError {
     NodeError::Shard { shard, reason }
 }
 
-/// Rebuilds the partitions of `shard` from RocksDB (applied state) and the WAL (the log).
 /// What a shard recovers: its WAL, its partitions, and a clock above every timestamp it saw.
-type Recovered = (Wal, BTreeMap<u64, Partition>, HlcClock);
+type Recovered = (Wal, BTreeMap<u64, Partition>, HlcClock, crate::storage::wal::RecoveredLogs);
 
+/// The partitions this shard holds: their descriptors in RocksDB (the ranges splits made), or,
+/// in a new data directory, the initial map's (written down at once).
+async fn descriptors(
+    shard: usize,
+    cfg: &NodeConfig,
+    initial: &PartitionMap,
+    db: &StateDb,
+) -> Result<Vec<kahuna_core::PartitionInfo>, NodeError> {
+    let found =
+        db.descriptors().map_err(|e| shard_err(shard, format!("reading descriptors: {e}")))?;
+    if !found.is_empty() {
+        return Ok(found);
+    }
+    let infos: Vec<_> = initial
+        .partitions()
+        .iter()
+        .filter(|p| p.shard == shard && p.replicas.contains(&cfg.id))
+        .cloned()
+        .collect();
+    let (db, written) = (db.clone(), infos.clone());
+    glommio::executor()
+        .spawn_blocking(move || db.put_descriptors(&written))
+        .await
+        .map_err(|e| shard_err(shard, format!("writing descriptors: {e}")))?;
+    Ok(infos)
+}
+
+/// Rebuilds the partitions of `shard` from RocksDB (descriptors and applied state) and the
+/// WAL (the log).
 async fn recover(
     shard: usize,
     cfg: &NodeConfig,
-    map: &PartitionMap,
+    infos: &[kahuna_core::PartitionInfo],
     db: &StateDb,
     wal_dir: &Path,
     snap_dir: &Path,
@@ -343,19 +359,14 @@ async fn recover(
         })?;
     let mut parts = BTreeMap::new();
     let mut hlc = HlcClock::default();
-    for info in map.partitions().iter().filter(|p| p.shard == shard && p.replicas.contains(&cfg.id))
-    {
+    for info in infos {
         let applied = db
             .apply_state(info.id)
             .map_err(|e| shard_err(shard, format!("reading apply state: {e}")))?;
         hlc.observe(Hlc(applied.applied_hlc));
         let log = logs.remove(&info.id).unwrap_or_default();
-        let entries: Vec<_> = log
-            .entries
-            .into_iter()
-            .filter(|e| e.index > applied.applied_index)
-            .map(driver::entry_from)
-            .collect();
+        let (hs, entries) = crate::raft::partition::log_start(info.id, &applied, log)
+            .map_err(|reason| NodeError::Damaged { shard, reason })?;
         // Entries not yet applied were stamped too: the newest stamp bounds the clock from below.
         if let Some(cmd) = entries
             .iter()
@@ -365,49 +376,22 @@ async fn recover(
         {
             hlc.observe(Hlc(cmd.hlc));
         }
-        if let Some(first) = entries.first() {
-            if first.index != applied.applied_index + 1 {
-                return Err(NodeError::Damaged {
-                    shard,
-                    reason: format!(
-                        "partition {}: the WAL resumes at entry {} but RocksDB has applied only {}: entries are missing",
-                        info.id, first.index, applied.applied_index
-                    ),
-                });
-            }
-        }
-        let last_index = applied.applied_index + entries.len() as u64;
-        let mut hs = HardState::default();
-        if let Some(h) = log.hard_state {
-            hs.term = h.term;
-            hs.vote = h.vote;
-            hs.commit = h.commit;
-        }
-        // The commit index reaches the WAL one turn after the entries it covers were applied.
-        hs.commit = hs.commit.max(applied.applied_index).min(last_index);
-        hs.term = hs.term.max(applied.applied_term);
-        let cs = ConfState { voters: info.replicas.clone(), ..Default::default() };
         let fresh = hs.term == 0;
-        let mut store = LogStore::new(hs, cs, applied.applied_index, applied.applied_term, entries);
-        store.set_snapshot_source(SnapshotSource {
-            db: db.clone(),
-            partition: info.id,
-            start: info.start.clone(),
-            end: info.end.clone(),
-            dir: snap_dir.to_path_buf(),
-        });
-        let rcfg = raft_config(cfg, applied.applied_index);
-        let mut node = RawNode::new(&rcfg, store, &crate::logging::raft_logger(info.id))
-            .map_err(|e| shard_err(shard, format!("partition {}: {e}", info.id)))?;
+        let source = SnapshotSource::new(db, info, snap_dir);
+        let mut p = Partition::open(cfg, source, info.clone(), applied, hs, entries)
+            .map_err(|e| shard_err(shard, e))?;
         // The only voter of its group, or the designated first leader of a new group: elect it
         // now rather than after an election timeout.
         if info.replicas.len() == 1 || (fresh && info.replicas[0] == cfg.id) {
-            node.campaign()
+            p.node
+                .campaign()
                 .map_err(|e| shard_err(shard, format!("partition {}: campaign: {e}", info.id)))?;
         }
-        parts.insert(info.id, Partition::new(info.clone(), node, applied));
+        parts.insert(info.id, p);
     }
-    Ok((wal, parts, hlc))
+    // What is left belongs to partitions a split created after RocksDB last made its state
+    // durable: replaying that split starts them again, from these logs.
+    Ok((wal, parts, hlc, logs))
 }
 
 /// What a shard starts from: its place in the node and what every shard shares.
@@ -450,22 +434,27 @@ async fn run_shard(start: ShardStart) -> Result<(), NodeError> {
         for info in
             map.partitions().iter().filter(|p| p.shard == shard && p.replicas.contains(&cfg.id))
         {
-            let copy = backup[&info.id].clone();
+            let (copy, id) = (backup[&info.id].clone(), info.id);
             let (db, info, sst) = (db.clone(), info.clone(), snapshots.dir().join("restore.sst"));
             glommio::executor()
                 .spawn_blocking(move || {
                     db.install_snapshot_file(
                         info.id,
-                        &info.start,
-                        &info.end,
+                        (&info.start, &info.end),
                         &copy.path,
                         &sst,
                         copy.state,
+                        Some(&info),
                     )
                 })
                 .await
-                .map_err(|e| NodeError::Restore(format!("partition {}: {e}", info.id)))?;
+                .map_err(|e| NodeError::Restore(format!("partition {id}: {e}")))?;
         }
+        let (db2, placed) = (db.clone(), map.clone());
+        glommio::executor()
+            .spawn_blocking(move || db2.put_map(placed.partitions()))
+            .await
+            .map_err(|e| NodeError::Restore(format!("writing the partition map: {e}")))?;
         // Every copy is in (installs are durable): a restart with the same flags starts as is.
         let marker = dir.join(RESTORED);
         std::fs::write(&marker, cfg.restore_from.as_bytes())
@@ -476,14 +465,23 @@ async fn run_shard(start: ShardStart) -> Result<(), NodeError> {
             tracing::info!("restored {} partitions from {}", backup.len(), cfg.restore_from);
         }
     }
-    let (wal, parts, hlc) = recover(shard, &cfg, &map, &db, &wal_dir, snapshots.dir()).await?;
+    // The map this node last knew (splits it heard of), else the new cluster's.
+    let stored =
+        db.stored_map().map_err(|e| shard_err(shard, format!("reading the partition map: {e}")))?;
+    let map = stored.and_then(|parts| PartitionMap::from_parts(parts).ok()).unwrap_or(map);
+    let infos = descriptors(shard, &cfg, &map, &db).await?;
+    let (wal, parts, hlc, pending_logs) =
+        recover(shard, &cfg, &infos, &db, &wal_dir, snapshots.dir()).await?;
+    // The node's map: the initial one, with what this shard's splits changed (the other
+    // shards' changes arrive over the mesh, the other nodes' over the peer links).
+    let map = map.update(&infos).unwrap_or(map);
     let (kick_tx, kick_rx) = local_channel::new_bounded(1);
     let (link, receivers, shard_of_peer) =
         plan.join(shard).await.map_err(|reason| NodeError::Shard { shard, reason })?;
     let shard_ctx = Rc::new(Shard::new(
         shard,
         Rc::new((*cfg).clone()),
-        Rc::new(map),
+        map,
         parts,
         db,
         hlc,
@@ -499,6 +497,7 @@ async fn run_shard(start: ShardStart) -> Result<(), NodeError> {
             .map_err(|e| shard_err(shard, format!("binding peer address {addr}: {e}")))?;
         glommio::spawn_local(peer::serve(shard_ctx.clone(), peer_listener)).detach();
     }
+    *shard_ctx.pending_logs.borrow_mut() = pending_logs;
     spawn_receivers(shard_ctx.clone(), receivers, shard_of_peer);
     glommio::spawn_local(driver::run(shard_ctx.clone(), wal, kick_rx)).detach();
     shard_ctx.kick();
@@ -510,7 +509,7 @@ async fn run_shard(start: ShardStart) -> Result<(), NodeError> {
             cfg.id,
             cfg.listen,
             cfg.shards,
-            shard_ctx.map.partitions().len(),
+            shard_ctx.map().partitions().len(),
             cfg.data_dir.display()
         );
     }

@@ -4,8 +4,10 @@
 //! from nothing. Every replica of a partition starts from the same copy, so they agree.
 //!
 //! 1. [`read`] checks the manifest and every file against its length and CRC32C, and that the
-//!    backup's partitions are the ones this cluster's settings make (same ranges): a damaged
-//!    or mismatched backup is refused, naming what is wrong, before anything is written;
+//!    backup's partitions cover the key space exactly: a damaged or partial backup is refused,
+//!    naming what is wrong, before anything is written. The backup's partitions (as splits
+//!    left them, whatever `--partitions` says) become the new cluster's, placed on its nodes
+//!    and shards as a new cluster's are;
 //! 2. each shard installs its partitions' copies into its RocksDB (one ingested SST each, as a
 //!    snapshot is installed) before it recovers its Raft groups from them.
 //!
@@ -72,9 +74,15 @@ fn checksum(path: &Path) -> std::io::Result<(u64, u32)> {
     }
 }
 
-/// Reads and checks the backup in `dir` against the partition `map` of the cluster being
-/// started. Reads every file once (blocking; before any shard starts).
-pub fn read(dir: &Path, map: &PartitionMap) -> Result<Backup, String> {
+/// Reads and checks the backup in `dir`, and places its partitions on the cluster being
+/// started (`shards` per node, `nodes`, `replication`): the copies and the new cluster's map.
+/// Reads every file once (blocking; before any shard starts).
+pub fn read(
+    dir: &Path,
+    shards: usize,
+    nodes: &[u64],
+    replication: usize,
+) -> Result<(Backup, PartitionMap), String> {
     let at = |what: &str| format!("backup {}: {what}", dir.display());
     let text = std::fs::read_to_string(dir.join("manifest.json"))
         .map_err(|e| at(&format!("manifest.json: {e}")))?;
@@ -84,23 +92,12 @@ pub fn read(dir: &Path, map: &PartitionMap) -> Result<Backup, String> {
         return Err(at(&format!("manifest format {} (this build reads 1)", m.format)));
     }
     let mut backup = Backup::new();
+    let mut ranges = Vec::new();
     for e in &m.partitions {
         let (Some(start), Some(end)) = (unhex(&e.start), unhex(&e.end)) else {
             return Err(at(&format!("partition {}: its range is damaged", e.id)));
         };
-        match map.get(e.id) {
-            Some(p) if p.start == start && p.end == end => {}
-            _ => {
-                return Err(at(&format!(
-                    "partition {} [{:?}, {:?}) is not one this cluster has: start it with the \
-                     --partitions the backed-up cluster had ({} partitions)",
-                    e.id,
-                    String::from_utf8_lossy(&start),
-                    String::from_utf8_lossy(&end),
-                    m.partitions.len()
-                )))
-            }
-        }
+        ranges.push((e.id, start, end));
         if e.file.contains('/') || e.file.contains("..") {
             return Err(at(&format!("partition {}: file name {:?}", e.id, e.file)));
         }
@@ -116,8 +113,9 @@ pub fn read(dir: &Path, map: &PartitionMap) -> Result<Backup, String> {
         let state = ApplyState { applied_index: e.index, applied_term: e.term, applied_hlc: e.hlc };
         backup.insert(e.id, Copy { path, state });
     }
-    if let Some(missing) = map.partitions().iter().find(|p| !backup.contains_key(&p.id)) {
-        return Err(at(&format!("partition {} has no copy", missing.id)));
-    }
-    Ok(backup)
+    ranges.sort_by(|a, b| a.1.cmp(&b.1));
+    let map = PartitionMap::placed(ranges, shards, nodes, replication).map_err(|e| {
+        at(&format!("its partitions do not cover the key space ({e}): a copy is missing"))
+    })?;
+    Ok((backup, map))
 }

@@ -97,6 +97,18 @@ fn revision_floor<G: Get>(store: &G, ctx: &ApplyCtx) -> Result<u64, WireError> {
     }
 }
 
+/// A split's part of the state: the new partition starting at `at` names its revision floor by
+/// that key, and starts from the parent's (keys on its side may have been collected, and a key
+/// created again must continue above their revisions). Everything else lives under its own
+/// key and stays where it is.
+pub(super) fn split_floor<T: Txn>(txn: &mut T, at: &[u8], ctx: &ApplyCtx) -> Result<(), WireError> {
+    let floor = revision_floor(txn, ctx)?;
+    if floor > 0 {
+        txn.put(data_key(keys::REVISION_FLOOR, at), floor.to_le_bytes().to_vec());
+    }
+    Ok(())
+}
+
 /// Removes each key whose TTL ran out (or that was deleted) at least `grace_ms` before this
 /// command's time, with its retained history, and raises the partition's revision floor to the highest revision removed,
 /// so a key created again later continues above it. A key written again since the collector
@@ -296,7 +308,9 @@ pub(super) fn scan<S: Scan>(
         return Err(e);
     }
     let next = if more { items.last().map(|i| i.key.clone()) } else { None };
-    Ok(Reply::KvScan { items, next })
+    // Where this partition's keys end: a scan across partitions goes on from there.
+    let covered_to = (!bounds.end.is_empty()).then(|| bounds.end.to_vec());
+    Ok(Reply::KvScan { items, next, covered_to })
 }
 
 pub(super) fn history<S: Scan>(

@@ -109,6 +109,10 @@ pub fn apply<T: Txn>(txn: &mut T, op: &WriteOp, ctx: &ApplyCtx) -> Result<Reply,
         }
         WriteOp::SeqNext { name, count } => sequences::next(txn, name, *count),
         WriteOp::KvCollect { keys, grace_ms } => kv::collect(txn, keys, *grace_ms, ctx),
+        WriteOp::Split { at, new_id, epoch } => {
+            kv::split_floor(txn, at, ctx)?;
+            Ok(Reply::Split { left: 0, right: *new_id, at: at.clone(), epoch: epoch + 1 })
+        }
     }
 }
 

@@ -152,7 +152,7 @@ fn scan_page(
         limit,
     };
     match read(s, &op, 100, bounds, &Limits::default()) {
-        Ok(Reply::KvScan { items, next }) => {
+        Ok(Reply::KvScan { items, next, .. }) => {
             (items.into_iter().map(|i| String::from_utf8(i.key).unwrap()).collect(), next)
         }
         other => panic!("{other:?}"),
@@ -363,6 +363,39 @@ fn collecting_expired_keys_frees_them_without_reusing_a_revision() {
     let op = WriteOp::KvCollect { keys: vec![b"kept".to_vec()], grace_ms: 0 };
     assert!(apply(&mut s, &op, &ctx(9_999)).is_err());
     assert!(!expired_before(&s.get(b"ksession").unwrap(), 9_999, 0));
+}
+
+#[test]
+fn a_split_hands_the_revision_floor_to_the_new_half() {
+    let mut s = MemStore::default();
+    let in_part =
+        |start: &[u8], now| ApplyCtx { partition_start: Some(start.to_vec()), ..ctx(now) };
+    let set = |s: &mut MemStore, key: &str, ttl_ms: u64, c: &ApplyCtx| {
+        let op = WriteOp::KvSet { key: key.into(), value: b"v".to_vec(), ttl_ms, cond: Cond::None };
+        match apply(s, &op, c) {
+            Ok(Reply::KvSet { revision }) => revision,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    for _ in 0..5 {
+        set(&mut s, "m-key", 10, &in_part(b"", 1_000));
+    }
+    let collect = WriteOp::KvCollect { keys: vec![b"m-key".to_vec()], grace_ms: 0 };
+    assert!(matches!(
+        apply(&mut s, &collect, &in_part(b"", 2_000)),
+        Ok(Reply::KvDelete { revision: 1, .. })
+    ));
+    let split = WriteOp::Split { at: b"m".to_vec(), new_id: 9, epoch: 1 };
+    assert_eq!(
+        apply(&mut s, &split, &in_part(b"", 2_000)),
+        Ok(Reply::Split { left: 0, right: 9, at: b"m".to_vec(), epoch: 2 })
+    );
+    // The key, created again in the new half, continues above its collected revisions.
+    assert_eq!(set(&mut s, "m-key", 0, &in_part(b"m", 3_000)), 6);
+    // A split of a partition that never collected anything writes no floor.
+    let mut fresh = MemStore::default();
+    apply(&mut fresh, &split, &in_part(b"", 0)).unwrap();
+    assert!(fresh.is_empty());
 }
 
 #[test]

@@ -436,10 +436,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for StatusScope {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 14;
+pub const ENUM_MAX_OP: u8 = 15;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 15] = [
+pub const ENUM_VALUES_OP: [Op; 16] = [
   Op::NONE,
   Op::KvSet,
   Op::KvGet,
@@ -455,6 +455,7 @@ pub const ENUM_VALUES_OP: [Op; 15] = [
   Op::SeqNext,
   Op::ClusterStatus,
   Op::Backup,
+  Op::Split,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -477,9 +478,10 @@ impl Op {
   pub const SeqNext: Self = Self(12);
   pub const ClusterStatus: Self = Self(13);
   pub const Backup: Self = Self(14);
+  pub const Split: Self = Self(15);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 14;
+  pub const ENUM_MAX: u8 = 15;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::KvSet,
@@ -496,6 +498,7 @@ impl Op {
     Self::SeqNext,
     Self::ClusterStatus,
     Self::Backup,
+    Self::Split,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -515,6 +518,7 @@ impl Op {
       Self::SeqNext => Some("SeqNext"),
       Self::ClusterStatus => Some("ClusterStatus"),
       Self::Backup => Some("Backup"),
+      Self::Split => Some("Split"),
       _ => None,
     }
   }
@@ -666,10 +670,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ReplicaRole {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 12;
+pub const ENUM_MAX_REPLY: u8 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 13] = [
+pub const ENUM_VALUES_REPLY: [Reply; 14] = [
   Reply::NONE,
   Reply::KvSetResult,
   Reply::KvGetResult,
@@ -683,6 +687,7 @@ pub const ENUM_VALUES_REPLY: [Reply; 13] = [
   Reply::SeqResult,
   Reply::ClusterStatusResult,
   Reply::BackupChunkResult,
+  Reply::SplitResult,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -703,9 +708,10 @@ impl Reply {
   pub const SeqResult: Self = Self(10);
   pub const ClusterStatusResult: Self = Self(11);
   pub const BackupChunkResult: Self = Self(12);
+  pub const SplitResult: Self = Self(13);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 12;
+  pub const ENUM_MAX: u8 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::KvSetResult,
@@ -720,6 +726,7 @@ impl Reply {
     Self::SeqResult,
     Self::ClusterStatusResult,
     Self::BackupChunkResult,
+    Self::SplitResult,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -737,6 +744,7 @@ impl Reply {
       Self::SeqResult => Some("SeqResult"),
       Self::ClusterStatusResult => Some("ClusterStatusResult"),
       Self::BackupChunkResult => Some("BackupChunkResult"),
+      Self::SplitResult => Some("SplitResult"),
       _ => None,
     }
   }
@@ -2597,6 +2605,122 @@ impl ::core::fmt::Debug for Backup<'_> {
       ds.finish()
   }
 }
+pub enum SplitOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Splits the partition that holds `key` in two at `at`: `[start, at)` keeps its id, `[at, end)`
+/// gets a new one, on the same replicas. An empty `at` lets the leader pick the middle of the
+/// partition's keys. Applied as one Raft entry on every replica.
+pub struct Split<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Split<'a> {
+  type Inner = Split<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Split<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_AT: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Split { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SplitArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Split<'bldr>> {
+    let mut builder = SplitBuilder::new(_fbb);
+    if let Some(x) = args.at { builder.add_at(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Split::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn at(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Split::VT_AT, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Split<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("at", Self::VT_AT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SplitArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub at: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for SplitArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SplitArgs {
+      key: None,
+      at: None,
+    }
+  }
+}
+
+pub struct SplitBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SplitBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Split::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_at(&mut self, at: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Split::VT_AT, at);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SplitBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SplitBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Split<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Split<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Split");
+      ds.field("key", &self.key());
+      ds.field("at", &self.at());
+      ds.finish()
+  }
+}
 pub enum ClusterStatusOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2991,6 +3115,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_split(&self) -> Option<Split<'a>> {
+    if self.op_type() == Op::Split {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Split::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -3017,6 +3156,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Op::SeqNext => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SeqNext>>("Op::SeqNext", pos),
           Op::ClusterStatus => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterStatus>>("Op::ClusterStatus", pos),
           Op::Backup => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Backup>>("Op::Backup", pos),
+          Op::Split => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Split>>("Op::Split", pos),
           _ => Ok(()),
         }
      })?
@@ -3178,6 +3318,13 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Op::Backup => {
           if let Some(x) = self.op_as_backup() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Split => {
+          if let Some(x) = self.op_as_split() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -4134,6 +4281,7 @@ impl<'a> ::flatbuffers::Follow<'a> for KvScanResult<'a> {
 impl<'a> KvScanResult<'a> {
   pub const VT_ITEMS: ::flatbuffers::VOffsetT = 4;
   pub const VT_NEXT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_COVERED_TO: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4145,6 +4293,7 @@ impl<'a> KvScanResult<'a> {
     args: &'args KvScanResultArgs<'args>
   ) -> ::flatbuffers::WIPOffset<KvScanResult<'bldr>> {
     let mut builder = KvScanResultBuilder::new(_fbb);
+    if let Some(x) = args.covered_to { builder.add_covered_to(x); }
     if let Some(x) = args.next { builder.add_next(x); }
     if let Some(x) = args.items { builder.add_items(x); }
     builder.finish()
@@ -4166,6 +4315,16 @@ impl<'a> KvScanResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KvScanResult::VT_NEXT, None)}
   }
+  /// Between nodes only: the end of the partition range the page was read from (absent: the
+  /// end of the key space), so that the node assembling a scan across partitions continues
+  /// exactly where that partition ended, even if it split since the assembler last looked.
+  #[inline]
+  pub fn covered_to(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KvScanResult::VT_COVERED_TO, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for KvScanResult<'_> {
@@ -4176,6 +4335,7 @@ impl ::flatbuffers::Verifiable for KvScanResult<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KvItem>>>>("items", Self::VT_ITEMS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("next", Self::VT_NEXT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("covered_to", Self::VT_COVERED_TO, false)?
      .finish();
     Ok(())
   }
@@ -4183,6 +4343,7 @@ impl ::flatbuffers::Verifiable for KvScanResult<'_> {
 pub struct KvScanResultArgs<'a> {
     pub items: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KvItem<'a>>>>>,
     pub next: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub covered_to: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for KvScanResultArgs<'a> {
   #[inline]
@@ -4190,6 +4351,7 @@ impl<'a> Default for KvScanResultArgs<'a> {
     KvScanResultArgs {
       items: None,
       next: None,
+      covered_to: None,
     }
   }
 }
@@ -4206,6 +4368,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KvScanResultBuilder<'a, 'b, A
   #[inline]
   pub fn add_next(&mut self, next: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KvScanResult::VT_NEXT, next);
+  }
+  #[inline]
+  pub fn add_covered_to(&mut self, covered_to: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KvScanResult::VT_COVERED_TO, covered_to);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KvScanResultBuilder<'a, 'b, A> {
@@ -4227,6 +4393,7 @@ impl ::core::fmt::Debug for KvScanResult<'_> {
     let mut ds = f.debug_struct("KvScanResult");
       ds.field("items", &self.items());
       ds.field("next", &self.next());
+      ds.field("covered_to", &self.covered_to());
       ds.finish()
   }
 }
@@ -4994,6 +5161,7 @@ impl<'a> PartitionStatus<'a> {
   pub const VT_END: ::flatbuffers::VOffsetT = 8;
   pub const VT_REPLICAS: ::flatbuffers::VOffsetT = 10;
   pub const VT_STATUS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5005,6 +5173,7 @@ impl<'a> PartitionStatus<'a> {
     args: &'args PartitionStatusArgs<'args>
   ) -> ::flatbuffers::WIPOffset<PartitionStatus<'bldr>> {
     let mut builder = PartitionStatusBuilder::new(_fbb);
+    builder.add_epoch(args.epoch);
     builder.add_id(args.id);
     if let Some(x) = args.status { builder.add_status(x); }
     if let Some(x) = args.replicas { builder.add_replicas(x); }
@@ -5052,6 +5221,14 @@ impl<'a> PartitionStatus<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaStatus>>>>(PartitionStatus::VT_STATUS, None)}
   }
+  /// Counts the partition's splits: a descriptor with a higher epoch replaces a lower one.
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PartitionStatus::VT_EPOCH, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PartitionStatus<'_> {
@@ -5065,6 +5242,7 @@ impl ::flatbuffers::Verifiable for PartitionStatus<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("end", Self::VT_END, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("replicas", Self::VT_REPLICAS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReplicaStatus>>>>("status", Self::VT_STATUS, false)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
      .finish();
     Ok(())
   }
@@ -5075,6 +5253,7 @@ pub struct PartitionStatusArgs<'a> {
     pub end: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub replicas: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
     pub status: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaStatus<'a>>>>>,
+    pub epoch: u64,
 }
 impl<'a> Default for PartitionStatusArgs<'a> {
   #[inline]
@@ -5085,6 +5264,7 @@ impl<'a> Default for PartitionStatusArgs<'a> {
       end: None,
       replicas: None,
       status: None,
+      epoch: 0,
     }
   }
 }
@@ -5115,6 +5295,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PartitionStatusBuilder<'a, 'b
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PartitionStatus::VT_STATUS, status);
   }
   #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(PartitionStatus::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PartitionStatusBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PartitionStatusBuilder {
@@ -5137,6 +5321,7 @@ impl ::core::fmt::Debug for PartitionStatus<'_> {
       ds.field("end", &self.end());
       ds.field("replicas", &self.replicas());
       ds.field("status", &self.status());
+      ds.field("epoch", &self.epoch());
       ds.finish()
   }
 }
@@ -5762,6 +5947,155 @@ impl ::core::fmt::Debug for BackupChunkResult<'_> {
       ds.finish()
   }
 }
+pub enum SplitResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A partition split in two: `left` kept its id and `[start, at)`, `right` is new and holds
+/// `[at, end)`; both are at `epoch`.
+pub struct SplitResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SplitResult<'a> {
+  type Inner = SplitResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SplitResult<'a> {
+  pub const VT_LEFT: ::flatbuffers::VOffsetT = 4;
+  pub const VT_RIGHT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_AT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SplitResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SplitResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<SplitResult<'bldr>> {
+    let mut builder = SplitResultBuilder::new(_fbb);
+    builder.add_epoch(args.epoch);
+    builder.add_right(args.right);
+    builder.add_left(args.left);
+    if let Some(x) = args.at { builder.add_at(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn left(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SplitResult::VT_LEFT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn right(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SplitResult::VT_RIGHT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn at(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(SplitResult::VT_AT, None)}
+  }
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SplitResult::VT_EPOCH, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SplitResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("left", Self::VT_LEFT, false)?
+     .visit_field::<u64>("right", Self::VT_RIGHT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("at", Self::VT_AT, false)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SplitResultArgs<'a> {
+    pub left: u64,
+    pub right: u64,
+    pub at: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub epoch: u64,
+}
+impl<'a> Default for SplitResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SplitResultArgs {
+      left: 0,
+      right: 0,
+      at: None,
+      epoch: 0,
+    }
+  }
+}
+
+pub struct SplitResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SplitResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_left(&mut self, left: u64) {
+    self.fbb_.push_slot::<u64>(SplitResult::VT_LEFT, left, 0);
+  }
+  #[inline]
+  pub fn add_right(&mut self, right: u64) {
+    self.fbb_.push_slot::<u64>(SplitResult::VT_RIGHT, right, 0);
+  }
+  #[inline]
+  pub fn add_at(&mut self, at: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SplitResult::VT_AT, at);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(SplitResult::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SplitResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SplitResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SplitResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SplitResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SplitResult");
+      ds.field("left", &self.left());
+      ds.field("right", &self.right());
+      ds.field("at", &self.at());
+      ds.field("epoch", &self.epoch());
+      ds.finish()
+  }
+}
 pub enum ResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -6020,6 +6354,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_split_result(&self) -> Option<SplitResult<'a>> {
+    if self.result_type() == Reply::SplitResult {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SplitResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -6044,6 +6393,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           Reply::SeqResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SeqResult>>("Reply::SeqResult", pos),
           Reply::ClusterStatusResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterStatusResult>>("Reply::ClusterStatusResult", pos),
           Reply::BackupChunkResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BackupChunkResult>>("Reply::BackupChunkResult", pos),
+          Reply::SplitResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SplitResult>>("Reply::SplitResult", pos),
           _ => Ok(()),
         }
      })?
@@ -6198,6 +6548,13 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         Reply::BackupChunkResult => {
           if let Some(x) = self.result_as_backup_chunk_result() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::SplitResult => {
+          if let Some(x) = self.result_as_split_result() {
             ds.field("result", &x)
           } else {
             ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -40,6 +40,22 @@ pub struct SnapshotSource {
     pub dir: std::path::PathBuf,
 }
 
+impl SnapshotSource {
+    pub fn new(
+        db: &crate::storage::state::StateDb,
+        info: &kahuna_core::PartitionInfo,
+        dir: &std::path::Path,
+    ) -> SnapshotSource {
+        SnapshotSource {
+            db: db.clone(),
+            partition: info.id,
+            start: info.start.clone(),
+            end: info.end.clone(),
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
 /// A snapshot being built on a blocking thread, or built and not yet sent.
 #[derive(Default)]
 enum Building {

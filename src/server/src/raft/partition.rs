@@ -27,8 +27,60 @@ use kahuna_protocol::{ErrorCode, Reply, WireError};
 use raft::eraftpb::{Message, MessageType};
 use raft::{RawNode, StateRole};
 
-use super::log_store::LogStore;
+use super::log_store::{LogStore, SnapshotSource};
+use crate::config::NodeConfig;
 use crate::storage::state::ApplyState;
+use raft::eraftpb::{ConfState, Entry, HardState};
+
+/// Where a partition's log resumes after a restart: the hard state and the entries after the
+/// applied index, from what the WAL recovered (`Err`: entries are missing: damage).
+pub fn log_start(
+    id: u64,
+    applied: &ApplyState,
+    log: crate::storage::wal::RecoveredLog,
+) -> Result<(HardState, Vec<Entry>), String> {
+    let entries: Vec<Entry> = log
+        .entries
+        .into_iter()
+        .filter(|e| e.index > applied.applied_index)
+        .map(crate::shard::driver::entry_from)
+        .collect();
+    if let Some(first) = entries.first() {
+        if first.index != applied.applied_index + 1 {
+            return Err(format!(
+                "partition {id}: the WAL resumes at entry {} but RocksDB has applied only {}: entries are missing",
+                first.index, applied.applied_index
+            ));
+        }
+    }
+    let last_index = applied.applied_index + entries.len() as u64;
+    let mut hs = HardState::default();
+    if let Some(h) = log.hard_state {
+        hs.term = h.term;
+        hs.vote = h.vote;
+        hs.commit = h.commit;
+    }
+    // The commit index reaches the WAL one turn after the entries it covers were applied.
+    hs.commit = hs.commit.max(applied.applied_index).min(last_index);
+    hs.term = hs.term.max(applied.applied_term);
+    Ok((hs, entries))
+}
+
+/// The Raft settings of every partition (ticks are the shard's `raft_tick_ms`).
+pub fn raft_config(cfg: &NodeConfig, applied: u64) -> raft::Config {
+    raft::Config {
+        id: cfg.id,
+        election_tick: 10,
+        heartbeat_tick: 2,
+        applied,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        max_uncommitted_size: 64 << 20,
+        ..Default::default()
+    }
+}
 
 pub type ReplyTx = oneshot::Sender<Result<Reply, WireError>>;
 pub type ReplyRx = oneshot::Receiver<Result<Reply, WireError>>;
@@ -65,6 +117,10 @@ pub struct Partition {
     pub collect_cursor: Option<Vec<u8>>,
     /// A snapshot installing off the loop, and the `Ready` that waits for it.
     pub installing: Option<crate::raft::snapshot::PendingInstall>,
+    /// Ephemeral state a split moved here from its parent's leader on this node: it is this
+    /// partition's only if this node wins the group's first election, at this term (nobody
+    /// else can have led before); at any other term it is dropped.
+    pub inherited_ephemeral_term: Option<u64>,
     proposals: BTreeMap<u64, Pending>,
     next_read_ctx: u64,
     /// Reads that came before this leader applied an entry of its own term.
@@ -96,12 +152,33 @@ impl Partition {
             lost_data: false,
             collect_cursor: None,
             installing: None,
+            inherited_ephemeral_term: None,
             proposals: BTreeMap::new(),
             next_read_ctx: 1,
             reads_before_term: Vec::new(),
             read_requests: BTreeMap::new(),
             read_ready: VecDeque::new(),
         }
+    }
+
+    /// Opens the Raft group of a partition from its applied state, the hard state and the log
+    /// entries after it (all from disk, or a split's starting point).
+    pub fn open(
+        cfg: &NodeConfig,
+        source: SnapshotSource,
+        info: PartitionInfo,
+        applied: ApplyState,
+        hard_state: HardState,
+        entries: Vec<Entry>,
+    ) -> Result<Partition, String> {
+        let cs = ConfState { voters: info.replicas.clone(), ..Default::default() };
+        let mut store =
+            LogStore::new(hard_state, cs, applied.applied_index, applied.applied_term, entries);
+        store.set_snapshot_source(source);
+        let rcfg = raft_config(cfg, applied.applied_index);
+        let node = RawNode::new(&rcfg, store, &crate::logging::raft_logger(info.id))
+            .map_err(|e| format!("partition {}: {e}", info.id))?;
+        Ok(Partition::new(info, node, applied))
     }
 
     /// Writes proposed here and not yet answered.
@@ -126,6 +203,33 @@ impl Partition {
             Ok(())
         } else {
             Err(not_leader(self.leader_hint()))
+        }
+    }
+
+    /// Ephemeral state is served by a leader that has applied an entry of its own term: by
+    /// then it has applied every split committed before, so it never serves a key its
+    /// partition gave away (whose new partition's tokens start above this term's).
+    pub fn ensure_ephemeral_leader(&self) -> Result<(), WireError> {
+        self.ensure_leader()?;
+        if !self.own_term_applied() {
+            return Err(WireError::new(
+                ErrorCode::Unavailable,
+                "the partition's new leader is catching up; retry",
+            ));
+        }
+        Ok(())
+    }
+
+    /// This replica just became leader: keep ephemeral state a split moved here only if no
+    /// other node can have led the group before (see `inherited_ephemeral_term`).
+    pub fn on_became_leader(&mut self) -> usize {
+        match self.inherited_ephemeral_term.take() {
+            Some(t) if t == self.term() => 0,
+            _ => {
+                let freed = self.ephemeral.bytes();
+                self.ephemeral = MemStore::default();
+                freed
+            }
         }
     }
 
@@ -215,7 +319,7 @@ impl Partition {
     }
 
     /// The leader has applied an entry of its own term: it knows every entry committed before.
-    fn own_term_applied(&self) -> bool {
+    pub fn own_term_applied(&self) -> bool {
         self.applied.applied_term == self.term()
     }
 

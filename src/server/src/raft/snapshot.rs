@@ -369,7 +369,8 @@ pub fn accept(shard: &Shard, partition: u64, msg: &Message) -> bool {
 }
 
 /// The install of a snapshot a Ready carried, running on a blocking thread.
-pub type Installed = Rc<RefCell<Option<Result<(), StorageError>>>>;
+/// Done: the descriptor the snapshot carried (its range then), if it carried one.
+pub type Installed = Rc<RefCell<Option<Result<Option<kahuna_core::PartitionInfo>, StorageError>>>>;
 
 /// A `Ready` that carried a snapshot, held while the snapshot installs: its WAL record and
 /// answers count only once the state they follow is in RocksDB.
@@ -406,7 +407,8 @@ pub fn install(
     glommio::spawn_local(async move {
         let result = glommio::executor()
             .spawn_blocking(move || {
-                let r = db.install_snapshot_file(partition, &start, &end, &path, &sst, state);
+                let r =
+                    db.install_snapshot_file(partition, (&start, &end), &path, &sst, state, None);
                 let _ = std::fs::remove_file(&path);
                 r
             })

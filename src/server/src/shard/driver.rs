@@ -102,8 +102,16 @@ pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
         if Instant::now() >= next_tick {
             next_tick = Instant::now() + tick;
             on_tick(&shard);
+            if shard.ticks.get().is_multiple_of(COLLECT_EVERY_TICKS) {
+                super::split::check(&shard);
+                gossip_map(&shard);
+            }
         }
         turn(&shard, &mut wal, &mut held).await;
+        let changed = std::mem::take(&mut *shard.map_outbox.borrow_mut());
+        if !changed.is_empty() {
+            tell_map(&shard, changed, true);
+        }
         // Release WAL segments whose effects a finished flush made durable in RocksDB.
         if let Some(applied) = flushed.borrow_mut().take() {
             flushing = false;
@@ -119,6 +127,46 @@ pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
             start_flush(&shard, flushed.clone());
         }
         glommio::yield_if_needed().await;
+    }
+}
+
+/// Sends changed descriptors to the other shards of this node and, with `peers`, to the
+/// same shard of every other node (which passes them on to its own shards).
+pub fn tell_map(shard: &Rc<Shard>, infos: Vec<kahuna_core::PartitionInfo>, peers: bool) {
+    if peers {
+        if let Some(links) = &shard.peers {
+            for id in links.peer_ids().collect::<Vec<_>>() {
+                links.send(id, PeerFrame::Map(infos.clone()));
+            }
+        }
+    }
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        for other in 0..shard.cfg.shards {
+            if other != shard.id {
+                shard.mesh.tell(other, super::mesh::ShardMsg::Map(infos.clone())).await;
+            }
+        }
+    })
+    .detach();
+}
+
+/// Every 10 s, once the map has split partitions: this shard's whole map to its peers, so a
+/// node that missed a split's news (it was down, or the frame was lost) catches up.
+fn gossip_map(shard: &Rc<Shard>) {
+    if !shard.ticks.get().is_multiple_of(COLLECT_EVERY_TICKS * 10) || shard.peers.is_none() {
+        return;
+    }
+    let map = shard.map();
+    if map.partitions().iter().all(|p| p.epoch <= 1) {
+        return;
+    }
+    let infos = map.partitions().iter().take(kahuna_core::peer_frame::MAX_DESCRIPTORS).cloned();
+    let infos: Vec<_> = infos.collect();
+    if let Some(links) = &shard.peers {
+        for id in links.peer_ids().collect::<Vec<_>>() {
+            links.send(id, PeerFrame::Map(infos.clone()));
+        }
     }
 }
 
@@ -401,11 +449,27 @@ fn finish_installs(shard: &Shard, batch: &mut Batch) {
     for (pid, p) in parts.iter_mut() {
         let finished = p.installing.as_ref().and_then(|i| i.done.borrow_mut().take());
         let Some(result) = finished else { continue };
-        if let Err(e) = result {
+        if let Err(e) = &result {
             fatal("installing a snapshot", e);
         }
         let inst = p.installing.take().expect("an install in flight");
         p.applied = inst.state;
+        if let Ok(Some(info)) = &result {
+            if *info != p.info {
+                // The snapshot was taken after a split this replica had not applied: its range
+                // is the snapshot's now (the other half's replica here, if any, gets its own).
+                tracing::info!(
+                    "partition {pid}: the snapshot brings its range {:?} .. {:?} (epoch {})",
+                    info.start,
+                    info.end,
+                    info.epoch
+                );
+                p.info = info.clone();
+                shard.splits.forget(*pid);
+                shard.learn_map(std::slice::from_ref(info));
+                shard.map_outbox.borrow_mut().push(info.clone());
+            }
+        }
         batch.records.extend(inst.record);
         batch.handed.push(Handed {
             partition: *pid,
@@ -435,6 +499,8 @@ fn collect_readies(shard: &Rc<Shard>, batch: &mut Batch) {
             }
             if new == raft::StateRole::Leader && old != raft::StateRole::Leader {
                 tracing::info!("shard {}: partition {pid} leader at term {}", shard.id, p.term());
+                let freed = p.on_became_leader();
+                shard.ephemeral_bytes.set(shard.ephemeral_bytes.get().saturating_sub(freed));
             }
         }
         // Messages that do not depend on this Ready's persistence (a leader's appends) go now.
@@ -558,6 +624,149 @@ fn advance(shard: &Rc<Shard>, handed: Vec<Handed>, restored: &[(u64, u64)]) {
     }
 }
 
+/// A split's new half, written in this turn's batch, to start once the batch is committed.
+struct Created {
+    parent: u64,
+    info: kahuna_core::PartitionInfo,
+    applied: ApplyState,
+    /// The parent was led here: campaign at once (the other replicas apply the same entry
+    /// about now) instead of waiting out an election timeout.
+    campaign: bool,
+    ephemeral: kahuna_core::store::MemStore,
+}
+
+/// Where a split's new half starts its log: both halves' replicas all start the new group at
+/// this index, with a log term of `max(split entry's term, SPLIT_INIT_TERM)` (the same on every
+/// replica: it comes from the entry), so logs match without a snapshot; the first election then
+/// takes a term above the split entry's, and the new half's ephemeral fencing tokens (which
+/// start at `term << 40`) above every one its parent's leaders granted for its keys.
+pub const SPLIT_INIT_INDEX: u64 = 5;
+pub const SPLIT_INIT_TERM: u64 = 5;
+
+/// A write of keys outside the partition (it split after the write was proposed) is not
+/// applied: MOVED (retryable: nothing happened). The expired-key collector's list is cut to
+/// the keys still in range instead.
+fn within_range(info: &kahuna_core::PartitionInfo, op: &mut WriteOp) -> Result<(), WireError> {
+    if let WriteOp::KvCollect { keys, .. } = op {
+        keys.retain(|k| info.contains(k));
+        return Ok(());
+    }
+    if op.keys().iter().all(|k| info.contains(k)) {
+        return Ok(());
+    }
+    Err(WireError::new(
+        ErrorCode::Moved,
+        format!("partition {} split before the write applied; it was not applied: retry", info.id),
+    ))
+}
+
+/// Applies a split entry on this replica: the parent keeps `[start, at)`, a new partition takes
+/// `[at, end)` with the same replicas, starting from [`SPLIT_INIT_INDEX`]. Refused (CONFLICT,
+/// nothing changes) when the partition changed since the split was asked. The descriptors, the
+/// new half's apply state and revision floor go into the same batch as everything else.
+fn apply_split(
+    shard: &Shard,
+    p: &mut crate::raft::partition::Partition,
+    buf: &mut WriteBuffer<'_, crate::storage::state::StateDb>,
+    cmd: &LogCommand,
+    ctx: &ApplyCtx,
+    (term, states, created): (u64, &mut Vec<(u64, ApplyState)>, &mut Vec<Created>),
+) -> Result<Reply, WireError> {
+    use kahuna_core::store::Txn;
+    let WriteOp::Split { at, new_id, epoch } = &cmd.op else { unreachable!("a split") };
+    let (left, right) = p
+        .info
+        .split(at, *new_id, *epoch)
+        .map_err(|e| WireError::new(ErrorCode::Conflict, e.to_string()))?;
+    state_machine::apply(buf, &cmd.op, ctx)?;
+    buf.put(crate::storage::state::descriptor_key(left.id), left.encode());
+    buf.put(crate::storage::state::descriptor_key(right.id), right.encode());
+    let applied = ApplyState {
+        applied_index: SPLIT_INIT_INDEX,
+        applied_term: term.max(SPLIT_INIT_TERM),
+        applied_hlc: p.applied.applied_hlc.max(cmd.hlc),
+    };
+    states.push((right.id, applied));
+    // The leader's ephemeral state of the keys that move goes with them.
+    let mut ephemeral = kahuna_core::store::MemStore::default();
+    if p.is_leader() && !p.ephemeral.is_empty() {
+        for kind in kahuna_core::keys::DATA_KINDS {
+            let (lo, hi) = kahuna_core::keys::kind_range(kind, &right.start, &right.end);
+            p.ephemeral.move_range(&lo, &hi, &mut ephemeral);
+        }
+    }
+    tracing::info!(
+        "shard {}: partition {} split at {:?}: partition {} holds [{:?}, {:?}) from now on",
+        shard.id,
+        left.id,
+        String::from_utf8_lossy(at),
+        right.id,
+        String::from_utf8_lossy(&right.start),
+        String::from_utf8_lossy(&right.end)
+    );
+    p.info = left.clone();
+    shard.splits.forget(left.id);
+    created.push(Created {
+        parent: left.id,
+        info: right.clone(),
+        applied,
+        campaign: p.is_leader(),
+        ephemeral,
+    });
+    Ok(Reply::Split { left: left.id, right: right.id, at: at.clone(), epoch: left.epoch })
+}
+
+/// Starts the Raft group of a split's new half on this replica.
+fn start_split_half(
+    shard: &Shard,
+    parts: &mut std::collections::BTreeMap<u64, crate::raft::partition::Partition>,
+    c: Created,
+) {
+    let id = c.info.id;
+    if parts.contains_key(&id) {
+        // Ids come from one replicated sequence: a clash is damage, not a case to serve.
+        fatal("splitting a partition", format!("partition id {id} is in use already"));
+    }
+    // Replayed after a crash: the new half already ran, and its log and votes are in the WAL.
+    let log = shard.pending_logs.borrow_mut().remove(&id).unwrap_or_default();
+    let (hs, entries) = match crate::raft::partition::log_start(id, &c.applied, log) {
+        Ok(start) => start,
+        Err(e) => fatal("restarting a split's new partition", e),
+    };
+    let replayed = hs.term > c.applied.applied_term || !entries.is_empty();
+    let dir = shard.snapshots.borrow().dir().to_path_buf();
+    let source = crate::raft::log_store::SnapshotSource::new(&shard.db, &c.info, &dir);
+    let mut np = match crate::raft::partition::Partition::open(
+        &shard.cfg,
+        source,
+        c.info.clone(),
+        c.applied,
+        hs,
+        entries,
+    ) {
+        Ok(p) => p,
+        Err(e) => fatal("starting a split's new partition", e),
+    };
+    if !c.ephemeral.is_empty() {
+        np.ephemeral = c.ephemeral;
+        np.inherited_ephemeral_term = Some(c.applied.applied_term + 1);
+    }
+    if c.campaign && !replayed {
+        if let Err(e) = np.node.campaign() {
+            tracing::warn!("partition {id}: campaign after the split: {e}");
+        }
+    }
+    parts.insert(id, np);
+    shard.splits.applied.set(shard.splits.applied.get() + 1);
+    shard.metrics.splits.inc();
+    let left = parts.get(&c.parent).map(|p| p.info.clone());
+    let mut changed = vec![c.info];
+    changed.extend(left);
+    shard.learn_map(&changed);
+    shard.map_outbox.borrow_mut().extend(changed);
+    shard.kick();
+}
+
 /// Applies committed entries of several partitions as one RocksDB batch, then answers.
 fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
     if batches.iter().all(|(_, e)| e.is_empty()) {
@@ -569,6 +778,7 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
     let mut buf = WriteBuffer::new(&shard.db);
     let mut states: Vec<(u64, ApplyState)> = Vec::new();
     let mut answers: Vec<(u64, u64, u64, Result<Reply, WireError>)> = Vec::new();
+    let mut created: Vec<Created> = Vec::new();
     for (pid, entries) in &batches {
         let Some(p) = parts.get_mut(pid) else { continue };
         if entries.is_empty() {
@@ -580,10 +790,23 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
             }
             if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
                 let result = match LogCommand::decode(&e.data) {
-                    Ok(cmd) => {
+                    Ok(mut cmd) => {
                         shard.observe_hlc(cmd.hlc);
                         let ctx = ApplyCtx::persistent(&cmd, e.term, &p.info.start);
-                        let result = state_machine::apply(&mut buf, &cmd.op, &ctx);
+                        let result = match &cmd.op {
+                            WriteOp::Split { .. } => apply_split(
+                                shard,
+                                p,
+                                &mut buf,
+                                &cmd,
+                                &ctx,
+                                (e.term, &mut states, &mut created),
+                            ),
+                            _ => match within_range(&p.info, &mut cmd.op) {
+                                Ok(()) => state_machine::apply(&mut buf, &cmd.op, &ctx),
+                                Err(moved) => Err(moved),
+                            },
+                        };
                         if let (WriteOp::KvCollect { .. }, Ok(Reply::KvDelete { revision, .. })) =
                             (&cmd.op, &result)
                         {
@@ -609,6 +832,10 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
     }
     if let Err(e) = shard.db.commit(buf.into_writes(), &states) {
         fatal("writing RocksDB", e);
+    }
+    // The new halves' state and descriptors are durable with the entry's effects: start them.
+    for c in created {
+        start_split_half(shard, &mut parts, c);
     }
     for (pid, index, term, result) in answers {
         if let Some(p) = parts.get_mut(&pid) {

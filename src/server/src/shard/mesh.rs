@@ -19,8 +19,18 @@ use super::{with_deadline, Answer, Shard};
 
 /// Messages between the shards of one node.
 pub enum ShardMsg {
-    Request { token: u64, partition: u64, op: Op, timeout_ms: u64 },
-    Response { token: u64, answer: Answer },
+    Request {
+        token: u64,
+        partition: u64,
+        op: Op,
+        timeout_ms: u64,
+    },
+    Response {
+        token: u64,
+        answer: Answer,
+    },
+    /// Descriptors another shard changed or learned (see `Shard::learn_map`).
+    Map(Vec<kahuna_core::PartitionInfo>),
 }
 
 /// Mesh capacity per pair of shards.
@@ -98,6 +108,11 @@ impl MeshLink {
             Some(s) => s.send_to(self.peers[shard], msg).await.map_err(drop),
             None => Err(()),
         }
+    }
+
+    /// Sends a message that needs no answer; lost only if that shard is gone.
+    pub async fn tell(&self, shard: usize, msg: ShardMsg) {
+        let _ = self.send(shard, msg).await;
     }
 
     /// Runs `op` on `partition`, owned by shard `to`, within `deadline`.
@@ -182,6 +197,9 @@ pub fn spawn_receivers(
                         if let Some(tx) = shard.mesh.pending.borrow_mut().remove(&token) {
                             let _ = tx.send(answer);
                         }
+                    }
+                    ShardMsg::Map(infos) => {
+                        shard.learn_map(&infos);
                     }
                 }
             }

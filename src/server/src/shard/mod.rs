@@ -14,6 +14,7 @@
 mod backup;
 pub mod driver;
 pub mod mesh;
+pub mod split;
 mod status;
 
 use std::cell::{Cell, RefCell};
@@ -46,7 +47,18 @@ pub struct Shard {
     pub node_id: u64,
     pub cfg: Rc<NodeConfig>,
     pub limits: Limits,
-    pub map: Rc<PartitionMap>,
+    /// The node's partition map as this shard knows it: replaced (never edited in place) when
+    /// a split applies here or news of one arrives; see [`Shard::learn_map`].
+    map: RefCell<Rc<PartitionMap>>,
+    /// Descriptors changed here (by splits) to tell the other shards and nodes; the driver
+    /// sends them after each turn.
+    pub map_outbox: RefCell<Vec<kahuna_core::PartitionInfo>>,
+    /// Splits and their triggers (see [`split`]).
+    pub splits: split::SplitState,
+    /// Logs the WAL recovered for partitions that do not exist yet: a split whose effects
+    /// RocksDB had not made durable before a crash creates them again when it is replayed,
+    /// and they resume from these (their entries and votes).
+    pub pending_logs: RefCell<crate::storage::wal::RecoveredLogs>,
     pub parts: RefCell<BTreeMap<u64, Partition>>,
     pub db: StateDb,
     pub hlc: RefCell<HlcClock>,
@@ -114,6 +126,33 @@ fn process_epoch() -> u64 {
     h.finish() & 0xffff_ffff
 }
 
+/// MOVED unless the partition serves `op`: holds its key, or, for a scan, has keys after its
+/// position (a scan page starts at the partition's start when its cursor lies before it). A
+/// split may have given the key away since the request was routed; nothing ran.
+pub fn holds(p: &Partition, op: &Op) -> Result<(), WireError> {
+    if serves(&p.info, op) {
+        Ok(())
+    } else {
+        Err(moved_key(p.info.id))
+    }
+}
+
+/// Whether the partition `info` describes can serve `op` (see [`holds`]).
+pub fn serves(info: &kahuna_core::PartitionInfo, op: &Op) -> bool {
+    match op {
+        Op::ClusterStatus { .. } => true,
+        Op::KvScan { .. } => info.end.is_empty() || op.position_key() < info.end.as_slice(),
+        _ => info.contains(op.position_key()),
+    }
+}
+
+fn moved_key(partition: u64) -> WireError {
+    WireError::new(
+        ErrorCode::Moved,
+        format!("partition {partition} no longer holds the key (it split); retry"),
+    )
+}
+
 fn timeout_error(what: &str) -> WireError {
     WireError::new(ErrorCode::Timeout, format!("deadline passed while {what}"))
 }
@@ -136,7 +175,7 @@ impl Shard {
     pub fn new(
         id: usize,
         cfg: Rc<NodeConfig>,
-        map: Rc<PartitionMap>,
+        map: PartitionMap,
         parts: BTreeMap<u64, Partition>,
         db: StateDb,
         hlc: HlcClock,
@@ -151,8 +190,11 @@ impl Shard {
             id,
             node_id: cfg.id,
             limits: cfg.limits(),
+            splits: split::SplitState::new(&cfg),
             cfg,
-            map,
+            map: RefCell::new(Rc::new(map)),
+            map_outbox: RefCell::default(),
+            pending_logs: RefCell::default(),
             parts: RefCell::new(parts),
             db,
             hlc: RefCell::new(hlc),
@@ -321,11 +363,36 @@ impl Shard {
         std::time::Instant::now() + Duration::from_millis(ms)
     }
 
+    /// The partition map as this shard knows it now.
+    pub fn map(&self) -> Rc<PartitionMap> {
+        self.map.borrow().clone()
+    }
+
+    /// Takes newer descriptors into this shard's map; true if it changed.
+    pub fn learn_map(&self, infos: &[kahuna_core::PartitionInfo]) -> bool {
+        let next = self.map.borrow().update(infos);
+        match next {
+            Some(m) => {
+                if let Err(e) = self.db.put_map(m.partitions()) {
+                    crate::fatal::storage("writing the partition map", e);
+                }
+                *self.map.borrow_mut() = Rc::new(m);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Serves one request from a client of this shard: validate, route, run.
     pub async fn execute(self: &Rc<Self>, op: Op, deadline: std::time::Instant) -> Answer {
         if let Err(e) = self.limits.validate(&op) {
             return (Err(e), 0);
         }
+        self.execute_checked(op, deadline).await
+    }
+
+    /// Routes and runs a request that passed (or, from Kahuna itself, needs no) validation.
+    pub async fn execute_checked(self: &Rc<Self>, op: Op, deadline: std::time::Instant) -> Answer {
         match op {
             Op::KvScan { .. } => return self.scan_across(op, deadline).await,
             Op::ClusterStatus { scope, checksums } => {
@@ -333,8 +400,12 @@ impl Shard {
             }
             _ => {}
         }
-        let part = self.map.locate(op.routing_key());
-        self.execute_on(part.id, part.shard, op, deadline).await
+        let (id, shard) = {
+            let map = self.map.borrow();
+            let part = map.locate(op.position_key());
+            (part.id, part.shard)
+        };
+        self.execute_on(id, shard, op, deadline).await
     }
 
     async fn execute_on(
@@ -351,36 +422,47 @@ impl Shard {
         }
     }
 
-    /// A scan walks the partitions that may hold the prefix, in key order, until the page is full.
+    /// A scan walks the partitions that may hold the prefix, in key order, until the page is
+    /// full. Each partition's answer says where its range ends (`covered_to`), and the walk
+    /// goes on exactly from there: a partition that split since this shard's map last changed
+    /// ends earlier than the map says, and the keys past its new end are not skipped.
     async fn scan_across(self: &Rc<Self>, op: Op, deadline: std::time::Instant) -> Answer {
         let Op::KvScan { prefix, durability, start_after, limit } = op else {
             unreachable!("scan_across takes scans")
         };
         let want = if limit == 0 { self.limits.default_scan_limit } else { limit } as usize;
+        let prefix_end = kahuna_core::keys::prefix_end(&prefix);
         let mut items = Vec::new();
         let mut cursor = start_after;
-        let targets: Vec<(u64, usize)> = self
-            .map
-            .covering(&prefix, cursor.as_deref().unwrap_or_default())
-            .map(|p| (p.id, p.shard))
-            .collect();
-        for (pid, shard) in targets {
+        // The position the walk has reached: every key below it is answered.
+        let mut pos = match &cursor {
+            Some(c) if *c > prefix => c.clone(),
+            _ => prefix.clone(),
+        };
+        let mut stale_turns = 0;
+        loop {
+            let (pid, shard) = {
+                let map = self.map.borrow();
+                let p = map.locate(&pos);
+                (p.id, p.shard)
+            };
             let sub = Op::KvScan {
                 prefix: prefix.clone(),
                 durability,
                 start_after: cursor.clone(),
                 limit: (want - items.len()) as u32,
             };
-            match self.execute_on(pid, shard, sub, deadline).await {
-                (Ok(Reply::KvScan { items: got, next }), _) => {
+            let covered_to = match self.execute_on(pid, shard, sub, deadline).await {
+                (Ok(Reply::KvScan { items: got, next, covered_to }), _) => {
                     items.extend(got);
                     if next.is_some() || items.len() >= want {
                         let next = items.last().map(|i| i.key.clone());
-                        return (Ok(Reply::KvScan { items, next }), 0);
+                        return (Ok(Reply::KvScan { items, next, covered_to: None }), 0);
                     }
                     if let Some(last) = items.last() {
                         cursor = Some(last.key.clone());
                     }
+                    covered_to
                 }
                 (Ok(other), _) => {
                     return (
@@ -389,9 +471,28 @@ impl Shard {
                     );
                 }
                 err => return err,
+            };
+            let Some(end) = covered_to else { break };
+            if prefix_end.as_ref().is_some_and(|pe| end >= *pe) {
+                break;
             }
+            if end <= pos {
+                // The partition the map named ends before the position: the map is behind a
+                // split that news of is on its way. Wait for it, briefly.
+                stale_turns += 1;
+                if stale_turns > 50 || std::time::Instant::now() >= deadline {
+                    let e = WireError::new(
+                        ErrorCode::Unavailable,
+                        "the partition map is changing (a split); retry the scan",
+                    );
+                    return (Err(e), 0);
+                }
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            pos = end;
         }
-        (Ok(Reply::KvScan { items, next: None }), 0)
+        (Ok(Reply::KvScan { items, next: None, covered_to: None }), 0)
     }
 
     /// Runs a request on a partition this shard owns, or forwards it to the node that leads it.
@@ -416,7 +517,7 @@ impl Shard {
             Some(p) => Some(p.leader_hint()).filter(|l| *l != 0 && *l != self.node_id),
             // Not a replica here: its first replica knows where the leader is.
             None => self
-                .map
+                .map()
                 .get(partition)
                 .and_then(|i| i.replicas.first().copied())
                 .filter(|n| *n != self.node_id),
@@ -424,7 +525,7 @@ impl Shard {
     }
 
     async fn execute_hops(
-        &self,
+        self: &Rc<Self>,
         partition: u64,
         op: Op,
         deadline: std::time::Instant,
@@ -435,7 +536,32 @@ impl Shard {
                 return self.forward(to, partition, op, deadline, hops + 1).await;
             }
         }
+        // A partition that split since the request was routed no longer holds every key it
+        // did: the map, changed by that split on this shard, knows where the key went.
+        let outside = self.parts.borrow().get(&partition).is_some_and(|p| holds(p, &op).is_err());
+        if outside {
+            let (id, shard) = {
+                let map = self.map.borrow();
+                let p = map.locate(op.position_key());
+                (p.id, p.shard)
+            };
+            if id == partition || hops >= MAX_HOPS {
+                let e = WireError::new(
+                    ErrorCode::Moved,
+                    format!("partition {partition} no longer holds the key; retry"),
+                );
+                return (Err(e), 0);
+            }
+            if shard != self.id {
+                return self.mesh.forward(shard, id, op, deadline).await;
+            }
+            return Box::pin(self.execute_hops(id, op, deadline, hops + 1)).await;
+        }
         let hint = self.node_id;
+        if let Op::Split { at, .. } = op {
+            return (Box::pin(self.split_here(partition, at, deadline)).await, hint);
+        }
+        self.splits.record(partition, op.position_key());
         if let Err(e) = self.check_lease_clock(&op) {
             return (Err(e), hint);
         }
@@ -552,29 +678,31 @@ impl Shard {
             Ok((_, timeout_ms, op)) => {
                 // A peer's frame is untrusted input like a client's: the same checks, before
                 // anything reaches a state machine (whose assertions would stop every replica).
-                if let Err(e) = self.limits.validate(&op) {
+                if let Err(e) = self.limits.validate_from_peer(&op) {
                     return (Err(e), 0);
                 }
-                // The partition it names must own the key: a request applied in another
-                // partition's log would write outside that partition's range.
-                let owner = self.map.locate(op.routing_key()).id;
-                if !matches!(op, Op::KvScan { .. }) && owner != partition {
-                    let e = WireError::new(
-                        ErrorCode::Moved,
-                        format!("the key belongs to partition {owner}, not {partition}"),
-                    );
-                    return (Err(e), 0);
+                // The partition that runs it is the one that owns the key in this node's map:
+                // the sender's may be older (a split it has not heard of yet), and a request
+                // applied in another partition's log would write outside that partition's range
+                // (each apply checks that too).
+                let (owner, shard) = {
+                    let map = self.map.borrow();
+                    // A scan page names the partition the walk reached (its cursor may lie in
+                    // an earlier one): kept while it can serve.
+                    let p = match map.get(partition) {
+                        Some(p) if serves(p, &op) => p,
+                        _ => map.locate(op.position_key()),
+                    };
+                    (p.id, p.shard)
+                };
+                if owner != partition {
+                    tracing::debug!("a request for partition {partition} belongs to {owner} now");
                 }
                 let deadline = self.deadline(timeout_ms);
-                match self.map.get(partition).map(|p| p.shard) {
-                    Some(s) if s == self.id => {
-                        self.execute_hops(partition, op, deadline, hops).await
-                    }
-                    Some(s) => self.mesh.forward(s, partition, op, deadline).await,
-                    None => (
-                        Err(WireError::new(ErrorCode::Moved, format!("no partition {partition}"))),
-                        0,
-                    ),
+                if shard == self.id {
+                    self.execute_hops(owner, op, deadline, hops).await
+                } else {
+                    self.mesh.forward(shard, owner, op, deadline).await
                 }
             }
             Err(e) => (Err(WireError::new(e.code(), e.to_string())), 0),
@@ -649,7 +777,8 @@ impl Shard {
         let now_ms = self.now_ms();
         let limits = &self.limits;
         self.with_partition(partition, |p| {
-            p.ensure_leader()?;
+            p.ensure_ephemeral_leader()?;
+            holds(p, op)?;
             let bounds = Bounds { start: &p.info.start, end: &p.info.end };
             state_machine::read(&p.ephemeral, op, now_ms, bounds, limits)
         })
@@ -662,7 +791,10 @@ impl Shard {
         let settings = self.apply_settings();
         let total = self.ephemeral_bytes.get();
         let (reply, delta) = self.with_partition(partition, |p| {
-            p.ensure_leader()?;
+            p.ensure_ephemeral_leader()?;
+            if !wop.keys().iter().all(|k| p.info.contains(k)) {
+                return Err(moved_key(p.info.id));
+            }
             if total >= budget
                 && !matches!(wop, WriteOp::KvDelete { .. } | WriteOp::LockRelease { .. })
             {
@@ -714,6 +846,8 @@ impl Shard {
             return self.backup_chunk(partition, *offset, *index).await;
         }
         let now_ms = self.now_ms();
+        // The barrier may have waited while a split applied: the key must still be ours.
+        self.with_partition(partition, |p| holds(p, op))?;
         let big_scan = match op {
             Op::KvScan { limit: 0, .. } => self.limits.default_scan_limit > SCAN_ON_LOOP_KEYS,
             Op::KvScan { limit, .. } => *limit > SCAN_ON_LOOP_KEYS,
@@ -757,7 +891,16 @@ impl Shard {
                 format!("node {}'s disk is full: no writes until space is freed", self.node_id),
             ));
         }
-        let data = self.command(wop);
+        self.propose_wait(partition, self.command(wop), deadline).await
+    }
+
+    /// Proposes an encoded command to `partition` and waits for its applied answer.
+    pub async fn propose_wait(
+        &self,
+        partition: u64,
+        data: Vec<u8>,
+        deadline: std::time::Instant,
+    ) -> Result<Reply, WireError> {
         let rx = self.with_partition(partition, |p| p.propose(data))?;
         self.kick();
         match with_deadline(deadline, rx).await {

@@ -58,6 +58,7 @@ impl Shard {
                 start: p.info.start.clone(),
                 end: p.info.end.clone(),
                 replicas: p.info.replicas.clone(),
+                epoch: p.info.epoch,
                 status: vec![ReplicaStatus {
                     node: self.node_id,
                     shard: self.id as u32,
@@ -178,7 +179,7 @@ impl Shard {
         }
         // Partitions none of the answering nodes hold still appear, with their placement.
         let known: Vec<PartitionStatus> = self
-            .map
+            .map()
             .partitions()
             .iter()
             .map(|p| PartitionStatus {
@@ -187,6 +188,7 @@ impl Shard {
                 end: p.end.clone(),
                 replicas: p.replicas.clone(),
                 status: vec![],
+                epoch: p.epoch,
             })
             .collect();
         st.merge(ClusterStatus { answered_by: self.node_id, nodes: vec![], partitions: known });

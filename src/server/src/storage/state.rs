@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use kahuna_core::snapshot_format::{self, Descriptor, SnapshotFormatError};
 use kahuna_core::store::{Get, Scan};
+use kahuna_core::PartitionInfo;
 use rocksdb::{
     BlockBasedOptions, Cache, DBCompressionType, IngestExternalFileOptions, Options, ReadOptions,
     SstFileWriter, WriteBatch, WriteOptions, DB,
@@ -36,6 +37,21 @@ pub enum StorageError {
 }
 
 const APPLY_STATE: u8 = 0x01;
+/// A partition's descriptor (range, replicas, epoch): written when the partition is created,
+/// with the entry that splits it, and with a snapshot that brings it. A restart takes the
+/// partitions from these records, not from the configuration.
+const DESCRIPTOR: u8 = 0x02;
+
+/// The node's whole partition map as this shard last learned it (splits elsewhere included),
+/// so that a restart routes by what it knew. Not part of any partition's state: written
+/// whenever the map changes, without sync (a stale one is corrected by the peers' news).
+const MAP: u8 = 0x03;
+
+pub fn descriptor_key(partition: u64) -> Vec<u8> {
+    let mut k = vec![DESCRIPTOR];
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
 
 /// How far a partition's state machine has got, persisted with its effects.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -111,6 +127,54 @@ impl StateDb {
             .unwrap_or_default())
     }
 
+    /// Every partition descriptor this shard holds. A record that does not decode stops the
+    /// node (it is damage, not absence).
+    pub fn descriptors(&self) -> Result<Vec<PartitionInfo>, StorageError> {
+        let mut out = Vec::new();
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(vec![DESCRIPTOR + 1]);
+        let mut it = self.db.raw_iterator_opt(ro);
+        it.seek([DESCRIPTOR]);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let info = PartitionInfo::decode(v)
+                .map_err(|e| StorageError::Snapshot(format!("descriptor {k:?}: {e}")))?;
+            out.push(info);
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Writes descriptors (with no other change), durably enough for a start: the next
+    /// flush makes them durable, and until then a crash replays what wrote them.
+    pub fn put_descriptors(&self, infos: &[PartitionInfo]) -> Result<(), rocksdb::Error> {
+        let mut batch = WriteBatch::default();
+        for info in infos {
+            batch.put(descriptor_key(info.id), info.encode());
+        }
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.write_opt(batch, &wo)?;
+        self.db.flush()
+    }
+
+    pub fn stored_map(&self) -> Result<Option<Vec<PartitionInfo>>, StorageError> {
+        match self.db.get_pinned([MAP])? {
+            None => Ok(None),
+            Some(b) => rkyv::from_bytes::<Vec<PartitionInfo>, rkyv::rancor::Error>(&b)
+                .map(Some)
+                .map_err(|e| StorageError::Snapshot(format!("the stored partition map: {e}"))),
+        }
+    }
+
+    pub fn put_map(&self, parts: &[PartitionInfo]) -> Result<(), rocksdb::Error> {
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&parts.to_vec())
+            .expect("serialising descriptors");
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.put_opt([MAP], bytes, &wo)
+    }
+
     /// Writes one loop turn's effects and apply states atomically, without any sync: the Raft
     /// WAL already holds the entries that produced them.
     pub fn commit(
@@ -133,22 +197,38 @@ impl StateDb {
         self.db.write_opt(batch, &wo)
     }
 
-    /// Visits every key of the partition range `[start, end)`, all kinds, in ascending key
-    /// order, as one RocksDB snapshot sees it, and returns the partition's apply state in that
-    /// same snapshot: the index and term the visited state is exactly the effect of. Blocking:
+    /// Visits every key of the partition's range, all kinds, in ascending key order, as one
+    /// RocksDB snapshot sees it, and returns the partition's apply state and descriptor in that
+    /// same snapshot: the index and term the visited state is exactly the effect of, and the
+    /// range it had then (`[start, end)` is used only when no descriptor is stored). With
+    /// `descriptor`, the stored descriptor is visited first, as a pair of its own. Blocking:
     /// reads the range.
     fn visit_range_at(
         &self,
         partition: u64,
         start: &[u8],
         end: &[u8],
+        descriptor: bool,
         visit: &mut Visit<'_>,
-    ) -> Result<ApplyState, StorageError> {
+    ) -> Result<(ApplyState, Option<PartitionInfo>), StorageError> {
         let snap = self.db.snapshot();
         let state = snap
             .get(apply_state_key(partition))?
             .and_then(|b| ApplyState::decode(&b))
             .unwrap_or_default();
+        let info = match snap.get(descriptor_key(partition))? {
+            Some(b) => {
+                Some(PartitionInfo::decode(&b).map_err(|e| StorageError::Snapshot(e.to_string()))?)
+            }
+            None => None,
+        };
+        let (start, end) = match &info {
+            Some(i) => (i.start.as_slice(), i.end.as_slice()),
+            None => (start, end),
+        };
+        if let (true, Some(i)) = (descriptor, &info) {
+            visit(&descriptor_key(partition), &i.encode())?;
+        }
         let mut kinds = kahuna_core::keys::DATA_KINDS;
         kinds.sort_unstable();
         for kind in kinds {
@@ -164,7 +244,7 @@ impl StateDb {
             }
             it.status()?;
         }
-        Ok(state)
+        Ok((state, info))
     }
 
     /// A checksum of the partition range `[start, end)` and the applied index it describes:
@@ -177,7 +257,7 @@ impl StateDb {
         end: &[u8],
     ) -> Result<(u64, u64), StorageError> {
         let (mut crc, mut count) = (0u32, 0u64);
-        let state = self.visit_range_at(partition, start, end, &mut |k, v| {
+        let (state, _) = self.visit_range_at(partition, start, end, false, &mut |k, v| {
             for part in [k, v] {
                 crc = crc32c::crc32c_append(crc, &(part.len() as u32).to_le_bytes());
                 crc = crc32c::crc32c_append(crc, part);
@@ -188,7 +268,8 @@ impl StateDb {
         Ok((state.applied_index, (count << 32) | crc as u64))
     }
 
-    /// Writes a snapshot of the partition to `path` (see `kahuna_core::snapshot_format`): every
+    /// Writes a snapshot of the partition to `path` (see `kahuna_core::snapshot_format`): its
+    /// descriptor first (the range as of the view: a split may have narrowed it), then every
     /// pair of its range from one consistent view, and the index and term that view is the
     /// effect of. Blocking: reads the range and writes a file as big as it.
     pub fn write_snapshot_file(
@@ -216,7 +297,7 @@ impl StateDb {
         // The header names the index the state is the effect of, known only once the view is
         // taken: it is written with zeros first and patched at the end.
         emit(&mut out, &snapshot_format::encode_header(partition, 0, 0))?;
-        let state = self.visit_range_at(partition, start, end, &mut |k, v| {
+        let (state, _) = self.visit_range_at(partition, start, end, true, &mut |k, v| {
             buf.clear();
             snapshot_format::encode_pair(&mut buf, k, v);
             pairs += 1;
@@ -258,12 +339,12 @@ impl StateDb {
     pub fn install_snapshot_file(
         &self,
         partition: u64,
-        start: &[u8],
-        end: &[u8],
+        (start, end): (&[u8], &[u8]),
         path: &Path,
         sst: &Path,
         state: ApplyState,
-    ) -> Result<(), StorageError> {
+        placed: Option<&PartitionInfo>,
+    ) -> Result<Option<PartitionInfo>, StorageError> {
         use std::io::Read;
         let mut r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
         let mut header = [0u8; snapshot_format::HEADER_BYTES];
@@ -278,31 +359,77 @@ impl StateDb {
         let opts = Options::default();
         let mut w = SstFileWriter::create(&opts);
         w.open(sst)?;
+        let mut pairs = snapshot_format::PairReader::new(r);
+        let mut next = pairs.next_pair()?;
+        // A snapshot taken after a split carries the range it had then: the install replaces
+        // that range (the rest of this replica's older, wider range belongs to the split's other
+        // half, which brings its own state) and takes the descriptor.
+        let mut info = None;
+        if let Some((k, v)) = &next {
+            if *k == descriptor_key(partition) {
+                let i = PartitionInfo::decode(v)
+                    .map_err(|e| StorageError::Snapshot(format!("its descriptor: {e}")))?;
+                if i.id != partition {
+                    return Err(StorageError::Snapshot("a descriptor of another partition".into()));
+                }
+                info = Some(i);
+                next = pairs.next_pair()?;
+            }
+        }
+        // A restore places the copy anew (other nodes, other shards): its range must be the
+        // copy's, the rest is the new cluster's.
+        if let Some(p) = placed {
+            if info.as_ref().is_some_and(|i| (&i.start, &i.end) != (&p.start, &p.end)) {
+                return Err(StorageError::Snapshot(
+                    "the copy's range is not its partition's".into(),
+                ));
+            }
+            info = Some(p.clone());
+        }
+        let (start, end) = match &info {
+            Some(i) => (i.start.as_slice(), i.end.as_slice()),
+            None => (start, end),
+        };
         for kind in kahuna_core::keys::DATA_KINDS {
             let (lo, hi) = kahuna_core::keys::kind_range(kind, start, end);
             w.delete_range(lo, hi)?;
         }
         w.put(apply_state_key(partition), state.encode())?;
-        let mut pairs = snapshot_format::PairReader::new(r);
-        while let Some((k, v)) = pairs.next_pair()? {
+        if let Some(i) = &info {
+            w.put(descriptor_key(partition), i.encode())?;
+        }
+        while let Some((k, v)) = next {
             if k.first().is_none_or(|b| *b < kahuna_core::keys::KIND_MIN)
                 || !in_range(&k, start, end)
             {
                 return Err(StorageError::Snapshot("a key outside the partition".into()));
             }
             w.put(k, v)?;
+            next = pairs.next_pair()?;
         }
         w.finish()?;
         let mut io = IngestExternalFileOptions::default();
         io.set_move_files(true);
         self.db.ingest_external_file_opts(&io, vec![sst])?;
-        Ok(())
+        Ok(info)
     }
 
     /// A RocksDB integer property (`rocksdb.total-sst-files-size`, …); 0 when unknown. Reads
     /// counters in memory: cheap enough for the shard loop once a second.
     pub fn property(&self, name: &str) -> u64 {
         self.db.property_int_value(name).ok().flatten().unwrap_or(0)
+    }
+
+    /// The approximate size on disk (flushed, compressed) of a partition range, all kinds.
+    /// Reads RocksDB's index metadata, not the data.
+    pub fn approximate_size(&self, start: &[u8], end: &[u8]) -> u64 {
+        let ranges: Vec<(Vec<u8>, Vec<u8>)> = kahuna_core::keys::DATA_KINDS
+            .iter()
+            .map(|kind| kahuna_core::keys::kind_range(*kind, start, end))
+            .collect();
+        let ranges: Vec<rocksdb::Range<'_>> =
+            ranges.iter().map(|(lo, hi)| rocksdb::Range::new(lo, hi)).collect();
+        self.db.get_approximate_sizes(&ranges).iter().sum()
     }
 
     /// Flushes the memtables to SST files. Blocking: call it through `spawn_blocking`.
@@ -409,7 +536,8 @@ mod tests {
         db2.commit(w, &[(4, ApplyState { applied_index: 1, applied_term: 1, applied_hlc: 0 })])
             .unwrap();
         let st = ApplyState { applied_index: 7, applied_term: 2, applied_hlc: 0 };
-        db2.install_snapshot_file(3, b"k", b"m", &file, &other.path().join("in.sst"), st).unwrap();
+        db2.install_snapshot_file(3, (b"k", b"m"), &file, &other.path().join("in.sst"), st, None)
+            .unwrap();
         assert_eq!(db2.get(b"kkstale"), None);
         assert_eq!(db2.get(b"llx"), None);
         assert_eq!(db2.get(b"kl"), Some(b"kl".to_vec()));
@@ -420,11 +548,11 @@ mod tests {
         // A file for another index is refused, and so is one with a key outside the range.
         let wrong = ApplyState { applied_index: 8, ..st };
         assert!(db2
-            .install_snapshot_file(3, b"k", b"m", &file, &other.path().join("x.sst"), wrong)
+            .install_snapshot_file(3, (b"k", b"m"), &file, &other.path().join("x.sst"), wrong, None)
             .is_err());
         let (_, _) = db.write_snapshot_file(3, b"", b"", &file).unwrap();
         assert!(db2
-            .install_snapshot_file(3, b"k", b"m", &file, &other.path().join("y.sst"), st)
+            .install_snapshot_file(3, (b"k", b"m"), &file, &other.path().join("y.sst"), st, None)
             .is_err());
         drop(db2);
         let db2 = StateDb::open(other.path(), 1 << 20).unwrap();
@@ -435,5 +563,74 @@ mod tests {
             true
         });
         assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn a_snapshot_carries_the_range_its_partition_had_and_the_install_takes_it() {
+        // Partition 3 split: it holds [k, l) now. A follower that has not applied the split
+        // still thinks [k, m); the snapshot replaces only [k, l) there, and says so.
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path(), 1 << 20).unwrap();
+        let info = PartitionInfo {
+            id: 3,
+            start: b"k".to_vec(),
+            end: b"l".to_vec(),
+            shard: 0,
+            replicas: vec![1],
+            epoch: 2,
+        };
+        db.put_descriptors(std::slice::from_ref(&info)).unwrap();
+        let mut w = BTreeMap::new();
+        for k in [&b"kk"[..], b"kl2", b"llater"] {
+            w.insert(k.to_vec(), Some(k.to_vec()));
+        }
+        let st = ApplyState { applied_index: 9, applied_term: 2, applied_hlc: 0 };
+        db.commit(w, &[(3, st)]).unwrap();
+        let file = dir.path().join("p3.snap");
+        db.write_snapshot_file(3, b"k", b"m", &file).unwrap();
+        let (_, pairs) = snapshot_format::decode_file(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(pairs[0].0, descriptor_key(3), "the descriptor comes first");
+        assert!(pairs.iter().all(|(k, _)| k.as_slice() != b"llater"), "only [k, l)");
+
+        let other = tempfile::tempdir().unwrap();
+        let db2 = StateDb::open(other.path(), 1 << 20).unwrap();
+        let mut w = BTreeMap::new();
+        // Storage keys are a kind byte and the user key: "kk…" is the user key "k…".
+        for k in [&b"kkstale"[..], b"klkept"] {
+            w.insert(k.to_vec(), Some(b"old".to_vec()));
+        }
+        db2.commit(w, &[]).unwrap();
+        let got = db2
+            .install_snapshot_file(3, (b"k", b"m"), &file, &other.path().join("in.sst"), st, None)
+            .unwrap();
+        assert_eq!(got, Some(info.clone()));
+        assert_eq!(db2.get(b"kkstale"), None);
+        assert_eq!(db2.get(b"kk"), Some(b"kk".to_vec()));
+        assert_eq!(db2.get(b"klkept"), Some(b"old".to_vec()), "the other half's keys stay");
+        assert_eq!(db2.descriptors().unwrap(), vec![info.clone()]);
+        // A restore places the copy anew, but never with another range.
+        let moved = PartitionInfo { shard: 1, replicas: vec![4, 5], ..info.clone() };
+        let got = db2
+            .install_snapshot_file(
+                3,
+                (b"", b""),
+                &file,
+                &other.path().join("r.sst"),
+                st,
+                Some(&moved),
+            )
+            .unwrap();
+        assert_eq!(got, Some(moved.clone()));
+        let wrong = PartitionInfo { end: b"m".to_vec(), ..moved };
+        assert!(db2
+            .install_snapshot_file(
+                3,
+                (b"", b""),
+                &file,
+                &other.path().join("w.sst"),
+                st,
+                Some(&wrong)
+            )
+            .is_err());
     }
 }

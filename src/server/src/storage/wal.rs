@@ -63,6 +63,9 @@ const ZERO_CHUNK: u64 = 1 << 20;
 const ZERO_AHEAD: u64 = 2 << 20;
 
 /// A partition's log as found on disk: contiguous entries and the latest hard state.
+/// Every partition's recovered log, by partition id.
+pub type RecoveredLogs = BTreeMap<u64, RecoveredLog>;
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RecoveredLog {
     pub entries: Vec<EntryRec>,

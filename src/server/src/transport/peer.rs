@@ -321,5 +321,12 @@ fn dispatch(shard: &Rc<Shard>, from: u64, f: PeerFrame) {
         PeerFrame::SnapAck { partition, transfer, upto } => {
             crate::raft::snapshot::on_ack(shard, from, partition, transfer, upto)
         }
+        PeerFrame::Map(infos) => {
+            // Newer descriptors from another node: this shard takes them, and passes them to
+            // this node's other shards (not back to the peers: each node tells its own).
+            if shard.learn_map(&infos) {
+                crate::shard::driver::tell_map(shard, infos, false);
+            }
+        }
     }
 }
