@@ -31,6 +31,9 @@ done
 # Every partition led by its preferred node (leaders spread evenly) before anything is measured.
 "$BIN/kahuna-cli" --endpoints "$ENDPOINTS" --timeout-ms 30000 cluster wait --balanced >/dev/null ||
   echo "warning: the cluster did not settle its leaders within 30 s" >&2
-"$BIN/kahuna-bench" --endpoints "$ENDPOINTS" --suite standard --duration "${SECONDS_PER_RUN}s" \
-  --warmup 1s --floor-dir "$DATA" --output "$OUT/$STAMP.json" --report-dir "$OUT/$STAMP"
+# KAHUNA_BENCH_ARGS replaces the suite (say, one workload to compare cluster sizes).
+# shellcheck disable=SC2086
+"$BIN/kahuna-bench" --endpoints "$ENDPOINTS" ${KAHUNA_BENCH_ARGS:---suite standard} \
+  --duration "${SECONDS_PER_RUN}s" --warmup 1s --floor-dir "$DATA" --output "$OUT/$STAMP.json" \
+  --report-dir "$OUT/$STAMP"
 echo "results: $OUT/$STAMP.json, $OUT/$STAMP/summary.md, $OUT/$STAMP/latency.svg"

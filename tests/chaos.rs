@@ -109,6 +109,16 @@ fn scenario(
     opts: ClusterOpts,
     faults: impl FnOnce(&mut Cluster, &Workload, Duration) -> u64,
 ) {
+    scenario_then(name, opts, faults, |_| {});
+}
+
+/// [`scenario`], then `after` on the healed cluster (more checks).
+fn scenario_then(
+    name: &str,
+    opts: ClusterOpts,
+    faults: impl FnOnce(&mut Cluster, &Workload, Duration) -> u64,
+    after: impl FnOnce(&Cluster),
+) {
     let secs = fault_secs();
     watchdog(Duration::from_secs(120 + secs * 3));
     let seed = seed();
@@ -126,6 +136,68 @@ fn scenario(
     assert!(v.passed(), "{name} (seed {seed}): {:#?}", v.problems);
     assert!(v.ok > 50, "{name}: too little got through: {v:?}");
     assert!(injected + c.injected() > 0, "{name}: no fault was injected");
+    after(&c);
+}
+
+#[test]
+fn splits_while_nodes_are_killed() {
+    // Splits at random keys (between, before and right at the hot keys, the lock and the
+    // sequence) through any node, while a node is killed every other round; followers that fall
+    // behind catch up by snapshots (the in-memory log is short), some of them taken after a
+    // split they missed.
+    let opts = ClusterOpts {
+        shards: 2,
+        extra: &["--max-log-entries-in-memory", "50", "--split-load-qps", "0"],
+        ..Default::default()
+    };
+    scenario_then(
+        "splits under kill -9",
+        opts,
+        |c, _, d| {
+            let end = Instant::now() + d;
+            let mut rng = seed() | 1;
+            let (mut splits, mut kills, mut n) = (0u64, 0u64, 0u64);
+            while Instant::now() < end {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let at = format!(
+                    "{}{}",
+                    (b'!' + (rng % 90) as u8) as char,
+                    ["", "hot/", "hot/3", "haos/", "z"][(rng >> 8) as usize % 5]
+                );
+                let via = c.nodes.iter().find(|s| s.child_running()).unwrap();
+                let cl = kahuna_tests::client_via(via, 3000);
+                if cl.split(at.as_bytes(), at.as_bytes()).is_ok() {
+                    splits += 1;
+                }
+                if n % 2 == 1 {
+                    let victim = 1 + (rng >> 16) % 3;
+                    c.node_mut(victim).kill9();
+                    std::thread::sleep(Duration::from_millis(600));
+                    c.node_mut(victim).relaunch();
+                    kills += 1;
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            eprintln!("{splits} splits, {kills} kills");
+            assert!(splits > 0, "no split went through");
+            kills
+        },
+        |c| {
+            // The ranges cover the key space on every node, and every replica is equal.
+            for s in &c.nodes {
+                let st = status(s, false);
+                assert!(st.partitions[0].start.is_empty());
+                assert!(st.partitions.last().unwrap().end.is_empty());
+                for w in st.partitions.windows(2) {
+                    assert_eq!(w[0].end, w[1].start, "{st:#?}");
+                }
+            }
+            kahuna_tests::assert_replicas_equal(c.node(1), 3);
+        },
+    );
 }
 
 #[test]

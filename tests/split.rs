@@ -271,3 +271,48 @@ fn one_hot_prefix_splits_by_load_and_the_halves_are_led_by_different_nodes() {
     assert!(st.partitions[1].start.starts_with(b"orders/"), "{st:#?}");
     kahuna_tests::assert_replicas_equal(c.node(1), 3);
 }
+
+#[test]
+fn a_replica_that_missed_a_split_by_snapshot_gets_the_new_half_too() {
+    watchdog(Duration::from_secs(240));
+    let flags = [
+        "--partitions",
+        "1",
+        "--split-size-mb",
+        "0",
+        "--split-load-qps",
+        "0",
+        "--max-log-entries-in-memory",
+        "20",
+    ];
+    let mut c = start_cluster_with(ClusterOpts { extra: &flags, ..Default::default() });
+    let out = c.node(1).cli(&["--timeout-ms", "30000", "cluster", "wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cl = client_via(c.node(1), 10_000);
+    for i in 0..10 {
+        cl.kv_set(format!("a/{i}").as_bytes(), b"before", SetOptions::default()).unwrap();
+    }
+    // Node 3 misses the split and more than its leader keeps in memory after it: it catches up
+    // with a snapshot of the left half, taken after the split.
+    c.node_mut(3).kill9();
+    assert!(split_at(&c, 1, "m"), "the split");
+    for i in 0..60 {
+        for side in ["a", "z"] {
+            let key = format!("{side}/{i}");
+            cl.kv_set(key.as_bytes(), b"after", SetOptions::default()).unwrap();
+        }
+    }
+    c.node_mut(3).restart();
+    // Every partition has its three replicas again, equal.
+    kahuna_tests::assert_replicas_equal(c.node(1), 3);
+    let st = status(c.node(3), false);
+    assert_covers(&st);
+    assert_eq!(st.partitions.len(), 2, "{st:#?}");
+    assert!(
+        c.node(3).log_text().contains("starting its replica here empty"),
+        "node 3 did not take the split-off partition's replica as the test meant"
+    );
+    // Node 3's copies answer once it leads.
+    let z = client_via(c.node(3), 10_000).kv_get(b"z/59", GetOptions::default()).unwrap();
+    assert_eq!(z.value, b"after");
+}

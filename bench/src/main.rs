@@ -174,6 +174,14 @@ fn suite_runs(base: &Args, suite: Suite) -> Vec<(String, Args)> {
             },
             v("seq-16", Seq, Persistent, 4, 4),
             v("mixed-90-64", Mixed, Persistent, 4, 16),
+            {
+                // Every key under one prefix (as most applications' keys are): one partition at
+                // first, until its load splits it; the warm-up lets the first split settle.
+                let mut r = v("mixed-90-64-one-prefix", Mixed, Persistent, 4, 16);
+                r.1.key_prefix = Some("orders/".into());
+                r.1.warmup = r.1.warmup.max(Duration::from_secs(25));
+                r
+            },
         ],
         Suite::Smoke => vec![
             v("set", KvSet, Persistent, 1, 2),

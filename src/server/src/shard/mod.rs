@@ -748,6 +748,9 @@ impl Shard {
             );
             return;
         }
+        if !self.parts.borrow().contains_key(&partition) && !self.adopt(partition, &msg) {
+            return; // not ours (yet): its leader sends again
+        }
         let reply = match self.parts.borrow_mut().get_mut(&partition) {
             Some(p) => p.step_peer(self.node_id, msg),
             None => None,

@@ -197,6 +197,59 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// A leader's message for a partition this shard does not hold, but should: one split off a
+    /// partition this replica caught up with by a snapshot taken after the split (so it never
+    /// applied the split entry that would have created it here). The map names this node and
+    /// shard among its replicas, and no partition here overlaps its range: start it empty
+    /// (no voters known: it cannot campaign) and let its leader send it a snapshot. Its votes
+    /// from an earlier life, if the WAL holds any, are kept.
+    pub fn adopt(&self, partition: u64, msg: &raft::eraftpb::Message) -> bool {
+        use raft::eraftpb::MessageType::*;
+        if !matches!(msg.get_msg_type(), MsgAppend | MsgHeartbeat | MsgSnapshot) {
+            return false;
+        }
+        let Some(info) = self.map().get(partition).cloned() else { return false };
+        if info.shard != self.id || !info.replicas.contains(&self.node_id) {
+            return false;
+        }
+        if self.parts.borrow().values().any(|p| p.info.overlaps(&info)) {
+            return false; // its keys are still another partition's here: that one splits first
+        }
+        let log = self.pending_logs.borrow_mut().remove(&partition).unwrap_or_default();
+        let mut hs = raft::eraftpb::HardState::default();
+        if let Some(h) = log.hard_state {
+            (hs.term, hs.vote) = (h.term, h.vote);
+        }
+        let dir = self.snapshots.borrow().dir().to_path_buf();
+        let source = crate::raft::log_store::SnapshotSource::new(&self.db, &info, &dir);
+        // No voters: they come with the snapshot.
+        let unknown = kahuna_core::PartitionInfo { replicas: vec![], ..info.clone() };
+        let mut np = match crate::raft::partition::Partition::open(
+            &self.cfg,
+            source,
+            unknown,
+            Default::default(),
+            hs,
+            vec![],
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("partition {partition}: cannot start an empty replica: {e}");
+                return false;
+            }
+        };
+        np.info = info;
+        tracing::info!(
+            "partition {partition}: split off a partition this node caught up with by snapshot; \
+             starting its replica here empty, to be filled by a snapshot from node {}",
+            msg.from
+        );
+        self.parts.borrow_mut().insert(partition, np);
+        true
+    }
+}
+
 /// Once a second, from the tick: the led partitions that passed a threshold start a split
 /// (one at a time per shard, so a burst of load does not cut a partition into slivers before
 /// the first split shows its effect).
