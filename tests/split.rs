@@ -134,6 +134,25 @@ fn splits_under_load_and_a_kill_lose_nothing_and_keep_the_map_whole() {
             .collect();
         assert_eq!(keys, written, "scan through node {n}");
     }
+    // A backup copies the split partitions, each with the range its copy had, covering all.
+    let dir = c.node(1).data_dir.with_extension("backup");
+    let out = c.node(2).cli(&["--timeout-ms", "30000", "backup", "create", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let ranges: Vec<(String, String)> = m["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["start"].as_str().unwrap().into(), p["end"].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(ranges.len(), st.partitions.len());
+    assert_eq!(ranges[0].0, "");
+    assert_eq!(ranges.last().unwrap().1, "");
+    for w in ranges.windows(2) {
+        assert_eq!(w[0].1, w[1].0, "the backup leaves a gap");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Pseudo-random bytes (RocksDB compresses: the size threshold counts compressed bytes).

@@ -437,14 +437,19 @@ fn status_table(st: &ClusterStatus, prev: Option<(&ClusterStatus, Duration)>) ->
     out.trim_end().to_string()
 }
 
-/// Copies one partition (starting at `start`) into `path`; its manifest entry. The pieces go
+/// Copies the partition that holds `start` into `dir`; its manifest entry and where its range
+/// ends (as the copy saw it: a split meanwhile only makes it end earlier). The pieces go
 /// straight to a file (a partition's copy can be larger than memory should hold).
-fn backup_partition(c: &Client, start: &[u8], path: &std::path::Path) -> Result<Value, Error> {
+fn backup_partition(
+    c: &Client,
+    start: &[u8],
+    dir: &std::path::Path,
+) -> Result<(Value, Vec<u8>), Error> {
     use std::io::Write;
+    let tmp = dir.join("copy.tmp");
     let io = |e: std::io::Error| {
-        Error::new(kahuna_client::ErrorCode::Internal, format!("{}: {e}", path.display()))
+        Error::new(kahuna_client::ErrorCode::Internal, format!("{}: {e}", tmp.display()))
     };
-    let tmp = path.with_extension("tmp");
     // A copy lives on the partition's leader: if leadership moves mid-way, take a new one.
     let mut last = None;
     for _ in 0..3 {
@@ -487,8 +492,9 @@ fn backup_partition(c: &Client, start: &[u8], path: &std::path::Path) -> Result<
         let file = file.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
         drop(file);
-        std::fs::rename(&tmp, path).map_err(io)?;
-        return Ok(json!({
+        let path = dir.join(format!("p{}.snap", first.partition));
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        let entry = json!({
             "id": first.partition,
             "start": hex(&first.start),
             "end": hex(&first.end),
@@ -498,7 +504,8 @@ fn backup_partition(c: &Client, start: &[u8], path: &std::path::Path) -> Result<
             "bytes": first.total,
             "crc32c": first.crc,
             "file": path.file_name().map(|n| n.to_string_lossy().to_string()),
-        }));
+        });
+        return Ok((entry, first.end));
     }
     let _ = std::fs::remove_file(&tmp);
     Err(last.unwrap_or_else(|| Error::new(kahuna_client::ErrorCode::Unavailable, "no copy")))
@@ -695,17 +702,29 @@ fn run(c: &Client, cmd: Cmd, wait_for: Duration, json_out: bool) -> Result<(Valu
                 Error::new(kahuna_client::ErrorCode::Internal, format!("{}: {e}", dir.display()))
             };
             std::fs::create_dir_all(&dir).map_err(io)?;
-            let st = c.cluster_status(false)?;
             let started = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
             let mut parts = Vec::new();
             let mut bytes = 0;
-            for p in &st.partitions {
-                let entry = backup_partition(c, &p.start, &dir.join(format!("p{}.snap", p.id)))?;
+            // Partition by partition from the start of the key space, each from where the copy
+            // before it ended: the copies cover every key once even if partitions split meanwhile.
+            let mut pos = Vec::new();
+            loop {
+                let (entry, end) = backup_partition(c, &pos, &dir)?;
                 bytes += entry["bytes"].as_u64().unwrap_or(0);
                 parts.push(entry);
+                if end.is_empty() {
+                    break;
+                }
+                if end <= pos {
+                    return Err(Error::new(
+                        kahuna_client::ErrorCode::Internal,
+                        format!("a copy ends at {:?}, before where it started", bound(&end)),
+                    ));
+                }
+                pos = end;
             }
             let manifest = json!({
                 "format": 1,
@@ -718,7 +737,7 @@ fn run(c: &Client, cmd: Cmd, wait_for: Duration, json_out: bool) -> Result<(Valu
             std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
             std::fs::rename(&tmp, dir.join("manifest.json")).map_err(io)?;
             std::fs::File::open(&dir).and_then(|f| f.sync_all()).map_err(io)?;
-            let n = st.partitions.len();
+            let n = parts.len();
             (
                 json!({"dir": dir.display().to_string(), "partitions": n, "bytes": bytes}),
                 format!("backed up {n} partitions ({bytes} bytes) into {}", dir.display()),

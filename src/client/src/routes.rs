@@ -65,15 +65,17 @@ impl Routes {
     }
 
     /// An answer said node `hint` leads `partition` (0 = unknown: forget the entry). Returns
-    /// true when no status has listed that node yet, so the table is worth reloading (a node
-    /// listed without a reachable address stays reached by forwarding, without reloads).
+    /// true when the table is worth reloading: no status has listed that node yet, or the hint
+    /// names another leader than the table did (a leader moved, or the partition split and the
+    /// key now belongs to a new partition this table does not know). The caller reloads at most
+    /// once a second.
     pub(crate) fn learn(&mut self, partition: u64, hint: u64) -> bool {
         if hint == 0 {
             self.leaders.remove(&partition);
             return false;
         }
-        self.leaders.insert(partition, hint);
-        !self.known.contains(&hint)
+        let before = self.leaders.insert(partition, hint);
+        before.is_some_and(|b| b != hint) || !self.known.contains(&hint)
     }
 }
 
@@ -141,12 +143,13 @@ mod tests {
     }
 
     #[test]
-    fn hints_move_leaders_and_ask_for_a_reload_only_for_unlisted_nodes() {
+    fn hints_move_leaders_and_ask_for_a_reload_for_news() {
         let mut r = Routes::default();
         r.load(&status());
-        assert!(!r.learn(2, 1));
+        assert!(!r.learn(2, 1), "what the table says: no reload");
         assert_eq!(r.leader_addr(2), Some("127.0.0.1:7000"));
-        assert!(!r.learn(2, 2), "node 2 is listed, on 0.0.0.0: no reload");
+        assert!(!r.learn(2, 1));
+        assert!(r.learn(2, 2), "another leader than the table's (a move, or a split): reload");
         assert_eq!(r.leader_addr(2), None);
         assert!(r.learn(2, 3), "node 3 was listed down: it is back");
         assert!(r.learn(2, 4), "node 4 was never listed");

@@ -498,6 +498,8 @@ async fn run_shard(start: ShardStart) -> Result<(), NodeError> {
         glommio::spawn_local(peer::serve(shard_ctx.clone(), peer_listener)).detach();
     }
     *shard_ctx.pending_logs.borrow_mut() = pending_logs;
+    // This shard's partitions, to the other shards (whose stored maps may be older) and nodes.
+    driver::tell_map(&shard_ctx, infos.clone(), true);
     spawn_receivers(shard_ctx.clone(), receivers, shard_of_peer);
     glommio::spawn_local(driver::run(shard_ctx.clone(), wal, kick_rx)).detach();
     shard_ctx.kick();

@@ -121,6 +121,12 @@ pub struct Partition {
     /// partition's only if this node wins the group's first election, at this term (nobody
     /// else can have led before); at any other term it is dropped.
     pub inherited_ephemeral_term: Option<u64>,
+    /// This leader proposed a split at this key and has not applied it yet: ephemeral writes at
+    /// or after it wait (the other replicas may apply it first and start the new half, whose
+    /// tokens must stay above every one granted here).
+    pub splitting_at: Option<Vec<u8>>,
+    /// A split's new half campaigns again at this tick if it has no leader by then.
+    pub recampaign_at: Option<u64>,
     proposals: BTreeMap<u64, Pending>,
     next_read_ctx: u64,
     /// Reads that came before this leader applied an entry of its own term.
@@ -153,6 +159,8 @@ impl Partition {
             collect_cursor: None,
             installing: None,
             inherited_ephemeral_term: None,
+            splitting_at: None,
+            recampaign_at: None,
             proposals: BTreeMap::new(),
             next_read_ctx: 1,
             reads_before_term: Vec::new(),
@@ -511,6 +519,7 @@ impl Partition {
             let _ = tx.send(Err(not_leader(hint)));
         }
         // Ephemeral state belongs to the leader that made it.
+        self.splitting_at = None;
         self.ephemeral = MemStore::default();
         self.ephemeral_grants = 0;
         self.sweep_cursor = None;

@@ -100,7 +100,7 @@ pub fn build(
     dir: &Path,
 ) -> Result<Descriptor, StorageError> {
     let tmp = dir.join(format!("build-p{partition}.tmp"));
-    let (_, desc) = db.write_snapshot_file(partition, start, end, &tmp)?;
+    let (_, desc, _) = db.write_snapshot_file(partition, start, end, &tmp)?;
     let prefix = format!("send-p{partition}-");
     for e in std::fs::read_dir(dir)?.flatten() {
         if e.file_name().to_string_lossy().starts_with(&prefix) {

@@ -97,10 +97,12 @@ impl Shard {
         let written = glommio::executor()
             .spawn_blocking(move || db.write_snapshot_file(partition, &s, &e, &p))
             .await;
-        let (state, desc) = match written {
+        let (state, desc, info) = match written {
             Ok(w) => w,
             Err(e) => crate::fatal::storage("writing a backup copy", e),
         };
+        // The range as the copy's view had it (a split may have applied since it was looked up).
+        let (start, end) = info.map(|i| (i.start, i.end)).unwrap_or((start, end));
         let chunk = BackupChunk {
             partition,
             start,

@@ -154,7 +154,7 @@ pub fn tell_map(shard: &Rc<Shard>, infos: Vec<kahuna_core::PartitionInfo>, peers
 /// Every 10 s, once the map has split partitions: this shard's whole map to its peers, so a
 /// node that missed a split's news (it was down, or the frame was lost) catches up.
 fn gossip_map(shard: &Rc<Shard>) {
-    if !shard.ticks.get().is_multiple_of(COLLECT_EVERY_TICKS * 10) || shard.peers.is_none() {
+    if !shard.ticks.get().is_multiple_of(COLLECT_EVERY_TICKS * 10) {
         return;
     }
     let map = shard.map();
@@ -162,12 +162,7 @@ fn gossip_map(shard: &Rc<Shard>) {
         return;
     }
     let infos = map.partitions().iter().take(kahuna_core::peer_frame::MAX_DESCRIPTORS).cloned();
-    let infos: Vec<_> = infos.collect();
-    if let Some(links) = &shard.peers {
-        for id in links.peer_ids().collect::<Vec<_>>() {
-            links.send(id, PeerFrame::Map(infos.clone()));
-        }
-    }
+    tell_map(shard, infos.collect(), true);
 }
 
 /// Flushes RocksDB on a blocking thread; afterwards, every partition's applied index taken
@@ -216,8 +211,10 @@ fn on_tick(shard: &Shard) {
         report_gauges(shard);
     }
     shard.ticks.set(shard.ticks.get() + 1);
+    let ticks = shard.ticks.get();
     for (pid, p) in shard.parts.borrow_mut().iter_mut() {
         p.node.tick();
+        split_half_upkeep(p, ticks, &mut freed);
         p.retry_reads(now);
         if collect && p.is_leader() {
             collect_expired(shard, p, now_ms);
@@ -243,6 +240,25 @@ fn on_tick(shard: &Shard) {
         }
     }
     shard.ephemeral_bytes.set(shard.ephemeral_bytes.get().saturating_sub(freed));
+}
+
+/// A split's new half, on the node that led its parent: campaign again if the first campaign
+/// found no group yet (the other replicas had not applied the split, and dropped it); and drop
+/// the ephemeral state it inherited once another node leads it.
+fn split_half_upkeep(p: &mut crate::raft::partition::Partition, ticks: u64, freed: &mut usize) {
+    if p.recampaign_at.is_some_and(|t| ticks >= t) {
+        p.recampaign_at = None;
+        if p.leader_hint() == 0 && !p.is_leader() {
+            let _ = p.node.campaign();
+        }
+    }
+    if let Some(t) = p.inherited_ephemeral_term {
+        if p.term() > t || (p.leader_hint() != 0 && !p.is_leader()) {
+            p.inherited_ephemeral_term = None;
+            *freed += p.ephemeral.bytes();
+            p.ephemeral = kahuna_core::store::MemStore::default();
+        }
+    }
 }
 
 /// Once a second: the metrics that describe state rather than count events.
@@ -589,6 +605,12 @@ async fn persist_and_apply(
                     entries: vec![],
                 }
             })
+            // Votes of partitions a restart found in the WAL but has not started again yet
+            // (split halves and adopted replicas): old segments may go, their votes may not.
+            .chain(shard.pending_logs.borrow().iter().filter_map(|(pid, log)| {
+                let hs = log.hard_state.clone()?;
+                Some(WalRecord { partition: *pid, hard_state: Some(hs), entries: vec![] })
+            }))
             .collect()
     };
     let (started, before) = (Instant::now(), wal.bytes_written);
@@ -626,7 +648,8 @@ fn advance(shard: &Rc<Shard>, handed: Vec<Handed>, restored: &[(u64, u64)]) {
 
 /// A split's new half, written in this turn's batch, to start once the batch is committed.
 struct Created {
-    parent: u64,
+    /// The parent as this split left it (a later split in the same batch changes it again).
+    left: kahuna_core::PartitionInfo,
     info: kahuna_core::PartitionInfo,
     applied: ApplyState,
     /// The parent was led here: campaign at once (the other replicas apply the same entry
@@ -706,8 +729,11 @@ fn apply_split(
     );
     p.info = left.clone();
     shard.splits.forget(left.id);
+    if p.splitting_at.as_deref() == Some(at.as_slice()) {
+        p.splitting_at = None;
+    }
     created.push(Created {
-        parent: left.id,
+        left: left.clone(),
         info: right.clone(),
         applied,
         campaign: p.is_leader(),
@@ -755,13 +781,12 @@ fn start_split_half(
         if let Err(e) = np.node.campaign() {
             tracing::warn!("partition {id}: campaign after the split: {e}");
         }
+        np.recampaign_at = Some(shard.ticks.get() + 3);
     }
     parts.insert(id, np);
     shard.splits.applied.set(shard.splits.applied.get() + 1);
     shard.metrics.splits.inc();
-    let left = parts.get(&c.parent).map(|p| p.info.clone());
-    let mut changed = vec![c.info];
-    changed.extend(left);
+    let changed = vec![c.info, c.left];
     shard.learn_map(&changed);
     shard.map_outbox.borrow_mut().extend(changed);
     shard.kick();

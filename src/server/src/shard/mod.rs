@@ -368,8 +368,19 @@ impl Shard {
         self.map.borrow().clone()
     }
 
-    /// Takes newer descriptors into this shard's map; true if it changed.
+    /// Takes newer descriptors into this shard's map; true if it changed. Descriptors that
+    /// cannot be right here (a shard this node does not run, no replicas, an empty range) are
+    /// refused whole: a map routes every request.
     pub fn learn_map(&self, infos: &[kahuna_core::PartitionInfo]) -> bool {
+        let sane = |i: &kahuna_core::PartitionInfo| {
+            i.shard < self.cfg.shards
+                && !i.replicas.is_empty()
+                && (i.end.is_empty() || i.start < i.end)
+        };
+        if let Some(bad) = infos.iter().find(|i| !sane(i)) {
+            tracing::warn!("a partition map with an impossible descriptor was refused: {bad:?}");
+            return false;
+        }
         let next = self.map.borrow().update(infos);
         match next {
             Some(m) => {
@@ -797,6 +808,14 @@ impl Shard {
             p.ensure_ephemeral_leader()?;
             if !wop.keys().iter().all(|k| p.info.contains(k)) {
                 return Err(moved_key(p.info.id));
+            }
+            if let Some(at) = &p.splitting_at {
+                if wop.keys().iter().any(|k| *k >= at.as_slice()) {
+                    return Err(WireError::new(
+                        ErrorCode::Unavailable,
+                        "the partition is splitting at this key; retry",
+                    ));
+                }
             }
             if total >= budget
                 && !matches!(wop, WriteOp::KvDelete { .. } | WriteOp::LockRelease { .. })

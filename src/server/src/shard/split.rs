@@ -139,9 +139,27 @@ impl Shard {
                 )
             })
         })?;
+        if self.disk_full.get() {
+            return Err(WireError::new(ErrorCode::NoSpace, "this node's disk is full"));
+        }
         let new_id = self.draw_partition_id(deadline).await?;
-        let data = self.command(WriteOp::Split { at, new_id, epoch });
-        self.propose_wait(partition, data, deadline).await
+        let data = self.command(WriteOp::Split { at: at.clone(), new_id, epoch });
+        self.with_partition(partition, |p| {
+            p.splitting_at = Some(at.clone());
+            Ok(())
+        })?;
+        let result = self.propose_wait(partition, data, deadline).await;
+        if let Err(e) = &result {
+            if e.code != ErrorCode::Timeout {
+                // Never proposed, or refused: nothing will apply (a TIMEOUT may still apply,
+                // and clears the mark then).
+                let _ = self.with_partition(partition, |p| {
+                    p.splitting_at = None;
+                    Ok(())
+                });
+            }
+        }
+        result
     }
 
     /// The next partition id: one number of the cluster's id sequence, above the initial ids.

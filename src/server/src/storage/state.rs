@@ -278,7 +278,7 @@ impl StateDb {
         start: &[u8],
         end: &[u8],
         path: &Path,
-    ) -> Result<(ApplyState, Descriptor), StorageError> {
+    ) -> Result<(ApplyState, Descriptor, Option<PartitionInfo>), StorageError> {
         use std::io::Write;
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -297,7 +297,7 @@ impl StateDb {
         // The header names the index the state is the effect of, known only once the view is
         // taken: it is written with zeros first and patched at the end.
         emit(&mut out, &snapshot_format::encode_header(partition, 0, 0))?;
-        let (state, _) = self.visit_range_at(partition, start, end, true, &mut |k, v| {
+        let (state, info) = self.visit_range_at(partition, start, end, true, &mut |k, v| {
             buf.clear();
             snapshot_format::encode_pair(&mut buf, k, v);
             pairs += 1;
@@ -329,7 +329,7 @@ impl StateDb {
             bytes,
             crc,
         };
-        Ok((state, desc))
+        Ok((state, desc, info))
     }
 
     /// Replaces the partition range with the snapshot file at `path`, atomically and durably:
@@ -374,6 +374,17 @@ impl StateDb {
                 }
                 info = Some(i);
                 next = pairs.next_pair()?;
+            }
+        }
+        // A snapshot's range lies within the range this replica knew (a split only narrows).
+        if let (None, Some(i)) = (placed, &info) {
+            let inside = i.start.as_slice() >= start
+                && (end.is_empty() || (!i.end.is_empty() && i.end.as_slice() <= end));
+            if !inside {
+                return Err(StorageError::Snapshot(format!(
+                    "partition {partition}: the snapshot's range {:?}..{:?} is not within {start:?}..{end:?}",
+                    i.start, i.end
+                )));
             }
         }
         // A restore places the copy anew (other nodes, other shards): its range must be the
@@ -517,7 +528,7 @@ mod tests {
         let st7 = ApplyState { applied_index: 7, applied_term: 2, applied_hlc: 9 };
         db.commit(w, &[(3, st7)]).unwrap();
         let file = dir.path().join("p3.snap");
-        let (st3, desc) = db.write_snapshot_file(3, b"k", b"m", &file).unwrap();
+        let (st3, desc, _) = db.write_snapshot_file(3, b"k", b"m", &file).unwrap();
         assert_eq!((st3, desc.index, desc.term), (st7, 7, 2));
         let bytes = std::fs::read(&file).unwrap();
         assert_eq!((desc.bytes, desc.crc), (bytes.len() as u64, crc32c::crc32c(&bytes)));
@@ -550,7 +561,7 @@ mod tests {
         assert!(db2
             .install_snapshot_file(3, (b"k", b"m"), &file, &other.path().join("x.sst"), wrong, None)
             .is_err());
-        let (_, _) = db.write_snapshot_file(3, b"", b"", &file).unwrap();
+        db.write_snapshot_file(3, b"", b"", &file).unwrap();
         assert!(db2
             .install_snapshot_file(3, (b"k", b"m"), &file, &other.path().join("y.sst"), st, None)
             .is_err());
