@@ -1,30 +1,10 @@
 //! What an operator runs a node with: the Prometheus endpoint, and `cluster status --watch`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use kahuna_client::SetOptions;
 use kahuna_tests::{client_via, free_port, start_cluster_with, watchdog, ClusterOpts, Server};
-
-/// GETs `path` from the node's metrics endpoint.
-fn http_get(port: u16, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (head.to_string(), body.to_string())
-}
-
-/// The value of the first series whose line starts with `prefix` (name and labels).
-fn value(body: &str, prefix: &str) -> f64 {
-    body.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no series {prefix} in:\n{body}"))
-}
+use kahuna_tests::{http_get, series_value as value};
 
 #[test]
 fn metrics_are_served_and_move_as_requests_go_through() {

@@ -341,6 +341,8 @@ pub struct ClusterOpts<'a> {
     pub seed: u64,
     /// Wait for every node to serve before returning.
     pub wait: bool,
+    /// Serve each node's metrics (on a port of its own, in [`Cluster::metrics_ports`]).
+    pub metrics: bool,
 }
 
 impl Default for ClusterOpts<'_> {
@@ -353,6 +355,7 @@ impl Default for ClusterOpts<'_> {
             per_node: &[],
             seed: 1,
             wait: true,
+            metrics: false,
         }
     }
 }
@@ -364,6 +367,8 @@ pub struct Cluster {
     pub links: std::collections::BTreeMap<(u64, u64), proxy::Proxy>,
     /// Each node's own peer port (shard 0), where it listens.
     pub peer_ports: Vec<u16>,
+    /// Each node's metrics port, with [`ClusterOpts::metrics`].
+    pub metrics_ports: Vec<u16>,
 }
 
 pub fn start_cluster_with(o: ClusterOpts) -> Cluster {
@@ -372,6 +377,7 @@ pub fn start_cluster_with(o: ClusterOpts) -> Cluster {
     let mut held = Vec::new();
     let mut bases = Vec::new();
     let mut client_ports = Vec::new();
+    let mut metrics_ports = Vec::new();
     for _ in 0..o.nodes {
         let (base, listeners) = proxy::bind_consecutive(o.shards);
         bases.push(base);
@@ -379,6 +385,11 @@ pub fn start_cluster_with(o: ClusterOpts) -> Cluster {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         client_ports.push(l.local_addr().unwrap().port());
         held.push(l);
+        if o.metrics {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            metrics_ports.push(l.local_addr().unwrap().port());
+            held.push(l);
+        }
     }
     let mut links = std::collections::BTreeMap::new();
     if o.proxied {
@@ -422,6 +433,13 @@ pub fn start_cluster_with(o: ClusterOpts) -> Cluster {
             for (_, flags) in o.per_node.iter().filter(|(n, _)| *n == id) {
                 args.extend_from_slice(flags);
             }
+            let metrics = metrics_ports
+                .get(id as usize - 1)
+                .map(|p| format!("127.0.0.1:{p}"))
+                .unwrap_or_default();
+            if o.metrics {
+                args.extend(["--metrics-listen", metrics.as_str()]);
+            }
             Server::launch_on(client_ports[id as usize - 1], &args, &[])
         })
         .collect();
@@ -430,7 +448,7 @@ pub fn start_cluster_with(o: ClusterOpts) -> Cluster {
             s.wait_ready();
         }
     }
-    Cluster { nodes, links, peer_ports: bases }
+    Cluster { nodes, links, peer_ports: bases, metrics_ports }
 }
 
 impl Cluster {
@@ -556,6 +574,27 @@ pub fn assert_replicas_equal(s: &Server, replicas: usize) {
         assert!(Instant::now() < deadline, "replicas did not converge: {st:#?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// GETs `path` from a node's metrics endpoint (its client port + 200 by default): the head and
+/// the body of the answer.
+pub fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+/// The value of the first series whose line starts with `prefix` (name and labels).
+pub fn series_value(body: &str, prefix: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no series {prefix} in:\n{body}"))
 }
 
 /// A raw TCP connection for sending hand-made (and malformed) frames.

@@ -20,6 +20,7 @@ pub mod keys;
 pub mod limits;
 pub mod partition;
 pub mod peer_frame;
+pub mod quiesce;
 pub mod records;
 pub mod snapshot_format;
 pub mod split;

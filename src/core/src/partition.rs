@@ -116,13 +116,21 @@ impl PartitionMap {
     /// replica of) about the same number of partitions.
     pub fn initial(count: usize, shards: usize, nodes: &[u64], replication: usize) -> PartitionMap {
         assert!(count >= 1, "a map needs a partition");
-        let (lo, hi) = (0x21u32, 0x7fu32);
+        // Split points spread evenly over the printable bytes (0x21..0x7f, 94 of them): one
+        // byte each up to 94 partitions, two up to 94², three beyond.
+        let digits = match count {
+            0..=94 => 1,
+            95..=8836 => 2,
+            _ => 3,
+        };
+        let space = 94u64.pow(digits);
         let mut ranges: Vec<(u64, Vec<u8>, Vec<u8>)> = (0..count)
             .map(|i| {
                 let start = if i == 0 {
                     vec![]
                 } else {
-                    vec![(lo + (hi - lo) * i as u32 / count as u32) as u8]
+                    let v = i as u64 * space / count as u64;
+                    (0..digits).rev().map(|d| 0x21 + (v / 94u64.pow(d) % 94) as u8).collect()
                 };
                 (i as u64 + 1, start, vec![])
             })
@@ -263,6 +271,22 @@ mod tests {
             let p = m.locate(key);
             assert!(p.contains(key), "{key:?} in {p:?}");
         }
+    }
+
+    #[test]
+    fn many_initial_partitions_get_distinct_multi_byte_split_points() {
+        for count in [94, 95, 1000, 8836, 10_000] {
+            let m = PartitionMap::initial(count, 2, &[1, 2, 3], 3);
+            assert_eq!(m.partitions().len(), count);
+            for w in m.partitions().windows(2) {
+                assert!(w[0].start < w[1].start, "{count}: {:?} !< {:?}", w[0].start, w[1].start);
+            }
+        }
+        // Up to 94 partitions keep the one-byte points maps always had (data directories made
+        // before descriptors were stored rebuild their map from these).
+        let m = PartitionMap::initial(8, 1, &[1], 1);
+        let starts: Vec<&[u8]> = m.partitions().iter().map(|p| p.start.as_slice()).collect();
+        assert_eq!(starts, vec![&b""[..], b",", b"8", b"D", b"P", b"[", b"g", b"s"]);
     }
 
     #[test]

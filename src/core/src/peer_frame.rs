@@ -10,6 +10,7 @@
 //!    chunk     payload: a snapshot file chunk ([`Chunk`])
 //!    ack       payload: [partition u64][transfer u64][bytes of the file received u64]
 //!    map       payload: partition descriptors, rkyv (at most [`MAX_DESCRIPTORS`])
+//!    quiesce   payload: [partition u64][term u64][last index u64]
 //! ```
 //! Peer bytes are untrusted input: [`decode`] answers a typed error for anything malformed
 //! and never panics (prost bounds the recursion of a Raft message at 100 levels).
@@ -33,6 +34,7 @@ const KIND_CLOCK_PONG: u8 = 5;
 const KIND_SNAP_CHUNK: u8 = 6;
 const KIND_SNAP_ACK: u8 = 7;
 const KIND_MAP: u8 = 8;
+const KIND_QUIESCE: u8 = 9;
 
 /// Descriptors one map frame may carry.
 pub const MAX_DESCRIPTORS: usize = 4096;
@@ -70,6 +72,13 @@ pub enum PeerFrame {
     /// Partition descriptors the sender knows (after a split, and now and then): a node that
     /// holds no replica of a partition learns its range changes this way.
     Map(Vec<PartitionInfo>),
+    /// The leader of `partition` stops ticking it: nothing happened for a while and every
+    /// replica has everything up to `index` (see [`crate::quiesce`]).
+    Quiesce {
+        partition: u64,
+        term: u64,
+        index: u64,
+    },
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -101,6 +110,7 @@ pub fn encode(from: u64, f: &PeerFrame, out: &mut Vec<u8>) {
         PeerFrame::SnapChunk(_) => KIND_SNAP_CHUNK,
         PeerFrame::SnapAck { .. } => KIND_SNAP_ACK,
         PeerFrame::Map(_) => KIND_MAP,
+        PeerFrame::Quiesce { .. } => KIND_QUIESCE,
     };
     out.push(kind);
     out.extend_from_slice(&from.to_le_bytes());
@@ -128,6 +138,7 @@ pub fn encode(from: u64, f: &PeerFrame, out: &mut Vec<u8>) {
         PeerFrame::ClockPong { sent_ms, remote_ms } => words(&[*sent_ms, *remote_ms]),
         PeerFrame::SnapChunk(chunk) => chunk.encode_into(out),
         PeerFrame::SnapAck { partition, transfer, upto } => words(&[*partition, *transfer, *upto]),
+        PeerFrame::Quiesce { partition, term, index } => words(&[*partition, *term, *index]),
         PeerFrame::Map(infos) => {
             let n = infos.len().min(MAX_DESCRIPTORS);
             let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&infos[..n].to_vec())
@@ -186,6 +197,11 @@ pub fn decode(f: &[u8]) -> Result<(u64, PeerFrame), PeerFrameError> {
             transfer: u64_at(body, 8).ok_or_else(short)?,
             upto: u64_at(body, 16).ok_or_else(short)?,
         },
+        KIND_QUIESCE => PeerFrame::Quiesce {
+            partition: u64_at(body, 0).ok_or_else(short)?,
+            term: u64_at(body, 8).ok_or_else(short)?,
+            index: u64_at(body, 16).ok_or_else(short)?,
+        },
         KIND_MAP => {
             let infos = rkyv::from_bytes::<Vec<PartitionInfo>, rkyv::rancor::Error>(body)
                 .map_err(|e| PeerFrameError::Payload(format!("descriptors: {e}")))?;
@@ -225,6 +241,7 @@ mod tests {
             }),
             PeerFrame::SnapAck { partition: 1, transfer: 6, upto: 4 },
             PeerFrame::Map(crate::PartitionMap::initial(3, 1, &[1, 2], 2).partitions().to_vec()),
+            PeerFrame::Quiesce { partition: 4, term: 5, index: 6 },
         ];
         let mut out = Vec::new();
         for f in &frames {

@@ -119,6 +119,10 @@ settings! {
     /// What to log: a level (`info`) or a filter (`info,raft=info`); `RUST_LOG` wins. raft-rs
     /// logs every partition's elections at `info`: by default only its warnings show.
     log_level: String = "info,raft=warn".to_string();
+    /// Raft ticks a partition stays idle before its leader quiesces it (no ticks, heartbeats or
+    /// elections until a request or a message wakes it; a follower wakes by itself when the
+    /// leader's node falls silent); 0 = never.
+    quiesce_after_ticks: u64 = kahuna_core::quiesce::QUIESCE_AFTER_TICKS;
     /// A partition whose data passes this size on disk (approximate, compressed) splits in two
     /// at the middle of its keys; 0 = never by size.
     split_size_mb: u64 = 256;
@@ -171,9 +175,9 @@ impl NodeConfig {
         if self.shards == 0 || self.shards > 256 {
             return bad(format!("shards must be 1..=256, not {}", self.shards));
         }
-        if self.partitions < self.shards || self.partitions > 4096 {
+        if self.partitions < self.shards || self.partitions > 65_536 {
             return bad(format!(
-                "partitions must be between shards ({}) and 4096, not {}",
+                "partitions must be between shards ({}) and 65536, not {}",
                 self.shards, self.partitions
             ));
         }

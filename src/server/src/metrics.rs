@@ -85,6 +85,7 @@ pub struct Metrics {
     splits: Family<ShardLabel, Counter>,
     expired_keys_collected: Family<ShardLabel, Counter>,
     ephemeral_bytes: Family<ShardLabel, Gauge>,
+    quiesced: Family<ShardLabel, Gauge>,
     disk_full: Family<ShardLabel, Gauge>,
     rocksdb_sst_bytes: Family<ShardLabel, Gauge>,
     rocksdb_memtable_bytes: Family<ShardLabel, Gauge>,
@@ -121,6 +122,7 @@ impl Metrics {
             splits: Family::default(),
             expired_keys_collected: Family::default(),
             ephemeral_bytes: Family::default(),
+            quiesced: Family::default(),
             disk_full: Family::default(),
             rocksdb_sst_bytes: Family::default(),
             rocksdb_memtable_bytes: Family::default(),
@@ -176,6 +178,11 @@ impl Metrics {
             "kahuna_expired_keys_collected",
             "Expired or deleted keys whose records were removed",
             m.expired_keys_collected.clone(),
+        );
+        r.register(
+            "kahuna_partitions_quiesced",
+            "Replicas whose Raft group is quiesced (idle: no ticks, no heartbeats)",
+            m.quiesced.clone(),
         );
         r.register(
             "kahuna_ephemeral_bytes",
@@ -268,6 +275,7 @@ impl Metrics {
             splits: self.splits.get_or_create_owned(&l),
             expired_keys_collected: self.expired_keys_collected.get_or_create_owned(&l),
             ephemeral_bytes: self.ephemeral_bytes.get_or_create_owned(&l),
+            quiesced: self.quiesced.get_or_create_owned(&l),
             disk_full: self.disk_full.get_or_create_owned(&l),
             rocksdb_sst_bytes: self.rocksdb_sst_bytes.get_or_create_owned(&l),
             rocksdb_memtable_bytes: self.rocksdb_memtable_bytes.get_or_create_owned(&l),
@@ -292,6 +300,7 @@ pub struct ShardMetrics {
     pub splits: Counter,
     pub expired_keys_collected: Counter,
     pub ephemeral_bytes: Gauge,
+    pub quiesced: Gauge,
     pub disk_full: Gauge,
     pub rocksdb_sst_bytes: Gauge,
     pub rocksdb_memtable_bytes: Gauge,

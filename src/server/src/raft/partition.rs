@@ -127,6 +127,20 @@ pub struct Partition {
     pub splitting_at: Option<Vec<u8>>,
     /// A split's new half campaigns again at this tick if it has no leader by then.
     pub recampaign_at: Option<u64>,
+    /// The group stopped ticking (see `kahuna_core::quiesce`): no heartbeats, no elections,
+    /// until a request or a message wakes it.
+    pub quiesced: bool,
+    /// Ticks since the last request, proposal or message other than a heartbeat answer.
+    pub idle_ticks: u64,
+    /// A leader woken from quiescence serves ephemeral state only after a heartbeat round
+    /// confirms it still leads: it did not tick while quiesced, so it would not have noticed
+    /// being deposed (its followers elect another leader when its node falls silent).
+    pub confirm_before_ephemeral: bool,
+    /// The expired-key collector's last whole pass found a key with a TTL or a tombstone (or
+    /// one was written since): worth collecting every second even when quiesced.
+    pub ttl_keys: bool,
+    /// The pass under way has seen one.
+    pub pass_saw_ttl: bool,
     proposals: BTreeMap<u64, Pending>,
     next_read_ctx: u64,
     /// Reads that came before this leader applied an entry of its own term.
@@ -161,6 +175,11 @@ impl Partition {
             inherited_ephemeral_term: None,
             splitting_at: None,
             recampaign_at: None,
+            quiesced: false,
+            idle_ticks: 0,
+            confirm_before_ephemeral: false,
+            ttl_keys: true,
+            pass_saw_ttl: false,
             proposals: BTreeMap::new(),
             next_read_ctx: 1,
             reads_before_term: Vec::new(),
@@ -246,9 +265,57 @@ impl Partition {
         voters.len() == 1 && voters.contains(self.node.raft.id)
     }
 
+    /// Something happened: a request, a proposal, a message. A quiesced group wakes.
+    pub fn touch(&mut self) {
+        self.idle_ticks = 0;
+        if self.quiesced {
+            self.wake();
+        }
+    }
+
+    /// Starts ticking again; a leader also sends heartbeats at once, which wake its followers.
+    pub fn wake(&mut self) {
+        self.quiesced = false;
+        self.idle_ticks = 0;
+        if self.is_leader() {
+            self.confirm_before_ephemeral = true;
+            // A full election timeout before check-quorum looks at who answered: the answers
+            // to these heartbeats count, not the silence while quiesced.
+            self.node.raft.election_elapsed = 0;
+            self.node.ping();
+        }
+    }
+
+    /// What the quiesce decision looks at (see `kahuna_core::quiesce::should_quiesce`).
+    pub fn group_state(&self) -> kahuna_core::quiesce::GroupState {
+        let raft = &self.node.raft;
+        let me = raft.id;
+        kahuna_core::quiesce::GroupState {
+            leader: self.is_leader(),
+            own_term_applied: self.own_term_applied(),
+            idle_ticks: self.idle_ticks,
+            proposals: self.proposals.len(),
+            reads: self.reads_before_term.len() + self.read_requests.len() + self.read_ready.len(),
+            last_index: raft.raft_log.last_index(),
+            committed: raft.raft_log.committed,
+            applied: self.applied.applied_index,
+            followers_matched: raft
+                .prs()
+                .iter()
+                .filter(|(id, _)| **id != me)
+                .map(|(_, pr)| pr.matched)
+                .collect(),
+            busy: raft.lead_transferee.is_some()
+                || self.handover.is_some()
+                || self.installing.is_some()
+                || self.recampaign_at.is_some(),
+        }
+    }
+
     /// Proposes an encoded command; the receiver answers once it is applied.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<ReplyRx, WireError> {
         self.ensure_leader()?;
+        self.touch();
         if self.proposals.len() >= MAX_PENDING_PROPOSALS {
             return Err(WireError::new(
                 ErrorCode::Overloaded,
@@ -304,6 +371,7 @@ impl Partition {
         &mut self,
     ) -> Result<Option<oneshot::Receiver<Result<(), WireError>>>, WireError> {
         self.ensure_leader()?;
+        self.touch();
         if self.own_term_applied() && self.sole_voter() {
             // Everything acknowledged was committed at or before this term's first entry, which
             // is applied; and nobody can depose us.
@@ -408,6 +476,15 @@ impl Partition {
     /// Votes the replica cast before losing its data are forgotten too: see the README.
     pub fn step_peer(&mut self, me: u64, mut msg: Message) -> Option<Message> {
         let pid = self.info.id;
+        // Anything but heartbeats and their answers is activity, and wakes a quiesced group.
+        // Heartbeats do not: a quiesced follower still answers them (it only stops ticking),
+        // and the leader's last ones may well arrive after its quiesce notice.
+        if !matches!(
+            msg.get_msg_type(),
+            MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse
+        ) {
+            self.touch();
+        }
         let last = self.node.raft.raft_log.last_index();
         let mut reply = None;
         if msg.get_msg_type() == MessageType::MsgHeartbeat && msg.commit > last {

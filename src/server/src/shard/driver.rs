@@ -205,15 +205,31 @@ fn on_tick(shard: &Shard) {
     // With our own clock off, every other clock looks far from ours: any live replica will do.
     let alive = |n: u64| heard_from(n) && (clock_off || clock_near(n));
     let hold = if step_down { STEP_DOWN_HOLD } else { hold };
-    let collect = shard.ticks.get().is_multiple_of(COLLECT_EVERY_TICKS);
+    // This tick's number (counted from 0), for everything that runs every so many ticks.
+    let ticks = shard.ticks.get();
+    let collect = ticks.is_multiple_of(COLLECT_EVERY_TICKS);
     if collect {
         shard.ping_clocks();
         report_gauges(shard);
     }
-    shard.ticks.set(shard.ticks.get() + 1);
-    let ticks = shard.ticks.get();
+    shard.ticks.set(ticks + 1);
     for (pid, p) in shard.parts.borrow_mut().iter_mut() {
+        if p.quiesced {
+            if !p.is_leader() && !heard_from(p.leader_hint()) {
+                // The leader's node fell silent: tick again, and elect another if need be.
+                p.wake();
+            } else {
+                let every = if p.ttl_keys { COLLECT_EVERY_TICKS } else { QUIESCED_COLLECT_TICKS };
+                if collect && p.is_leader() && ticks.is_multiple_of(every) {
+                    collect_expired(shard, p, now_ms); // a removal to propose wakes the group
+                }
+                if p.quiesced {
+                    continue;
+                }
+            }
+        }
         p.node.tick();
+        p.idle_ticks += 1;
         split_half_upkeep(p, ticks, &mut freed);
         p.retry_reads(now);
         if collect && p.is_leader() {
@@ -238,8 +254,47 @@ fn on_tick(shard: &Shard) {
                 });
             freed += before - p.ephemeral.bytes();
         }
+        if kahuna_core::quiesce::should_quiesce(&p.group_state(), shard.cfg.quiesce_after_ticks) {
+            quiesce(shard, *pid, p);
+        }
     }
     shard.ephemeral_bytes.set(shard.ephemeral_bytes.get().saturating_sub(freed));
+}
+
+/// A quiesced leader's partition that held no key with a TTL at the collector's last whole
+/// pass is looked at this seldom (every minute), not every second: a node holding thousands
+/// of idle partitions would otherwise read each one every second. A write with a TTL makes it
+/// looked at every second again.
+const QUIESCED_COLLECT_TICKS: u64 = 600;
+
+/// The leader stops ticking an idle group and tells its followers to stop too.
+fn quiesce(shard: &Shard, pid: u64, p: &mut crate::raft::partition::Partition) {
+    p.quiesced = true;
+    let raft = &p.node.raft;
+    let (term, index, me) = (raft.term, raft.raft_log.last_index(), raft.id);
+    if let Some(peers) = &shard.peers {
+        for (id, _) in raft.prs().iter().filter(|(id, _)| **id != me) {
+            peers.send(*id, PeerFrame::Quiesce { partition: pid, term, index });
+        }
+    }
+}
+
+/// A leader's quiesce notice: this follower stops ticking too if it follows that leader in
+/// that term and holds everything it has.
+pub fn on_quiesce(shard: &Shard, from: u64, partition: u64, term: u64, index: u64) {
+    let mut parts = shard.parts.borrow_mut();
+    let Some(p) = parts.get_mut(&partition) else { return };
+    let raft = &p.node.raft;
+    let me = kahuna_core::quiesce::FollowerState {
+        term: raft.term,
+        leader: raft.leader_id,
+        last_index: raft.raft_log.last_index(),
+        committed: raft.raft_log.committed,
+    };
+    if !p.is_leader() && kahuna_core::quiesce::follower_may_quiesce(&me, from, term, index) {
+        p.quiesced = true;
+        p.idle_ticks = 0;
+    }
 }
 
 /// A split's new half, on the node that led its parent: campaign again if the first campaign
@@ -265,6 +320,7 @@ fn split_half_upkeep(p: &mut crate::raft::partition::Partition, ticks: u64, free
 fn report_gauges(shard: &Shard) {
     let m = &shard.metrics;
     m.ephemeral_bytes.set(shard.ephemeral_bytes.get() as i64);
+    m.quiesced.set(shard.parts.borrow().values().filter(|p| p.quiesced).count() as i64);
     m.disk_full.set(shard.disk_full.get() as i64);
     m.clock_ok.set(shard.clock_verdict().ok as i64);
     if let Some(peers) = &shard.peers {
@@ -303,21 +359,28 @@ fn collect_expired(shard: &Shard, p: &mut crate::raft::partition::Partition, now
     let mut keys = Vec::new();
     let mut seen = 0;
     let mut last = None;
+    let mut ttl = false;
     shard.db.scan(&from, &hi, &mut |k, v| {
         seen += 1;
         if state_machine::expired_before(v, now_ms, grace_ms) {
             keys.push(k[1..].to_vec());
         }
+        ttl |= kahuna_core::records::peek_kv_expiry(v).is_ok_and(|e| e != 0);
         last = Some(k.to_vec());
         seen < COLLECT_BATCH
     });
+    p.pass_saw_ttl |= ttl;
     // Go on after the last key looked at next time; wrap around at the end of the range.
     p.collect_cursor = match last {
         Some(mut k) if seen >= COLLECT_BATCH => {
             k.push(0);
             Some(k)
         }
-        _ => None,
+        _ => {
+            // A whole pass: whether the partition holds any key with a TTL (or a tombstone).
+            p.ttl_keys = std::mem::take(&mut p.pass_saw_ttl);
+            None
+        }
     };
     if keys.is_empty() {
         return;
@@ -817,6 +880,14 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
                 let result = match LogCommand::decode(&e.data) {
                     Ok(mut cmd) => {
                         shard.observe_hlc(cmd.hlc);
+                        if matches!(
+                            cmd.op,
+                            WriteOp::KvSet { ttl_ms: 1.., .. }
+                                | WriteOp::KvExtend { .. }
+                                | WriteOp::KvDelete { .. }
+                        ) {
+                            p.ttl_keys = true; // something for the collector, soon
+                        }
                         let ctx = ApplyCtx::persistent(&cmd, e.term, &p.info.start);
                         let result = match &cmd.op {
                             WriteOp::Split { .. } => apply_split(

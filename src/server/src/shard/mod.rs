@@ -573,6 +573,23 @@ impl Shard {
             return (Box::pin(self.split_here(partition, at, deadline)).await, hint);
         }
         self.splits.record(partition, op.position_key());
+        if op.durability() == Durability::Ephemeral {
+            // A leader woken from quiescence confirms it still leads before it serves the
+            // state only it holds.
+            let confirm = self.with_partition(partition, |p| {
+                p.touch();
+                Ok(p.confirm_before_ephemeral && p.is_leader())
+            });
+            if let Ok(true) = confirm {
+                if let Err(e) = self.confirm_leadership(partition, deadline).await {
+                    return (Err(e), hint);
+                }
+                let _ = self.with_partition(partition, |p| {
+                    p.confirm_before_ephemeral = false;
+                    Ok(())
+                });
+            }
+        }
         if let Err(e) = self.check_lease_clock(&op) {
             return (Err(e), hint);
         }
@@ -846,12 +863,13 @@ impl Shard {
         Ok(reply)
     }
 
-    async fn persistent_read(
+    /// A read barrier: returns once this leader has confirmed with a quorum that it still leads
+    /// and has applied everything committed before the call.
+    async fn confirm_leadership(
         &self,
         partition: u64,
-        op: &Op,
         deadline: std::time::Instant,
-    ) -> Result<Reply, WireError> {
+    ) -> Result<(), WireError> {
         let barrier = self.with_partition(partition, |p| p.read_barrier())?;
         if let Some(rx) = barrier {
             self.kick();
@@ -864,6 +882,16 @@ impl Shard {
                 Some(Ok(Ok(()))) => {}
             }
         }
+        Ok(())
+    }
+
+    async fn persistent_read(
+        &self,
+        partition: u64,
+        op: &Op,
+        deadline: std::time::Instant,
+    ) -> Result<Reply, WireError> {
+        self.confirm_leadership(partition, deadline).await?;
         if let Op::Backup { offset, index, .. } = op {
             return self.backup_chunk(partition, *offset, *index).await;
         }

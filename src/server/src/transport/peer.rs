@@ -296,6 +296,8 @@ async fn receive(shard: &Rc<Shard>, mut stream: TcpStream) {
 
 /// Handles one well-formed frame from node `from`.
 fn dispatch(shard: &Rc<Shard>, from: u64, f: PeerFrame) {
+    // Any frame shows the node is up (quiesced followers watch their leader's node this way).
+    shard.heard.borrow_mut().insert(from, std::time::Instant::now());
     match f {
         PeerFrame::Raft { partition, msg } => shard.step_raft(partition, *msg),
         PeerFrame::Request { token, partition, hops, request } => {
@@ -320,6 +322,9 @@ fn dispatch(shard: &Rc<Shard>, from: u64, f: PeerFrame) {
         PeerFrame::SnapChunk(chunk) => crate::raft::snapshot::on_chunk(shard, from, chunk),
         PeerFrame::SnapAck { partition, transfer, upto } => {
             crate::raft::snapshot::on_ack(shard, from, partition, transfer, upto)
+        }
+        PeerFrame::Quiesce { partition, term, index } => {
+            crate::shard::driver::on_quiesce(shard, from, partition, term, index)
         }
         PeerFrame::Map(infos) => {
             // Newer descriptors from another node: this shard takes them, and passes them to
