@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: a fresh local 3-node cluster, the standard suite, then stop it and clean up.
 # Leaves bench/results/<stamp>.json (machine-readable), bench/results/<stamp>/summary.md and
-# bench/results/<stamp>/latency.svg. Bounded: 13 runs of KAHUNA_BENCH_SECONDS (default 8) each.
+# bench/results/<stamp>/latency.svg. Bounded: 14 runs of KAHUNA_BENCH_SECONDS (default 8) each
+# (the one-prefix run warms up 25 s first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${KAHUNA_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/kahuna-target}/release}"

@@ -11,6 +11,7 @@
 //!    ack       payload: [partition u64][transfer u64][bytes of the file received u64]
 //!    map       payload: partition descriptors, rkyv (at most [`MAX_DESCRIPTORS`])
 //!    quiesce   payload: [partition u64][term u64][last index u64]
+//!    wake      payload: [partition u64]
 //! ```
 //! Peer bytes are untrusted input: [`decode`] answers a typed error for anything malformed
 //! and never panics (prost bounds the recursion of a Raft message at 100 levels).
@@ -35,9 +36,11 @@ const KIND_SNAP_CHUNK: u8 = 6;
 const KIND_SNAP_ACK: u8 = 7;
 const KIND_MAP: u8 = 8;
 const KIND_QUIESCE: u8 = 9;
+const KIND_WAKE: u8 = 10;
 
-/// Descriptors one map frame may carry.
-pub const MAX_DESCRIPTORS: usize = 4096;
+/// Descriptors one map frame may carry: as many partitions as a node may start with (about
+/// 6 MiB at most, under [`MAX_PEER_FRAME`]).
+pub const MAX_DESCRIPTORS: usize = 65_536;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum PeerFrame {
@@ -79,6 +82,11 @@ pub enum PeerFrame {
         term: u64,
         index: u64,
     },
+    /// A follower of the quiesced `partition` heard from another replica: its leader should
+    /// wake and heartbeat.
+    Wake {
+        partition: u64,
+    },
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -111,6 +119,7 @@ pub fn encode(from: u64, f: &PeerFrame, out: &mut Vec<u8>) {
         PeerFrame::SnapAck { .. } => KIND_SNAP_ACK,
         PeerFrame::Map(_) => KIND_MAP,
         PeerFrame::Quiesce { .. } => KIND_QUIESCE,
+        PeerFrame::Wake { .. } => KIND_WAKE,
     };
     out.push(kind);
     out.extend_from_slice(&from.to_le_bytes());
@@ -139,6 +148,7 @@ pub fn encode(from: u64, f: &PeerFrame, out: &mut Vec<u8>) {
         PeerFrame::SnapChunk(chunk) => chunk.encode_into(out),
         PeerFrame::SnapAck { partition, transfer, upto } => words(&[*partition, *transfer, *upto]),
         PeerFrame::Quiesce { partition, term, index } => words(&[*partition, *term, *index]),
+        PeerFrame::Wake { partition } => words(&[*partition]),
         PeerFrame::Map(infos) => {
             let n = infos.len().min(MAX_DESCRIPTORS);
             let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&infos[..n].to_vec())
@@ -202,6 +212,7 @@ pub fn decode(f: &[u8]) -> Result<(u64, PeerFrame), PeerFrameError> {
             term: u64_at(body, 8).ok_or_else(short)?,
             index: u64_at(body, 16).ok_or_else(short)?,
         },
+        KIND_WAKE => PeerFrame::Wake { partition: u64_at(body, 0).ok_or_else(short)? },
         KIND_MAP => {
             let infos = rkyv::from_bytes::<Vec<PartitionInfo>, rkyv::rancor::Error>(body)
                 .map_err(|e| PeerFrameError::Payload(format!("descriptors: {e}")))?;
@@ -242,6 +253,7 @@ mod tests {
             PeerFrame::SnapAck { partition: 1, transfer: 6, upto: 4 },
             PeerFrame::Map(crate::PartitionMap::initial(3, 1, &[1, 2], 2).partitions().to_vec()),
             PeerFrame::Quiesce { partition: 4, term: 5, index: 6 },
+            PeerFrame::Wake { partition: 4 },
         ];
         let mut out = Vec::new();
         for f in &frames {

@@ -175,6 +175,12 @@ impl NodeConfig {
         if self.shards == 0 || self.shards > 256 {
             return bad(format!("shards must be 1..=256, not {}", self.shards));
         }
+        if self.quiesce_after_ticks != 0 && self.quiesce_after_ticks < 10 {
+            return bad(format!(
+                "quiesce_after_ticks must be 0 (never) or at least 10 (an election timeout), not {}",
+                self.quiesce_after_ticks
+            ));
+        }
         if self.partitions < self.shards || self.partitions > 65_536 {
             return bad(format!(
                 "partitions must be between shards ({}) and 65536, not {}",

@@ -279,9 +279,13 @@ impl Partition {
         self.idle_ticks = 0;
         if self.is_leader() {
             self.confirm_before_ephemeral = true;
-            // A full election timeout before check-quorum looks at who answered: the answers
-            // to these heartbeats count, not the silence while quiesced.
+            // A full election timeout before check-quorum looks at who answered, and only
+            // answers from now on count (not those from before it quiesced).
             self.node.raft.election_elapsed = 0;
+            let me = self.node.raft.id;
+            for (id, pr) in self.node.raft.mut_prs().iter_mut() {
+                pr.recent_active = *id == me;
+            }
             self.node.ping();
         }
     }
@@ -305,10 +309,12 @@ impl Partition {
                 .filter(|(id, _)| **id != me)
                 .map(|(_, pr)| pr.matched)
                 .collect(),
+            // Ephemeral state needs its expiry sweep, which runs only while ticking.
             busy: raft.lead_transferee.is_some()
                 || self.handover.is_some()
                 || self.installing.is_some()
-                || self.recampaign_at.is_some(),
+                || self.recampaign_at.is_some()
+                || !self.ephemeral.is_empty(),
         }
     }
 

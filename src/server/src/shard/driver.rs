@@ -214,14 +214,27 @@ fn on_tick(shard: &Shard) {
     }
     shard.ticks.set(ticks + 1);
     for (pid, p) in shard.parts.borrow_mut().iter_mut() {
+        let mut collected = false;
         if p.quiesced {
             if !p.is_leader() && !heard_from(p.leader_hint()) {
                 // The leader's node fell silent: tick again, and elect another if need be.
                 p.wake();
+            } else if p.is_leader() && step_down {
+                // A leader that must hand over (its clock is off, its disk full) wakes to do so.
+                p.wake();
             } else {
-                let every = if p.ttl_keys { COLLECT_EVERY_TICKS } else { QUIESCED_COLLECT_TICKS };
-                if collect && p.is_leader() && ticks.is_multiple_of(every) {
+                // Partitions with no key to expire are looked at once a minute, spread over it.
+                let due = match p.ttl_keys {
+                    true => collect,
+                    false => {
+                        collect
+                            && (ticks / COLLECT_EVERY_TICKS + pid)
+                                .is_multiple_of(QUIESCED_COLLECT_TICKS / COLLECT_EVERY_TICKS)
+                    }
+                };
+                if due && p.is_leader() {
                     collect_expired(shard, p, now_ms); // a removal to propose wakes the group
+                    collected = true;
                 }
                 if p.quiesced {
                     continue;
@@ -232,7 +245,7 @@ fn on_tick(shard: &Shard) {
         p.idle_ticks += 1;
         split_half_upkeep(p, ticks, &mut freed);
         p.retry_reads(now);
-        if collect && p.is_leader() {
+        if collect && p.is_leader() && !collected {
             collect_expired(shard, p, now_ms);
         }
         if shard.peers.is_some() && !hold.is_zero() {
@@ -291,9 +304,23 @@ pub fn on_quiesce(shard: &Shard, from: u64, partition: u64, term: u64, index: u6
         last_index: raft.raft_log.last_index(),
         committed: raft.raft_log.committed,
     };
-    if !p.is_leader() && kahuna_core::quiesce::follower_may_quiesce(&me, from, term, index) {
+    let idle = p.installing.is_none() && p.recampaign_at.is_none() && p.ephemeral.is_empty();
+    if !p.is_leader() && idle && kahuna_core::quiesce::follower_may_quiesce(&me, from, term, index)
+    {
         p.quiesced = true;
         p.idle_ticks = 0;
+    }
+}
+
+/// A follower of a quiesced group heard from another replica (a pre-vote, say, from one cut
+/// off from the leader): the leader wakes and heartbeats, so that follower does not depose a
+/// healthy leader when its own election timer, frozen while quiesced, runs out.
+pub fn on_wake(shard: &Shard, partition: u64) {
+    if let Some(p) = shard.parts.borrow_mut().get_mut(&partition) {
+        if p.quiesced && p.is_leader() {
+            p.wake();
+            shard.kick();
+        }
     }
 }
 

@@ -569,6 +569,12 @@ impl Shard {
             return Box::pin(self.execute_hops(id, op, deadline, hops + 1)).await;
         }
         let hint = self.node_id;
+        // Any request wakes a quiesced group (a leader that must step down, or whose disk is
+        // full, must tick to hand over).
+        let _ = self.with_partition(partition, |p| {
+            p.touch();
+            Ok(())
+        });
         if let Op::Split { at, .. } = op {
             return (Box::pin(self.split_here(partition, at, deadline)).await, hint);
         }
@@ -576,10 +582,8 @@ impl Shard {
         if op.durability() == Durability::Ephemeral {
             // A leader woken from quiescence confirms it still leads before it serves the
             // state only it holds.
-            let confirm = self.with_partition(partition, |p| {
-                p.touch();
-                Ok(p.confirm_before_ephemeral && p.is_leader())
-            });
+            let confirm =
+                self.with_partition(partition, |p| Ok(p.confirm_before_ephemeral && p.is_leader()));
             if let Ok(true) = confirm {
                 if let Err(e) = self.confirm_leadership(partition, deadline).await {
                     return (Err(e), hint);
@@ -778,6 +782,14 @@ impl Shard {
         }
         if !self.parts.borrow().contains_key(&partition) && !self.adopt(partition, &msg) {
             return; // not ours (yet): its leader sends again
+        }
+        // A quiesced follower hearing from a replica other than its leader wakes the leader.
+        let wake_leader = self.parts.borrow().get(&partition).and_then(|p| {
+            let leader = p.leader_hint();
+            (p.quiesced && !p.is_leader() && leader != 0 && msg.from != leader).then_some(leader)
+        });
+        if let (Some(leader), Some(peers)) = (wake_leader, &self.peers) {
+            peers.send(leader, PeerFrame::Wake { partition });
         }
         let reply = match self.parts.borrow_mut().get_mut(&partition) {
             Some(p) => p.step_peer(self.node_id, msg),
