@@ -277,11 +277,14 @@ impl Partition {
     pub fn wake(&mut self) {
         self.quiesced = false;
         self.idle_ticks = 0;
+        // Its election timer starts over: a follower woken by its leader's silence waits a
+        // whole election timeout more before it campaigns (a leader slowed for a moment, not
+        // dead, is not deposed by a timer frozen near its end while quiesced).
+        self.node.raft.election_elapsed = 0;
         if self.is_leader() {
             self.confirm_before_ephemeral = true;
             // A full election timeout before check-quorum looks at who answered, and only
             // answers from now on count (not those from before it quiesced).
-            self.node.raft.election_elapsed = 0;
             let me = self.node.raft.id;
             for (id, pr) in self.node.raft.mut_prs().iter_mut() {
                 pr.recent_active = *id == me;

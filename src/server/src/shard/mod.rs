@@ -549,7 +549,18 @@ impl Shard {
         }
         // A partition that split since the request was routed no longer holds every key it
         // did: the map, changed by that split on this shard, knows where the key went.
-        let outside = self.parts.borrow().get(&partition).is_some_and(|p| holds(p, &op).is_err());
+        // One look at the partition: whether it still serves the op (a split may have moved the
+        // key away since it was routed); waking it if quiesced (a leader that must step down,
+        // or whose disk is full, must tick to hand over); and whether a leader woken from
+        // quiescence must confirm it still leads before it serves the state only it holds.
+        let (outside, confirm) = match self.parts.borrow_mut().get_mut(&partition) {
+            Some(p) if serves(&p.info, &op) => {
+                p.touch();
+                (false, p.confirm_before_ephemeral && p.is_leader())
+            }
+            Some(_) => (true, false),
+            None => (false, false),
+        };
         if outside {
             let (id, shard) = {
                 let map = self.map.borrow();
@@ -569,30 +580,18 @@ impl Shard {
             return Box::pin(self.execute_hops(id, op, deadline, hops + 1)).await;
         }
         let hint = self.node_id;
-        // Any request wakes a quiesced group (a leader that must step down, or whose disk is
-        // full, must tick to hand over).
-        let _ = self.with_partition(partition, |p| {
-            p.touch();
-            Ok(())
-        });
         if let Op::Split { at, .. } = op {
             return (Box::pin(self.split_here(partition, at, deadline)).await, hint);
         }
         self.splits.record(partition, op.position_key());
-        if op.durability() == Durability::Ephemeral {
-            // A leader woken from quiescence confirms it still leads before it serves the
-            // state only it holds.
-            let confirm =
-                self.with_partition(partition, |p| Ok(p.confirm_before_ephemeral && p.is_leader()));
-            if let Ok(true) = confirm {
-                if let Err(e) = self.confirm_leadership(partition, deadline).await {
-                    return (Err(e), hint);
-                }
-                let _ = self.with_partition(partition, |p| {
-                    p.confirm_before_ephemeral = false;
-                    Ok(())
-                });
+        if confirm && op.durability() == Durability::Ephemeral {
+            if let Err(e) = self.confirm_leadership(partition, deadline).await {
+                return (Err(e), hint);
             }
+            let _ = self.with_partition(partition, |p| {
+                p.confirm_before_ephemeral = false;
+                Ok(())
+            });
         }
         if let Err(e) = self.check_lease_clock(&op) {
             return (Err(e), hint);
