@@ -268,6 +268,26 @@ mod tests {
         assert_eq!(at, out.len());
     }
 
+    /// Seeds for the fuzz corpus, one per frame kind added since it was made:
+    /// `KAHUNA_FUZZ_SEEDS=$PWD/tests/fuzz/corpus/peer_frame cargo test -p kahuna-core
+    /// write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_fuzz_seeds() {
+        let dir = std::env::var("KAHUNA_FUZZ_SEEDS").expect("KAHUNA_FUZZ_SEEDS names the corpus");
+        let map = crate::PartitionMap::initial(3, 2, &[1, 2, 3], 3).partitions().to_vec();
+        let frames = [
+            ("map", PeerFrame::Map(map)),
+            ("quiesce", PeerFrame::Quiesce { partition: 4, term: 5, index: 6 }),
+            ("wake", PeerFrame::Wake { partition: 4 }),
+        ];
+        for (name, f) in frames {
+            let mut out = Vec::new();
+            encode(7, &f, &mut out);
+            std::fs::write(format!("{dir}/{name}"), out).unwrap();
+        }
+    }
+
     #[test]
     fn malformed_frames_are_typed_errors() {
         // (bytes after the length prefix, the error)
