@@ -1,9 +1,11 @@
-//! Splits, as this shard starts them: `kahuna-cli cluster split`, and the size and load
-//! triggers checked each second for the partitions the shard leads. What to decide is
-//! `kahuna_core::split`'s; here the shard measures (approximate sizes, sampled request keys),
-//! finds the key, draws the new partition's id from the cluster's id sequence and proposes the
-//! split. The split itself is one Raft entry that every replica applies in the driver
-//! (`driver::apply_split`).
+//! Splits: how a shard starts them (`kahuna-cli cluster split`, and the size and load triggers
+//! checked each second for the partitions it leads) and how every replica applies them. What to
+//! decide is `kahuna_core::split`'s; here the shard measures (approximate sizes, sampled request
+//! keys), finds the key, draws the new partition's id from the cluster's id sequence and
+//! proposes the split. The split is one Raft entry: the driver's apply hands it to
+//! [`apply_split`], which changes the descriptors in the entry's batch, and starts the new
+//! half's group once the batch is committed ([`start_split_half`]). A replica that missed a
+//! split by snapshot takes the new half when its leader first writes to it ([`Shard::adopt`]).
 //!
 //! Must never: run two splits of one partition at once, or read a whole partition on the
 //! shard loop (the middle key is searched on a blocking thread).
@@ -15,8 +17,12 @@ use std::time::{Duration, Instant};
 
 use kahuna_core::keys;
 use kahuna_core::split::{load_split_key, should_split, Halfway, LoadTracker, SplitPolicy};
-use kahuna_core::WriteOp;
+use kahuna_core::state_machine::{self, ApplyCtx};
+use kahuna_core::store::WriteBuffer;
+use kahuna_core::{LogCommand, WriteOp};
 use kahuna_protocol::{ErrorCode, Op, Reply, WireError};
+
+use crate::storage::state::ApplyState;
 
 use super::Shard;
 use crate::config::NodeConfig;
@@ -340,4 +346,184 @@ pub fn check(shard: &Rc<Shard>) {
         }
     })
     .detach();
+}
+
+// How every replica applies a split (called by the driver's apply).
+
+/// A split's new half, written in this turn's batch, to start once the batch is committed.
+pub(super) struct Created {
+    /// The parent as this split left it (a later split in the same batch changes it again).
+    left: kahuna_core::PartitionInfo,
+    info: kahuna_core::PartitionInfo,
+    applied: ApplyState,
+    /// The parent was led here: campaign at once (the other replicas apply the same entry
+    /// about now) instead of waiting out an election timeout.
+    campaign: bool,
+    ephemeral: kahuna_core::store::MemStore,
+}
+
+/// Where a split's new half starts its log: both halves' replicas all start the new group at
+/// this index, with a log term of `max(split entry's term, SPLIT_INIT_TERM)` (the same on every
+/// replica: it comes from the entry), so logs match without a snapshot; the first election then
+/// takes a term above the split entry's, and the new half's ephemeral fencing tokens (which
+/// start at `term << 40`) above every one its parent's leaders granted for its keys.
+pub const SPLIT_INIT_INDEX: u64 = 5;
+pub const SPLIT_INIT_TERM: u64 = 5;
+
+/// A failure to start a split's new half is a storage failure: the node stops (see
+/// `crate::fatal`).
+fn fatal(what: &str, err: impl std::fmt::Display) -> ! {
+    crate::fatal::storage(what, err)
+}
+
+/// A write of keys outside the partition (it split after the write was proposed) is not
+/// applied: MOVED (retryable: nothing happened). The expired-key collector's list is cut to
+/// the keys still in range instead.
+pub(super) fn within_range(
+    info: &kahuna_core::PartitionInfo,
+    op: &mut WriteOp,
+) -> Result<(), WireError> {
+    if let WriteOp::KvCollect { keys, .. } = op {
+        keys.retain(|k| info.contains(k));
+        return Ok(());
+    }
+    if op.keys().iter().all(|k| info.contains(k)) {
+        return Ok(());
+    }
+    Err(WireError::new(
+        ErrorCode::Moved,
+        format!("partition {} split before the write applied; it was not applied: retry", info.id),
+    ))
+}
+
+/// Applies a split entry on this replica: the parent keeps `[start, at)`, a new partition takes
+/// `[at, end)` with the same replicas, starting from [`SPLIT_INIT_INDEX`]. Refused (CONFLICT,
+/// nothing changes) when the partition changed since the split was asked. The descriptors, the
+/// new half's apply state and revision floor go into the same batch as everything else.
+pub(super) fn apply_split(
+    shard: &Shard,
+    p: &mut crate::raft::partition::Partition,
+    buf: &mut WriteBuffer<'_, crate::storage::state::StateDb>,
+    cmd: &LogCommand,
+    ctx: &ApplyCtx,
+    (term, states, created): (u64, &mut Vec<(u64, ApplyState)>, &mut Vec<Created>),
+) -> Result<Reply, WireError> {
+    use kahuna_core::store::Txn;
+    let WriteOp::Split { at, new_id, epoch } = &cmd.op else { unreachable!("a split") };
+    let (left, right) = p
+        .info
+        .split(at, *new_id, *epoch)
+        .map_err(|e| WireError::new(ErrorCode::Conflict, e.to_string()))?;
+    state_machine::apply(buf, &cmd.op, ctx)?;
+    buf.put(crate::storage::state::descriptor_key(left.id), left.encode());
+    buf.put(crate::storage::state::descriptor_key(right.id), right.encode());
+    let applied = ApplyState {
+        applied_index: SPLIT_INIT_INDEX,
+        applied_term: term.max(SPLIT_INIT_TERM),
+        applied_hlc: p.applied.applied_hlc.max(cmd.hlc),
+    };
+    states.push((right.id, applied));
+    // The leader's ephemeral state of the keys that move goes with them.
+    let mut ephemeral = kahuna_core::store::MemStore::default();
+    if p.is_leader() && !p.ephemeral.is_empty() {
+        for kind in kahuna_core::keys::DATA_KINDS {
+            let (lo, hi) = kahuna_core::keys::kind_range(kind, &right.start, &right.end);
+            p.ephemeral.move_range(&lo, &hi, &mut ephemeral);
+        }
+    }
+    tracing::info!(
+        "shard {}: partition {} split at {:?}: partition {} holds [{:?}, {:?}) from now on",
+        shard.id,
+        left.id,
+        String::from_utf8_lossy(at),
+        right.id,
+        String::from_utf8_lossy(&right.start),
+        String::from_utf8_lossy(&right.end)
+    );
+    p.info = left.clone();
+    shard.splits.forget(left.id);
+    if p.splitting_at.as_deref() == Some(at.as_slice()) {
+        p.splitting_at = None;
+    }
+    created.push(Created {
+        left: left.clone(),
+        info: right.clone(),
+        applied,
+        campaign: p.is_leader(),
+        ephemeral,
+    });
+    Ok(Reply::Split { left: left.id, right: right.id, at: at.clone(), epoch: left.epoch })
+}
+
+/// Starts the Raft group of a split's new half on this replica.
+pub(super) fn start_split_half(
+    shard: &Shard,
+    parts: &mut std::collections::BTreeMap<u64, crate::raft::partition::Partition>,
+    c: Created,
+) {
+    let id = c.info.id;
+    if parts.contains_key(&id) {
+        // Ids come from one replicated sequence: a clash is damage, not a case to serve.
+        fatal("splitting a partition", format!("partition id {id} is in use already"));
+    }
+    // Replayed after a crash: the new half already ran, and its log and votes are in the WAL.
+    let log = shard.pending_logs.borrow_mut().remove(&id).unwrap_or_default();
+    let (hs, entries) = match crate::raft::partition::log_start(id, &c.applied, log) {
+        Ok(start) => start,
+        Err(e) => fatal("restarting a split's new partition", e),
+    };
+    let replayed = hs.term > c.applied.applied_term || !entries.is_empty();
+    let dir = shard.snapshots.borrow().dir().to_path_buf();
+    let source = crate::raft::log_store::SnapshotSource::new(&shard.db, &c.info, &dir);
+    let mut np = match crate::raft::partition::Partition::open(
+        &shard.cfg,
+        source,
+        c.info.clone(),
+        c.applied,
+        hs,
+        entries,
+    ) {
+        Ok(p) => p,
+        Err(e) => fatal("starting a split's new partition", e),
+    };
+    if !c.ephemeral.is_empty() {
+        np.ephemeral = c.ephemeral;
+        np.inherited_ephemeral_term = Some(c.applied.applied_term + 1);
+    }
+    if c.campaign && !replayed {
+        if let Err(e) = np.node.campaign() {
+            tracing::warn!("partition {id}: campaign after the split: {e}");
+        }
+        np.recampaign_at = Some(shard.ticks.get() + 3);
+    }
+    parts.insert(id, np);
+    shard.splits.applied.set(shard.splits.applied.get() + 1);
+    shard.metrics.splits.inc();
+    let changed = vec![c.info, c.left];
+    shard.learn_map(&changed);
+    shard.map_outbox.borrow_mut().extend(changed);
+    shard.kick();
+}
+
+/// A split's new half, on the node that led its parent: campaign again if the first campaign
+/// found no group yet (the other replicas had not applied the split, and dropped it); and drop
+/// the ephemeral state it inherited once another node leads it.
+pub(super) fn split_half_upkeep(
+    p: &mut crate::raft::partition::Partition,
+    ticks: u64,
+    freed: &mut usize,
+) {
+    if p.recampaign_at.is_some_and(|t| ticks >= t) {
+        p.recampaign_at = None;
+        if p.leader_hint() == 0 && !p.is_leader() {
+            let _ = p.node.campaign();
+        }
+    }
+    if let Some(t) = p.inherited_ephemeral_term {
+        if p.term() > t || (p.leader_hint() != 0 && !p.is_leader()) {
+            p.inherited_ephemeral_term = None;
+            *freed += p.ephemeral.bytes();
+            p.ephemeral = kahuna_core::store::MemStore::default();
+        }
+    }
 }

@@ -17,7 +17,8 @@ use kahuna_protocol::{
 };
 use raft::StateRole;
 
-use super::{Answer, Shard, MAX_HOPS};
+use super::route::MAX_HOPS;
+use super::{Answer, Shard};
 
 /// How long the gathering node waits for each other node's part.
 const NODE_WAIT: Duration = Duration::from_millis(1000);

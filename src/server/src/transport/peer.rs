@@ -324,9 +324,9 @@ fn dispatch(shard: &Rc<Shard>, from: u64, f: PeerFrame) {
             crate::raft::snapshot::on_ack(shard, from, partition, transfer, upto)
         }
         PeerFrame::Quiesce { partition, term, index } => {
-            crate::shard::driver::on_quiesce(shard, from, partition, term, index)
+            crate::shard::quiesce::on_quiesce(shard, from, partition, term, index)
         }
-        PeerFrame::Wake { partition } => crate::shard::driver::on_wake(shard, partition),
+        PeerFrame::Wake { partition } => crate::shard::quiesce::on_wake(shard, partition),
         PeerFrame::Map(infos) => {
             // Newer descriptors from another node: this shard takes them, and passes them to
             // this node's other shards (not back to the peers: each node tells its own).
