@@ -65,7 +65,8 @@ settings! {
     data_dir: PathBuf = PathBuf::from("./data");
     /// Shards (one glommio executor each); default: one per core.
     shards: usize = core_affinity::get_core_ids().map(|c| c.len()).unwrap_or(1).max(1);
-    /// Partitions a new node starts with, dealt round-robin to its shards.
+    /// Partitions a new cluster starts with, dealt round-robin to its shards (splits add more;
+    /// a restore takes the backup's).
     partitions: usize = 8;
     /// Largest key, lock resource or sequence name.
     max_key_bytes: usize = 1024;
