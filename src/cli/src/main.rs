@@ -713,6 +713,16 @@ fn run(c: &Client, cmd: Cmd, wait_for: Duration, json_out: bool) -> Result<(Valu
             let mut pos = Vec::new();
             loop {
                 let (entry, end) = backup_partition(c, &pos, &dir)?;
+                if entry["start"] != json!(hex(&pos)) {
+                    return Err(Error::new(
+                        kahuna_client::ErrorCode::Internal,
+                        format!(
+                            "the copy at {:?} starts elsewhere: {}",
+                            bound(&pos),
+                            entry["start"]
+                        ),
+                    ));
+                }
                 bytes += entry["bytes"].as_u64().unwrap_or(0);
                 parts.push(entry);
                 if end.is_empty() {

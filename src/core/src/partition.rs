@@ -25,6 +25,10 @@ pub struct PartitionInfo {
     pub epoch: u64,
 }
 
+/// The most partitions a new cluster may start with: split ids are drawn above it, so they
+/// never meet an initial id, whatever `--partitions` each node was given.
+pub const MAX_INITIAL_PARTITIONS: usize = 65_536;
+
 /// Why a split was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SplitRefused {

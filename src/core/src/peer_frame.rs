@@ -40,7 +40,7 @@ const KIND_WAKE: u8 = 10;
 
 /// Descriptors one map frame may carry: as many partitions as a node may start with (about
 /// 6 MiB at most, under [`MAX_PEER_FRAME`]).
-pub const MAX_DESCRIPTORS: usize = 65_536;
+pub const MAX_DESCRIPTORS: usize = crate::partition::MAX_INITIAL_PARTITIONS;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum PeerFrame {

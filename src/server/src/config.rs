@@ -182,9 +182,10 @@ impl NodeConfig {
                 self.quiesce_after_ticks
             ));
         }
-        if self.partitions < self.shards || self.partitions > 65_536 {
+        let max = kahuna_core::partition::MAX_INITIAL_PARTITIONS;
+        if self.partitions < self.shards || self.partitions > max {
             return bad(format!(
-                "partitions must be between shards ({}) and 65536, not {}",
+                "partitions must be between shards ({}) and {max}, not {}",
                 self.shards, self.partitions
             ));
         }

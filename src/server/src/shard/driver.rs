@@ -269,7 +269,9 @@ fn on_tick(shard: &Shard) {
                 });
             freed += before - p.ephemeral.bytes();
         }
-        if kahuna_core::quiesce::should_quiesce(&p.group_state(), shard.cfg.quiesce_after_ticks) {
+        // (Not while it must hand over: it would wake again at the next tick.)
+        let after = shard.cfg.quiesce_after_ticks;
+        if !step_down && kahuna_core::quiesce::should_quiesce(&p.group_state(), after) {
             quiesce(shard, *pid, p);
         }
     }

@@ -356,9 +356,18 @@ impl Shard {
         }
     }
 
+    /// A frame came from node `from`: it is up (leader rebalancing and quiesced followers look
+    /// here). Only members are noted: the id in a frame is the sender's word, and the map must
+    /// not grow with whatever ids a bad peer makes up.
+    pub fn note_heard(&self, from: u64) {
+        if self.peers.as_ref().is_some_and(|p| p.peer_ids().any(|id| id == from)) {
+            self.heard.borrow_mut().insert(from, std::time::Instant::now());
+        }
+    }
+
     /// A Raft message from a peer for one of this shard's partitions.
     pub fn step_raft(&self, partition: u64, msg: raft::eraftpb::Message) {
-        self.heard.borrow_mut().insert(msg.from, std::time::Instant::now());
+        self.note_heard(msg.from);
         // A snapshot's state comes beside the message, in chunks: step it only once that is
         // here, whole and checked.
         if !crate::raft::snapshot::accept(self, partition, &msg) {

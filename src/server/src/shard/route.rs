@@ -222,10 +222,9 @@ impl Shard {
                 return self.forward(to, partition, op, deadline, hops + 1).await;
             }
         }
-        // A partition that split since the request was routed no longer holds every key it
-        // did: the map, changed by that split on this shard, knows where the key went.
         // One look at the partition: whether it still serves the op (a split may have moved the
-        // key away since it was routed); waking it if quiesced (a leader that must step down,
+        // key away since it was routed: the map, changed by that split on this shard, knows
+        // where it went); waking it if quiesced (a leader that must step down,
         // or whose disk is full, must tick to hand over); and whether a leader woken from
         // quiescence must confirm it still leads before it serves the state only it holds.
         let (outside, confirm) = match self.parts.borrow_mut().get_mut(&partition) {

@@ -35,7 +35,7 @@ const SIZE_EVERY: Duration = Duration::from_secs(10);
 /// A shard's splits: the triggers' measurements and the splits under way.
 pub struct SplitState {
     pub policy: SplitPolicy,
-    /// New partitions take ids above the initial ones.
+    /// New partitions take ids above every initial one, whatever `--partitions` a node has.
     id_base: u64,
     load: RefCell<HashMap<u64, LoadTracker>>,
     sizes: RefCell<HashMap<u64, u64>>,
@@ -56,7 +56,7 @@ impl SplitState {
                 load_qps: cfg.split_load_qps,
                 window_secs: cfg.split_load_window_secs.max(1),
             },
-            id_base: cfg.partitions as u64,
+            id_base: kahuna_core::partition::MAX_INITIAL_PARTITIONS as u64,
             load: RefCell::default(),
             sizes: RefCell::default(),
             sized_at: Cell::new(None),
@@ -147,6 +147,14 @@ impl Shard {
         })?;
         if self.disk_full.get() {
             return Err(WireError::new(ErrorCode::NoSpace, "this node's disk is full"));
+        }
+        let max = kahuna_core::peer_frame::MAX_DESCRIPTORS;
+        if self.map().partitions().len() >= max {
+            // Nodes pass the whole map in one frame: it may not outgrow one.
+            return Err(WireError::new(
+                ErrorCode::Invalid,
+                format!("the cluster holds {max} partitions, the most its map carries"),
+            ));
         }
         let new_id = self.draw_partition_id(deadline).await?;
         let data = self.command(WriteOp::Split { at: at.clone(), new_id, epoch });

@@ -297,7 +297,7 @@ async fn receive(shard: &Rc<Shard>, mut stream: TcpStream) {
 /// Handles one well-formed frame from node `from`.
 fn dispatch(shard: &Rc<Shard>, from: u64, f: PeerFrame) {
     // Any frame shows the node is up (quiesced followers watch their leader's node this way).
-    shard.heard.borrow_mut().insert(from, std::time::Instant::now());
+    shard.note_heard(from);
     match f {
         PeerFrame::Raft { partition, msg } => shard.step_raft(partition, *msg),
         PeerFrame::Request { token, partition, hops, request } => {
