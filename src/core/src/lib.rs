@@ -13,11 +13,13 @@
 //!                      └──────▶ read(op, now) on the applied state ──▶ Reply
 //! ```
 
+pub mod balance;
 pub mod clock_offsets;
 pub mod command;
 pub mod hlc;
 pub mod keys;
 pub mod limits;
+pub mod membership;
 pub mod partition;
 pub mod peer_frame;
 pub mod quiesce;

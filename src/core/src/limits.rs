@@ -172,6 +172,13 @@ impl Limits {
                 self.key("key", key, true)?;
                 self.key("split key", at, true)
             }
+            Op::MoveReplica { key, .. } => self.key("key", key, true),
+            Op::Membership { client_addr, peer_addr, .. } => {
+                if client_addr.len() > 255 || peer_addr.len() > 255 {
+                    return Err(invalid("addresses are at most 255 bytes".to_string()));
+                }
+                Ok(())
+            }
         }
     }
 }

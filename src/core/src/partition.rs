@@ -18,8 +18,13 @@ pub struct PartitionInfo {
     /// The shard (core) that owns the partition on every node that holds a replica (all nodes
     /// of a cluster run the same number of shards).
     pub shard: usize,
-    /// The nodes holding a replica; the first is the initial leader.
+    /// The nodes holding a voting replica, in preference order for leadership (the first is
+    /// the initial leader). A node's Raft id in the group is its node id: ids are never reused
+    /// (a wiped machine comes back under a new id), so a replica id never names two lives.
     pub replicas: Vec<u64>,
+    /// Nodes holding a replica that receives the log but does not vote yet: a replica being
+    /// added, caught up by snapshot and log before it is promoted (see [`ReplicaChange`]).
+    pub learners: Vec<u64>,
     /// Counts the changes of the range (1 at creation, +1 for each split, on both halves): of
     /// two descriptors of one partition, the higher epoch is the newer.
     pub epoch: u64,
@@ -38,7 +43,79 @@ pub enum SplitRefused {
     Outside { id: u64 },
 }
 
+/// One step of moving a replica, applied as one Raft membership change (raft-rs
+/// `ConfChangeV2` with a single change: each step alone keeps a quorum of the old voters in
+/// every quorum of the new, so no joint state is needed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ReplicaChange {
+    /// A new replica on `node` that receives the log without voting.
+    AddLearner { node: u64 },
+    /// The learner on `node` votes from now on; it takes `replaces`'s place in the preference
+    /// order (0: the end), so the replica it is about to replace hands it its leaderships.
+    Promote { node: u64, replaces: u64 },
+    /// The replica (voter or learner) on `node` leaves the group.
+    Remove { node: u64 },
+}
+
+/// Why a replica change was refused at apply (nothing changed).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeRefused {
+    #[error("partition {id} is at epoch {have}, not {want}: it changed since the move was asked")]
+    Stale { id: u64, have: u64, want: u64 },
+    #[error("partition {id}: {why}")]
+    Invalid { id: u64, why: &'static str },
+}
+
 impl PartitionInfo {
+    /// Whether `node` holds a replica (voter or learner).
+    pub fn holds(&self, node: u64) -> bool {
+        self.replicas.contains(&node) || self.learners.contains(&node)
+    }
+
+    /// The descriptor after `change`, one epoch up, if it applies at `epoch`. The same rules
+    /// raft-rs applies to the group's voters and learners, so the two always agree.
+    pub fn change_replicas(
+        &self,
+        change: ReplicaChange,
+        epoch: u64,
+    ) -> Result<PartitionInfo, ChangeRefused> {
+        let id = self.id;
+        if epoch != self.epoch {
+            return Err(ChangeRefused::Stale { id, have: self.epoch, want: epoch });
+        }
+        let invalid = |why| Err(ChangeRefused::Invalid { id, why });
+        let mut next = PartitionInfo { epoch: self.epoch + 1, ..self.clone() };
+        match change {
+            ReplicaChange::AddLearner { node } => {
+                if node == 0 || self.holds(node) {
+                    return invalid("the node already holds a replica");
+                }
+                next.learners.push(node);
+            }
+            ReplicaChange::Promote { node, replaces } => {
+                if !self.learners.contains(&node) {
+                    return invalid("only a learner can be promoted");
+                }
+                next.learners.retain(|n| *n != node);
+                let at = self.replicas.iter().position(|n| *n == replaces);
+                next.replicas.insert(at.unwrap_or(self.replicas.len()), node);
+            }
+            ReplicaChange::Remove { node } => {
+                if self.learners.contains(&node) {
+                    next.learners.retain(|n| *n != node);
+                } else if self.replicas.contains(&node) {
+                    if self.replicas.len() == 1 {
+                        return invalid("the last voter cannot leave");
+                    }
+                    next.replicas.retain(|n| *n != node);
+                } else {
+                    return invalid("the node holds no replica");
+                }
+            }
+        }
+        Ok(next)
+    }
+
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
     }
@@ -79,6 +156,7 @@ impl PartitionInfo {
             end: self.end.clone(),
             shard: self.shard,
             replicas,
+            learners: self.learners.clone(),
             epoch: self.epoch + 1,
         };
         Ok((left, right))
@@ -168,7 +246,15 @@ impl PartitionMap {
             if rf > 2 {
                 replicas[1..].rotate_left((i / nodes.len()) % (rf - 1));
             }
-            parts.push(PartitionInfo { id, start, end, shard: i % shards, replicas, epoch: 1 });
+            parts.push(PartitionInfo {
+                id,
+                start,
+                end,
+                shard: i % shards,
+                replicas,
+                learners: vec![],
+                epoch: 1,
+            });
         }
         PartitionMap::from_parts(parts)
     }
@@ -407,6 +493,48 @@ mod tests {
         let dup = PartitionInfo { id: 1, ..l.clone() };
         assert!(PartitionMap::from_parts(vec![m.partitions()[0].clone(), dup, r.clone()]).is_err());
         assert!(PartitionMap::from_parts(m3.partitions().to_vec()).is_ok());
+    }
+
+    #[test]
+    fn replica_changes_follow_raft_rules_and_keep_the_preference_order() {
+        let p = PartitionMap::initial(1, 1, &[1, 2, 3], 3).partitions()[0].clone();
+        assert_eq!(p.replicas, vec![1, 2, 3]);
+        use ReplicaChange::*;
+        // (change, epoch asked, expected replicas and learners or the refusal)
+        let add = p.change_replicas(AddLearner { node: 4 }, 1).unwrap();
+        assert_eq!(
+            (add.replicas.clone(), add.learners.clone(), add.epoch),
+            (vec![1, 2, 3], vec![4], 2)
+        );
+        let promoted = add.change_replicas(Promote { node: 4, replaces: 1 }, 2).unwrap();
+        assert_eq!(
+            (promoted.replicas.clone(), promoted.learners.clone()),
+            (vec![4, 1, 2, 3], vec![])
+        );
+        let removed = promoted.change_replicas(Remove { node: 1 }, 3).unwrap();
+        assert_eq!(removed.replicas, vec![4, 2, 3]);
+        assert!(removed.holds(4) && !removed.holds(1));
+        let at_end = add.change_replicas(Promote { node: 4, replaces: 9 }, 2).unwrap();
+        assert_eq!(at_end.replicas, vec![1, 2, 3, 4]);
+        let learner_gone = add.change_replicas(Remove { node: 4 }, 2).unwrap();
+        assert_eq!(
+            (learner_gone.replicas.clone(), learner_gone.learners.len()),
+            (vec![1, 2, 3], 0)
+        );
+        let refused: Vec<(PartitionInfo, ReplicaChange, u64)> = vec![
+            (p.clone(), AddLearner { node: 4 }, 2),   // stale epoch
+            (p.clone(), AddLearner { node: 2 }, 1),   // already a voter
+            (add.clone(), AddLearner { node: 4 }, 2), // already a learner
+            (p.clone(), Promote { node: 4, replaces: 1 }, 1), // not a learner
+            (p.clone(), Remove { node: 9 }, 1),       // holds nothing
+            (PartitionInfo { replicas: vec![1], ..p.clone() }, Remove { node: 1 }, 1), // the last voter
+        ];
+        for (info, change, epoch) in refused {
+            assert!(info.change_replicas(change, epoch).is_err(), "{change:?} at {epoch}");
+        }
+        // A split keeps the learners on both halves.
+        let (l, r) = add.split(b"m", 70_000, 2).unwrap();
+        assert_eq!((l.learners.clone(), r.learners.clone()), (vec![4], vec![4]));
     }
 
     #[test]

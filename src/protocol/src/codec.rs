@@ -9,8 +9,9 @@ use thiserror::Error;
 
 use crate::frame::write_frame;
 use crate::types::{
-    BackupChunk, ClusterStatus, Durability, ErrorCode, KvItem, LockState, NodeStatus, Op,
-    PartitionStatus, ReplicaRole, ReplicaStatus, Reply, SetCondition, StatusScope, WireError,
+    BackupChunk, ClusterStatus, Durability, ErrorCode, KvItem, LockState, MemberAction, MemberInfo,
+    NodeStatus, Op, PartitionStatus, ReplicaRole, ReplicaStatus, Reply, SetCondition, StatusScope,
+    WireError,
 };
 use crate::wire;
 
@@ -202,6 +203,36 @@ pub fn decode_request(buf: &[u8]) -> Result<(u64, u32, Op), DecodeError> {
         wire::Op::Split => {
             let o = req.op_as_split().ok_or_else(|| missing("split body"))?;
             Op::Split { key: bytes(o.key()), at: bytes(o.at()) }
+        }
+        wire::Op::Membership => {
+            let o = req.op_as_membership().ok_or_else(|| missing("membership body"))?;
+            let action = match o.action() {
+                wire::MemberAction::List => MemberAction::List,
+                wire::MemberAction::Join => MemberAction::Join,
+                wire::MemberAction::Drain => MemberAction::Drain,
+                wire::MemberAction::Remove => MemberAction::Remove,
+                wire::MemberAction::Activate => MemberAction::Activate,
+                wire::MemberAction::BalanceOn => MemberAction::BalanceOn,
+                wire::MemberAction::BalanceOff => MemberAction::BalanceOff,
+                _ => return Err(missing("unknown membership action")),
+            };
+            Op::Membership {
+                action,
+                node: o.node(),
+                client_addr: o.client_addr().unwrap_or_default().to_string(),
+                peer_addr: o.peer_addr().unwrap_or_default().to_string(),
+                shards: o.shards(),
+            }
+        }
+        wire::Op::MoveReplica => {
+            let o = req.op_as_move_replica().ok_or_else(|| missing("move replica body"))?;
+            Op::MoveReplica {
+                key: bytes(o.key()),
+                partition: o.partition(),
+                epoch: o.epoch(),
+                add: o.add(),
+                remove: o.remove(),
+            }
         }
         wire::Op::ClusterStatus => {
             let o = req.op_as_cluster_status().ok_or_else(|| missing("cluster status body"))?;
@@ -400,6 +431,37 @@ pub fn encode_request(
             let (key, at) = (fbb.create_vector(key), fbb.create_vector(at));
             let o = wire::Split::create(fbb, &wire::SplitArgs { key: Some(key), at: Some(at) });
             (wire::Op::Split, o.as_union_value())
+        }
+        Op::Membership { action, node, client_addr, peer_addr, shards } => {
+            let action = match action {
+                MemberAction::List => wire::MemberAction::List,
+                MemberAction::Join => wire::MemberAction::Join,
+                MemberAction::Drain => wire::MemberAction::Drain,
+                MemberAction::Remove => wire::MemberAction::Remove,
+                MemberAction::Activate => wire::MemberAction::Activate,
+                MemberAction::BalanceOn => wire::MemberAction::BalanceOn,
+                MemberAction::BalanceOff => wire::MemberAction::BalanceOff,
+            };
+            let (c, p) = (fbb.create_string(client_addr), fbb.create_string(peer_addr));
+            let args = wire::MembershipArgs {
+                action,
+                node: *node,
+                client_addr: Some(c),
+                peer_addr: Some(p),
+                shards: *shards,
+            };
+            (wire::Op::Membership, wire::Membership::create(fbb, &args).as_union_value())
+        }
+        Op::MoveReplica { key, partition, epoch, add, remove } => {
+            let key = fbb.create_vector(key);
+            let args = wire::MoveReplicaArgs {
+                key: Some(key),
+                partition: *partition,
+                epoch: *epoch,
+                add: *add,
+                remove: *remove,
+            };
+            (wire::Op::MoveReplica, wire::MoveReplica::create(fbb, &args).as_union_value())
         }
         Op::ClusterStatus { scope, checksums } => {
             let scope = match scope {
@@ -746,6 +808,42 @@ pub fn encode_response(
                     let r = wire::BackupChunkResult::create(fbb, &args);
                     (wire::Reply::BackupChunkResult, r.as_union_value())
                 }
+                Reply::Membership { members, balance, map } => {
+                    let list: Vec<_> = members
+                        .iter()
+                        .map(|m| {
+                            let args = wire::MemberInfoArgs {
+                                id: m.id,
+                                client_addr: Some(fbb.create_string(&m.client_addr)),
+                                peer_addr: Some(fbb.create_string(&m.peer_addr)),
+                                shards: m.shards,
+                                state: Some(fbb.create_string(&m.state)),
+                                removing: m.removing,
+                                replicas: m.replicas,
+                            };
+                            wire::MemberInfo::create(fbb, &args)
+                        })
+                        .collect();
+                    let members = fbb.create_vector(&list);
+                    let map = fbb.create_vector(map);
+                    let args = wire::MembershipResultArgs {
+                        members: Some(members),
+                        balance: *balance,
+                        map: Some(map),
+                    };
+                    (
+                        wire::Reply::MembershipResult,
+                        wire::MembershipResult::create(fbb, &args).as_union_value(),
+                    )
+                }
+                Reply::MoveReplica { step, epoch } => {
+                    let step = fbb.create_string(step);
+                    let args = wire::MoveReplicaResultArgs { step: Some(step), epoch: *epoch };
+                    (
+                        wire::Reply::MoveReplicaResult,
+                        wire::MoveReplicaResult::create(fbb, &args).as_union_value(),
+                    )
+                }
                 Reply::Split { left, right, at, epoch } => {
                     let at = fbb.create_vector(at);
                     let args = wire::SplitResultArgs {
@@ -873,6 +971,30 @@ pub fn decode_response(buf: &[u8]) -> Result<DecodedResponse, DecodeError> {
             let r = resp.result_as_split_result().ok_or_else(|| missing("result"))?;
             Reply::Split { left: r.left(), right: r.right(), at: bytes(r.at()), epoch: r.epoch() }
         }
+        wire::Reply::MembershipResult => {
+            let r = resp.result_as_membership_result().ok_or_else(|| missing("result"))?;
+            let members = r
+                .members()
+                .map(|v| {
+                    v.iter()
+                        .map(|m| MemberInfo {
+                            id: m.id(),
+                            client_addr: m.client_addr().unwrap_or_default().to_string(),
+                            peer_addr: m.peer_addr().unwrap_or_default().to_string(),
+                            shards: m.shards(),
+                            state: m.state().unwrap_or_default().to_string(),
+                            removing: m.removing(),
+                            replicas: m.replicas(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Reply::Membership { members, balance: r.balance(), map: bytes(r.map()) }
+        }
+        wire::Reply::MoveReplicaResult => {
+            let r = resp.result_as_move_replica_result().ok_or_else(|| missing("result"))?;
+            Reply::MoveReplica { step: r.step().unwrap_or_default().to_string(), epoch: r.epoch() }
+        }
         other => return Err(DecodeError::UnknownOp { request_id: id, tag: other.0 }),
     };
     Ok((id, Ok(reply), hint))
@@ -969,6 +1091,21 @@ mod tests {
             Op::ClusterStatus { scope: StatusScope::Cluster, checksums: false },
             Op::ClusterStatus { scope: StatusScope::Node, checksums: true },
             Op::ClusterStatus { scope: StatusScope::Shard, checksums: false },
+            Op::Membership {
+                action: MemberAction::Join,
+                node: 4,
+                client_addr: "127.0.0.1:7003".into(),
+                peer_addr: "127.0.0.1:7103".into(),
+                shards: 2,
+            },
+            Op::Membership {
+                action: MemberAction::BalanceOff,
+                node: 0,
+                client_addr: String::new(),
+                peer_addr: String::new(),
+                shards: 0,
+            },
+            Op::MoveReplica { key: k.clone(), partition: 3, epoch: 4, add: 5, remove: 1 },
         ] {
             roundtrip_op(op);
         }
@@ -1013,6 +1150,20 @@ mod tests {
             Ok(Reply::LockAck { fencing_token: 5, expires_at_ms: 2 }),
             Ok(Reply::Seq { first: 1, count: 100 }),
             Ok(Reply::Split { left: 1, right: 9, at: b"m".to_vec(), epoch: 2 }),
+            Ok(Reply::Membership {
+                members: vec![MemberInfo {
+                    id: 4,
+                    client_addr: "a".into(),
+                    peer_addr: "b".into(),
+                    shards: 2,
+                    state: "draining".into(),
+                    removing: true,
+                    replicas: 7,
+                }],
+                balance: true,
+                map: vec![1, 2, 3],
+            }),
+            Ok(Reply::MoveReplica { step: "promote".into(), epoch: 9 }),
             Ok(Reply::BackupChunk(BackupChunk {
                 partition: 2,
                 start: b"a".to_vec(),

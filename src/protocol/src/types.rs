@@ -220,6 +220,48 @@ pub enum Op {
         key: Vec<u8>,
         at: Vec<u8>,
     },
+    /// Reads or changes the membership (see the schema's `Membership`); routed to the meta
+    /// range by the serving node.
+    Membership {
+        action: MemberAction,
+        node: u64,
+        client_addr: String,
+        peer_addr: String,
+        shards: u32,
+    },
+    /// One step of a replica move, on the leader of the partition starting at `key`.
+    MoveReplica {
+        key: Vec<u8>,
+        partition: u64,
+        epoch: u64,
+        add: u64,
+        remove: u64,
+    },
+}
+
+/// What a [`Op::Membership`] does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MemberAction {
+    #[default]
+    List,
+    Join,
+    Drain,
+    Remove,
+    Activate,
+    BalanceOn,
+    BalanceOff,
+}
+
+/// A member as [`Reply::Membership`] lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub client_addr: String,
+    pub peer_addr: String,
+    pub shards: u32,
+    pub state: String,
+    pub removing: bool,
+    pub replicas: u32,
 }
 
 /// Which replicas a [`Op::ClusterStatus`] reports.
@@ -250,8 +292,9 @@ impl Op {
             | Op::LockRelease { resource, .. }
             | Op::LockGet { resource, .. } => resource,
             Op::SeqNext { name, .. } => name,
-            Op::Backup { key, .. } | Op::Split { key, .. } => key,
+            Op::Backup { key, .. } | Op::Split { key, .. } | Op::MoveReplica { key, .. } => key,
             Op::ClusterStatus { .. } => &[],
+            Op::Membership { .. } => MEMBERS_PREFIX,
         }
     }
 
@@ -282,7 +325,9 @@ impl Op {
             Op::SeqNext { .. }
             | Op::ClusterStatus { .. }
             | Op::Backup { .. }
-            | Op::Split { .. } => Durability::Persistent,
+            | Op::Split { .. }
+            | Op::Membership { .. }
+            | Op::MoveReplica { .. } => Durability::Persistent,
         }
     }
 
@@ -297,6 +342,7 @@ impl Op {
                 | Op::LockGet { .. }
                 | Op::ClusterStatus { .. }
                 | Op::Backup { .. }
+                | Op::Membership { action: MemberAction::List, .. }
         )
     }
 
@@ -317,6 +363,8 @@ impl Op {
             Op::ClusterStatus { .. } => "cluster status",
             Op::Backup { .. } => "backup",
             Op::Split { .. } => "cluster split",
+            Op::Membership { .. } => "cluster membership",
+            Op::MoveReplica { .. } => "move replica",
         }
     }
 }
@@ -385,6 +433,15 @@ pub enum Reply {
         left: u64,
         right: u64,
         at: Vec<u8>,
+        epoch: u64,
+    },
+    Membership {
+        members: Vec<MemberInfo>,
+        balance: bool,
+        map: Vec<u8>,
+    },
+    MoveReplica {
+        step: String,
         epoch: u64,
     },
 }
@@ -546,3 +603,7 @@ impl ClusterStatus {
         self.partitions.iter().find(|p| p.contains(key))
     }
 }
+
+/// Where member records live (the core crate's `membership::MEMBERS_PREFIX`, which checks it
+/// equals this): a membership request routes there.
+pub const MEMBERS_PREFIX: &[u8] = b"\0kahuna/members/";

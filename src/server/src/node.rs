@@ -123,8 +123,8 @@ struct Layout {
 }
 
 /// The data format this build writes and reads. 2: log entries carry their apply settings,
-/// lock records the term of their lease.
-const FORMAT: u32 = 2;
+/// lock records the term of their lease. 3: partition descriptors name their learners.
+const FORMAT: u32 = 3;
 
 fn format_one() -> u32 {
     1

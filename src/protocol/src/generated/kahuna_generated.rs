@@ -342,6 +342,117 @@ impl<'a> ::flatbuffers::Verifiable for SetCondition {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for SetCondition {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_MEMBER_ACTION: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_MEMBER_ACTION: u8 = 6;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_MEMBER_ACTION: [MemberAction; 7] = [
+  MemberAction::List,
+  MemberAction::Join,
+  MemberAction::Drain,
+  MemberAction::Remove,
+  MemberAction::Activate,
+  MemberAction::BalanceOn,
+  MemberAction::BalanceOff,
+];
+
+/// What a membership request does.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct MemberAction(pub u8);
+#[allow(non_upper_case_globals)]
+impl MemberAction {
+  /// The members and whether the balancer runs.
+  pub const List: Self = Self(0);
+  /// A new node (empty data directory) asks to become a member.
+  pub const Join: Self = Self(1);
+  /// Move a member's replicas and leaderships away; it stays a member.
+  pub const Drain: Self = Self(2);
+  /// Drain a member, then remove it for good (its id is never used again).
+  pub const Remove: Self = Self(3);
+  /// Let a drained member take replicas again.
+  pub const Activate: Self = Self(4);
+  /// Turn the replica balancer on or off (leaving nodes are emptied either way).
+  pub const BalanceOn: Self = Self(5);
+  pub const BalanceOff: Self = Self(6);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 6;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::List,
+    Self::Join,
+    Self::Drain,
+    Self::Remove,
+    Self::Activate,
+    Self::BalanceOn,
+    Self::BalanceOff,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::List => Some("List"),
+      Self::Join => Some("Join"),
+      Self::Drain => Some("Drain"),
+      Self::Remove => Some("Remove"),
+      Self::Activate => Some("Activate"),
+      Self::BalanceOn => Some("BalanceOn"),
+      Self::BalanceOff => Some("BalanceOff"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for MemberAction {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for MemberAction {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for MemberAction {
+    type Output = MemberAction;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for MemberAction {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for MemberAction {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for MemberAction {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_STATUS_SCOPE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MAX_STATUS_SCOPE: u8 = 2;
@@ -436,10 +547,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for StatusScope {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 15;
+pub const ENUM_MAX_OP: u8 = 17;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 16] = [
+pub const ENUM_VALUES_OP: [Op; 18] = [
   Op::NONE,
   Op::KvSet,
   Op::KvGet,
@@ -456,6 +567,8 @@ pub const ENUM_VALUES_OP: [Op; 16] = [
   Op::ClusterStatus,
   Op::Backup,
   Op::Split,
+  Op::Membership,
+  Op::MoveReplica,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -479,9 +592,11 @@ impl Op {
   pub const ClusterStatus: Self = Self(13);
   pub const Backup: Self = Self(14);
   pub const Split: Self = Self(15);
+  pub const Membership: Self = Self(16);
+  pub const MoveReplica: Self = Self(17);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 15;
+  pub const ENUM_MAX: u8 = 17;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::KvSet,
@@ -499,6 +614,8 @@ impl Op {
     Self::ClusterStatus,
     Self::Backup,
     Self::Split,
+    Self::Membership,
+    Self::MoveReplica,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -519,6 +636,8 @@ impl Op {
       Self::ClusterStatus => Some("ClusterStatus"),
       Self::Backup => Some("Backup"),
       Self::Split => Some("Split"),
+      Self::Membership => Some("Membership"),
+      Self::MoveReplica => Some("MoveReplica"),
       _ => None,
     }
   }
@@ -670,10 +789,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ReplicaRole {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 13;
+pub const ENUM_MAX_REPLY: u8 = 15;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 14] = [
+pub const ENUM_VALUES_REPLY: [Reply; 16] = [
   Reply::NONE,
   Reply::KvSetResult,
   Reply::KvGetResult,
@@ -688,6 +807,8 @@ pub const ENUM_VALUES_REPLY: [Reply; 14] = [
   Reply::ClusterStatusResult,
   Reply::BackupChunkResult,
   Reply::SplitResult,
+  Reply::MembershipResult,
+  Reply::MoveReplicaResult,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -709,9 +830,11 @@ impl Reply {
   pub const ClusterStatusResult: Self = Self(11);
   pub const BackupChunkResult: Self = Self(12);
   pub const SplitResult: Self = Self(13);
+  pub const MembershipResult: Self = Self(14);
+  pub const MoveReplicaResult: Self = Self(15);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 13;
+  pub const ENUM_MAX: u8 = 15;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::KvSetResult,
@@ -727,6 +850,8 @@ impl Reply {
     Self::ClusterStatusResult,
     Self::BackupChunkResult,
     Self::SplitResult,
+    Self::MembershipResult,
+    Self::MoveReplicaResult,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -745,6 +870,8 @@ impl Reply {
       Self::ClusterStatusResult => Some("ClusterStatusResult"),
       Self::BackupChunkResult => Some("BackupChunkResult"),
       Self::SplitResult => Some("SplitResult"),
+      Self::MembershipResult => Some("MembershipResult"),
+      Self::MoveReplicaResult => Some("MoveReplicaResult"),
       _ => None,
     }
   }
@@ -2721,6 +2848,339 @@ impl ::core::fmt::Debug for Split<'_> {
       ds.finish()
   }
 }
+pub enum MembershipOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Reads or changes the cluster's membership (kept in the meta range, replicated like any key).
+pub struct Membership<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Membership<'a> {
+  type Inner = Membership<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Membership<'a> {
+  pub const VT_ACTION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NODE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_CLIENT_ADDR: ::flatbuffers::VOffsetT = 8;
+  pub const VT_PEER_ADDR: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SHARDS: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Membership { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MembershipArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Membership<'bldr>> {
+    let mut builder = MembershipBuilder::new(_fbb);
+    builder.add_node(args.node);
+    builder.add_shards(args.shards);
+    if let Some(x) = args.peer_addr { builder.add_peer_addr(x); }
+    if let Some(x) = args.client_addr { builder.add_client_addr(x); }
+    builder.add_action(args.action);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn action(&self) -> MemberAction {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<MemberAction>(Membership::VT_ACTION, Some(MemberAction::List)).unwrap()}
+  }
+  #[inline]
+  pub fn node(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Membership::VT_NODE, Some(0)).unwrap()}
+  }
+  /// Join: where the new node serves clients and peers, and its shard count.
+  #[inline]
+  pub fn client_addr(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Membership::VT_CLIENT_ADDR, None)}
+  }
+  #[inline]
+  pub fn peer_addr(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Membership::VT_PEER_ADDR, None)}
+  }
+  #[inline]
+  pub fn shards(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Membership::VT_SHARDS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Membership<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<MemberAction>("action", Self::VT_ACTION, false)?
+     .visit_field::<u64>("node", Self::VT_NODE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_addr", Self::VT_CLIENT_ADDR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("peer_addr", Self::VT_PEER_ADDR, false)?
+     .visit_field::<u32>("shards", Self::VT_SHARDS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MembershipArgs<'a> {
+    pub action: MemberAction,
+    pub node: u64,
+    pub client_addr: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub peer_addr: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub shards: u32,
+}
+impl<'a> Default for MembershipArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MembershipArgs {
+      action: MemberAction::List,
+      node: 0,
+      client_addr: None,
+      peer_addr: None,
+      shards: 0,
+    }
+  }
+}
+
+pub struct MembershipBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MembershipBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_action(&mut self, action: MemberAction) {
+    self.fbb_.push_slot::<MemberAction>(Membership::VT_ACTION, action, MemberAction::List);
+  }
+  #[inline]
+  pub fn add_node(&mut self, node: u64) {
+    self.fbb_.push_slot::<u64>(Membership::VT_NODE, node, 0);
+  }
+  #[inline]
+  pub fn add_client_addr(&mut self, client_addr: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Membership::VT_CLIENT_ADDR, client_addr);
+  }
+  #[inline]
+  pub fn add_peer_addr(&mut self, peer_addr: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Membership::VT_PEER_ADDR, peer_addr);
+  }
+  #[inline]
+  pub fn add_shards(&mut self, shards: u32) {
+    self.fbb_.push_slot::<u32>(Membership::VT_SHARDS, shards, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MembershipBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MembershipBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Membership<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Membership<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Membership");
+      ds.field("action", &self.action());
+      ds.field("node", &self.node());
+      ds.field("client_addr", &self.client_addr());
+      ds.field("peer_addr", &self.peer_addr());
+      ds.field("shards", &self.shards());
+      ds.finish()
+  }
+}
+pub enum MoveReplicaOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One step of moving a replica of `partition` (whose range starts at `key`): adds a replica on
+/// `add`, then removes the one on `remove` (0: none). Sent by the balancer to the partition's
+/// leader, which makes the next Raft membership change of the move, if any, and answers it.
+pub struct MoveReplica<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MoveReplica<'a> {
+  type Inner = MoveReplica<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MoveReplica<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_ADD: ::flatbuffers::VOffsetT = 10;
+  pub const VT_REMOVE: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MoveReplica { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MoveReplicaArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MoveReplica<'bldr>> {
+    let mut builder = MoveReplicaBuilder::new(_fbb);
+    builder.add_remove(args.remove);
+    builder.add_add(args.add);
+    builder.add_epoch(args.epoch);
+    builder.add_partition(args.partition);
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(MoveReplica::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn partition(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MoveReplica::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MoveReplica::VT_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn add(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MoveReplica::VT_ADD, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn remove(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MoveReplica::VT_REMOVE, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MoveReplica<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<u64>("add", Self::VT_ADD, false)?
+     .visit_field::<u64>("remove", Self::VT_REMOVE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MoveReplicaArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub partition: u64,
+    pub epoch: u64,
+    pub add: u64,
+    pub remove: u64,
+}
+impl<'a> Default for MoveReplicaArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MoveReplicaArgs {
+      key: None,
+      partition: 0,
+      epoch: 0,
+      add: 0,
+      remove: 0,
+    }
+  }
+}
+
+pub struct MoveReplicaBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MoveReplicaBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MoveReplica::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_partition(&mut self, partition: u64) {
+    self.fbb_.push_slot::<u64>(MoveReplica::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(MoveReplica::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn add_add(&mut self, add: u64) {
+    self.fbb_.push_slot::<u64>(MoveReplica::VT_ADD, add, 0);
+  }
+  #[inline]
+  pub fn add_remove(&mut self, remove: u64) {
+    self.fbb_.push_slot::<u64>(MoveReplica::VT_REMOVE, remove, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MoveReplicaBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MoveReplicaBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MoveReplica<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MoveReplica<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MoveReplica");
+      ds.field("key", &self.key());
+      ds.field("partition", &self.partition());
+      ds.field("epoch", &self.epoch());
+      ds.field("add", &self.add());
+      ds.field("remove", &self.remove());
+      ds.finish()
+  }
+}
 pub enum ClusterStatusOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3130,6 +3590,36 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_membership(&self) -> Option<Membership<'a>> {
+    if self.op_type() == Op::Membership {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Membership::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_move_replica(&self) -> Option<MoveReplica<'a>> {
+    if self.op_type() == Op::MoveReplica {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MoveReplica::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -3157,6 +3647,8 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Op::ClusterStatus => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterStatus>>("Op::ClusterStatus", pos),
           Op::Backup => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Backup>>("Op::Backup", pos),
           Op::Split => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Split>>("Op::Split", pos),
+          Op::Membership => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Membership>>("Op::Membership", pos),
+          Op::MoveReplica => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MoveReplica>>("Op::MoveReplica", pos),
           _ => Ok(()),
         }
      })?
@@ -3325,6 +3817,20 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Op::Split => {
           if let Some(x) = self.op_as_split() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Membership => {
+          if let Some(x) = self.op_as_membership() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::MoveReplica => {
+          if let Some(x) = self.op_as_move_replica() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -6096,6 +6602,454 @@ impl ::core::fmt::Debug for SplitResult<'_> {
       ds.finish()
   }
 }
+pub enum MemberInfoOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A member's record, and how many replicas the answering node's map places on it.
+pub struct MemberInfo<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MemberInfo<'a> {
+  type Inner = MemberInfo<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MemberInfo<'a> {
+  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CLIENT_ADDR: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PEER_ADDR: ::flatbuffers::VOffsetT = 8;
+  pub const VT_SHARDS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_STATE: ::flatbuffers::VOffsetT = 12;
+  pub const VT_REMOVING: ::flatbuffers::VOffsetT = 14;
+  pub const VT_REPLICAS: ::flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MemberInfo { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MemberInfoArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MemberInfo<'bldr>> {
+    let mut builder = MemberInfoBuilder::new(_fbb);
+    builder.add_id(args.id);
+    builder.add_replicas(args.replicas);
+    if let Some(x) = args.state { builder.add_state(x); }
+    builder.add_shards(args.shards);
+    if let Some(x) = args.peer_addr { builder.add_peer_addr(x); }
+    if let Some(x) = args.client_addr { builder.add_client_addr(x); }
+    builder.add_removing(args.removing);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MemberInfo::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn client_addr(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(MemberInfo::VT_CLIENT_ADDR, None)}
+  }
+  #[inline]
+  pub fn peer_addr(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(MemberInfo::VT_PEER_ADDR, None)}
+  }
+  #[inline]
+  pub fn shards(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(MemberInfo::VT_SHARDS, Some(0)).unwrap()}
+  }
+  /// `active`, `draining` or `removed`.
+  #[inline]
+  pub fn state(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(MemberInfo::VT_STATE, None)}
+  }
+  /// Being removed (not only drained).
+  #[inline]
+  pub fn removing(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(MemberInfo::VT_REMOVING, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn replicas(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(MemberInfo::VT_REPLICAS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MemberInfo<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_addr", Self::VT_CLIENT_ADDR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("peer_addr", Self::VT_PEER_ADDR, false)?
+     .visit_field::<u32>("shards", Self::VT_SHARDS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("state", Self::VT_STATE, false)?
+     .visit_field::<bool>("removing", Self::VT_REMOVING, false)?
+     .visit_field::<u32>("replicas", Self::VT_REPLICAS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MemberInfoArgs<'a> {
+    pub id: u64,
+    pub client_addr: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub peer_addr: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub shards: u32,
+    pub state: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub removing: bool,
+    pub replicas: u32,
+}
+impl<'a> Default for MemberInfoArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MemberInfoArgs {
+      id: 0,
+      client_addr: None,
+      peer_addr: None,
+      shards: 0,
+      state: None,
+      removing: false,
+      replicas: 0,
+    }
+  }
+}
+
+pub struct MemberInfoBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MemberInfoBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(MemberInfo::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_client_addr(&mut self, client_addr: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MemberInfo::VT_CLIENT_ADDR, client_addr);
+  }
+  #[inline]
+  pub fn add_peer_addr(&mut self, peer_addr: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MemberInfo::VT_PEER_ADDR, peer_addr);
+  }
+  #[inline]
+  pub fn add_shards(&mut self, shards: u32) {
+    self.fbb_.push_slot::<u32>(MemberInfo::VT_SHARDS, shards, 0);
+  }
+  #[inline]
+  pub fn add_state(&mut self, state: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MemberInfo::VT_STATE, state);
+  }
+  #[inline]
+  pub fn add_removing(&mut self, removing: bool) {
+    self.fbb_.push_slot::<bool>(MemberInfo::VT_REMOVING, removing, false);
+  }
+  #[inline]
+  pub fn add_replicas(&mut self, replicas: u32) {
+    self.fbb_.push_slot::<u32>(MemberInfo::VT_REPLICAS, replicas, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MemberInfoBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MemberInfoBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MemberInfo<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MemberInfo<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MemberInfo");
+      ds.field("id", &self.id());
+      ds.field("client_addr", &self.client_addr());
+      ds.field("peer_addr", &self.peer_addr());
+      ds.field("shards", &self.shards());
+      ds.field("state", &self.state());
+      ds.field("removing", &self.removing());
+      ds.field("replicas", &self.replicas());
+      ds.finish()
+  }
+}
+pub enum MembershipResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct MembershipResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MembershipResult<'a> {
+  type Inner = MembershipResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MembershipResult<'a> {
+  pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_BALANCE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MAP: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MembershipResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MembershipResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MembershipResult<'bldr>> {
+    let mut builder = MembershipResultBuilder::new(_fbb);
+    if let Some(x) = args.map { builder.add_map(x); }
+    if let Some(x) = args.members { builder.add_members(x); }
+    builder.add_balance(args.balance);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn members(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<MemberInfo<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<MemberInfo>>>>(MembershipResult::VT_MEMBERS, None)}
+  }
+  #[inline]
+  pub fn balance(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(MembershipResult::VT_BALANCE, Some(false)).unwrap()}
+  }
+  /// The partition map as the answering node knows it (its descriptors, rkyv-encoded): a
+  /// joining node starts from it.
+  #[inline]
+  pub fn map(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(MembershipResult::VT_MAP, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MembershipResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<MemberInfo>>>>("members", Self::VT_MEMBERS, false)?
+     .visit_field::<bool>("balance", Self::VT_BALANCE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("map", Self::VT_MAP, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MembershipResultArgs<'a> {
+    pub members: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<MemberInfo<'a>>>>>,
+    pub balance: bool,
+    pub map: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for MembershipResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MembershipResultArgs {
+      members: None,
+      balance: false,
+      map: None,
+    }
+  }
+}
+
+pub struct MembershipResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MembershipResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_members(&mut self, members: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<MemberInfo<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MembershipResult::VT_MEMBERS, members);
+  }
+  #[inline]
+  pub fn add_balance(&mut self, balance: bool) {
+    self.fbb_.push_slot::<bool>(MembershipResult::VT_BALANCE, balance, false);
+  }
+  #[inline]
+  pub fn add_map(&mut self, map: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MembershipResult::VT_MAP, map);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MembershipResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MembershipResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MembershipResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MembershipResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MembershipResult");
+      ds.field("members", &self.members());
+      ds.field("balance", &self.balance());
+      ds.field("map", &self.map());
+      ds.finish()
+  }
+}
+pub enum MoveReplicaResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The step a `MoveReplica` made (`add-learner`, `promote`, `transfer-leader`, `remove`,
+/// `wait` or `done`) and the partition's epoch after it.
+pub struct MoveReplicaResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MoveReplicaResult<'a> {
+  type Inner = MoveReplicaResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MoveReplicaResult<'a> {
+  pub const VT_STEP: ::flatbuffers::VOffsetT = 4;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MoveReplicaResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MoveReplicaResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MoveReplicaResult<'bldr>> {
+    let mut builder = MoveReplicaResultBuilder::new(_fbb);
+    builder.add_epoch(args.epoch);
+    if let Some(x) = args.step { builder.add_step(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn step(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(MoveReplicaResult::VT_STEP, None)}
+  }
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MoveReplicaResult::VT_EPOCH, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MoveReplicaResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("step", Self::VT_STEP, false)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MoveReplicaResultArgs<'a> {
+    pub step: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub epoch: u64,
+}
+impl<'a> Default for MoveReplicaResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MoveReplicaResultArgs {
+      step: None,
+      epoch: 0,
+    }
+  }
+}
+
+pub struct MoveReplicaResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MoveReplicaResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_step(&mut self, step: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MoveReplicaResult::VT_STEP, step);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(MoveReplicaResult::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MoveReplicaResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MoveReplicaResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MoveReplicaResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MoveReplicaResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MoveReplicaResult");
+      ds.field("step", &self.step());
+      ds.field("epoch", &self.epoch());
+      ds.finish()
+  }
+}
 pub enum ResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -6369,6 +7323,36 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_membership_result(&self) -> Option<MembershipResult<'a>> {
+    if self.result_type() == Reply::MembershipResult {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MembershipResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_move_replica_result(&self) -> Option<MoveReplicaResult<'a>> {
+    if self.result_type() == Reply::MoveReplicaResult {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MoveReplicaResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -6394,6 +7378,8 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           Reply::ClusterStatusResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterStatusResult>>("Reply::ClusterStatusResult", pos),
           Reply::BackupChunkResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BackupChunkResult>>("Reply::BackupChunkResult", pos),
           Reply::SplitResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SplitResult>>("Reply::SplitResult", pos),
+          Reply::MembershipResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MembershipResult>>("Reply::MembershipResult", pos),
+          Reply::MoveReplicaResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MoveReplicaResult>>("Reply::MoveReplicaResult", pos),
           _ => Ok(()),
         }
      })?
@@ -6555,6 +7541,20 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         Reply::SplitResult => {
           if let Some(x) = self.result_as_split_result() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::MembershipResult => {
+          if let Some(x) = self.result_as_membership_result() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::MoveReplicaResult => {
+          if let Some(x) = self.result_as_move_replica_result() {
             ds.field("result", &x)
           } else {
             ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -66,6 +66,15 @@ pub fn log_start(
     Ok((hs, entries))
 }
 
+/// The Raft membership a descriptor names: its voters and learners.
+pub fn conf_state(info: &PartitionInfo) -> ConfState {
+    ConfState {
+        voters: info.replicas.clone(),
+        learners: info.learners.clone(),
+        ..Default::default()
+    }
+}
+
 /// The Raft settings of every partition (ticks are the shard's `raft_tick_ms`).
 pub fn raft_config(cfg: &NodeConfig, applied: u64) -> raft::Config {
     raft::Config {
@@ -198,7 +207,7 @@ impl Partition {
         hard_state: HardState,
         entries: Vec<Entry>,
     ) -> Result<Partition, String> {
-        let cs = ConfState { voters: info.replicas.clone(), ..Default::default() };
+        let cs = conf_state(&info);
         let mut store =
             LogStore::new(hard_state, cs, applied.applied_index, applied.applied_term, entries);
         store.set_snapshot_source(source);

@@ -242,7 +242,7 @@ impl Shard {
             return false;
         }
         let Some(info) = self.map().get(partition).cloned() else { return false };
-        if info.shard != self.id || !info.replicas.contains(&self.node_id) {
+        if info.shard != self.id || !info.holds(self.node_id) {
             return false;
         }
         if self.parts.borrow().values().any(|p| p.info.overlaps(&info)) {
@@ -256,7 +256,8 @@ impl Shard {
         let dir = self.snapshots.borrow().dir().to_path_buf();
         let source = crate::raft::log_store::SnapshotSource::new(&self.db, &info, &dir);
         // No voters: they come with the snapshot.
-        let unknown = kahuna_core::PartitionInfo { replicas: vec![], ..info.clone() };
+        let unknown =
+            kahuna_core::PartitionInfo { replicas: vec![], learners: vec![], ..info.clone() };
         let mut np = match crate::raft::partition::Partition::open(
             &self.cfg,
             source,

@@ -588,6 +588,7 @@ mod tests {
             end: b"l".to_vec(),
             shard: 0,
             replicas: vec![1],
+            learners: vec![],
             epoch: 2,
         };
         db.put_descriptors(std::slice::from_ref(&info)).unwrap();

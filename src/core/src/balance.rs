@@ -1,0 +1,385 @@
+//! Where replicas go: which replica moves next ([`plan`]) and the next step of one move on its
+//! partition's leader ([`next_step`]). Pure decisions over the map and the member records.
+//!
+//! A move adds a replica on one node and removes one from another, one Raft membership change
+//! at a time: learner → promoted → old replica removed. Between the steps a partition has a
+//! learner, or one voter too many; the plan finishes such a move before starting any other, so
+//! a crash anywhere leaves only states the next plan completes (whoever makes it). A partition
+//! is never below its replication factor on purpose: the new replica votes before the old one
+//! leaves.
+//!
+//! Owns: the order of moves (finish, then empty leaving nodes, then restore the replication
+//! factor, then even out counts), the bound on moves at once, the hysteresis (counts differ by
+//! two or more before a replica moves for balance). Must never: look at a clock or a socket.
+
+use std::collections::BTreeMap;
+
+use crate::membership::{Member, MemberState};
+use crate::partition::PartitionInfo;
+
+/// One replica move: add a replica on `add`, then remove the one on `remove` (0: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Move {
+    pub partition: u64,
+    /// The partition's epoch the move was planned at: a changed partition refuses it.
+    pub epoch: u64,
+    pub add: u64,
+    pub remove: u64,
+}
+
+/// What the balancer may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub replication: usize,
+    /// Moves under way at once, cluster-wide.
+    pub max_moves: usize,
+    /// Also move replicas to even out counts (leaving nodes are emptied regardless).
+    pub even_out: bool,
+}
+
+/// Replicas (voters and learners) per node that may hold them, and the nodes leaving.
+struct Counts {
+    held: BTreeMap<u64, usize>,
+}
+
+impl Counts {
+    fn new(parts: &[PartitionInfo], members: &[Member]) -> Counts {
+        let mut held: BTreeMap<u64, usize> =
+            members.iter().filter(|m| m.state == MemberState::Active).map(|m| (m.id, 0)).collect();
+        for p in parts {
+            for n in p.replicas.iter().chain(&p.learners) {
+                if let Some(c) = held.get_mut(n) {
+                    *c += 1;
+                }
+            }
+        }
+        Counts { held }
+    }
+
+    /// The active node holding the fewest replicas that does not hold one of `p`.
+    fn receiver(&self, p: &PartitionInfo) -> Option<u64> {
+        self.held
+            .iter()
+            .filter(|(n, _)| !p.holds(**n))
+            .min_by_key(|(n, c)| (**c, **n))
+            .map(|(n, _)| *n)
+    }
+
+    fn add(&mut self, n: u64, d: isize) {
+        if let Some(c) = self.held.get_mut(&n) {
+            *c = c.saturating_add_signed(d);
+        }
+    }
+}
+
+/// The moves to make now, at most `policy.max_moves` (those already under way included).
+pub fn plan(parts: &[PartitionInfo], members: &[Member], policy: Policy) -> Vec<Move> {
+    let state: BTreeMap<u64, MemberState> = members.iter().map(|m| (m.id, m.state)).collect();
+    let leaving =
+        |n: &u64| matches!(state.get(n), Some(MemberState::Draining | MemberState::Removed));
+    let active = state.values().filter(|s| **s == MemberState::Active).count();
+    let target = policy.replication.min(active).max(1);
+    let mut counts = Counts::new(parts, members);
+    let mut moves = Vec::new();
+    let mv = |p: &PartitionInfo, add, remove| Move { partition: p.id, epoch: p.epoch, add, remove };
+    // The voter to remove from `p`: a leaving one first, else the one on the busiest node
+    // (never `keep`).
+    let victim = |p: &PartitionInfo, keep: u64, counts: &Counts| -> u64 {
+        let pick = p.replicas.iter().copied().filter(|n| *n != keep);
+        pick.clone()
+            .find(leaving)
+            .or_else(|| {
+                pick.max_by_key(|n| (counts.held.get(n).copied().unwrap_or(usize::MAX), *n))
+            })
+            .unwrap_or(0)
+    };
+    // 1. Moves under way: a learner to promote (or drop), a voter too many.
+    for p in parts {
+        if moves.len() >= policy.max_moves {
+            return moves;
+        }
+        if let Some(&l) = p.learners.first() {
+            if leaving(&l) || !state.contains_key(&l) {
+                moves.push(mv(p, 0, l));
+            } else if p.replicas.len() >= target {
+                moves.push(mv(p, l, victim(p, l, &counts)));
+            } else {
+                moves.push(mv(p, l, 0));
+            }
+        } else if p.replicas.len() > target {
+            moves.push(mv(p, 0, victim(p, 0, &counts)));
+        }
+    }
+    let busy = |moves: &[Move], p: &PartitionInfo| moves.iter().any(|m| m.partition == p.id);
+    // 2. Leaving nodes: each of their replicas moves to the emptiest active node.
+    for p in parts {
+        if moves.len() >= policy.max_moves {
+            return moves;
+        }
+        if busy(&moves, p) {
+            continue;
+        }
+        if let Some(&out) = p.replicas.iter().find(|n| leaving(n)) {
+            if let Some(to) = counts.receiver(p) {
+                counts.add(to, 1);
+                moves.push(mv(p, to, out));
+            }
+        }
+    }
+    // 3. Partitions below the replication factor (the cluster grew past it).
+    for p in parts {
+        if moves.len() >= policy.max_moves {
+            return moves;
+        }
+        if busy(&moves, p) || p.replicas.len() >= target {
+            continue;
+        }
+        if let Some(to) = counts.receiver(p) {
+            counts.add(to, 1);
+            moves.push(mv(p, to, 0));
+        }
+    }
+    if !policy.even_out {
+        return moves;
+    }
+    // 4. Even out: from the busiest node to the emptiest, while they differ by two or more
+    //    (by one, a move would only swap which node is busier: that is the hysteresis).
+    while moves.len() < policy.max_moves {
+        let (Some((&hi, &hc)), Some((&lo, &lc))) = (
+            counts.held.iter().max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n))),
+            counts.held.iter().min_by_key(|(n, c)| (**c, **n)),
+        ) else {
+            break;
+        };
+        if hc < lc + 2 {
+            break;
+        }
+        // The partition on `hi` whose replicas the emptiest node lacks; the last in key order,
+        // so successive plans pick the same one.
+        let Some(p) = parts
+            .iter()
+            .rev()
+            .find(|p| !busy(&moves, p) && p.replicas.contains(&hi) && !p.holds(lo))
+        else {
+            break;
+        };
+        counts.add(hi, -1);
+        counts.add(lo, 1);
+        moves.push(mv(p, lo, hi));
+    }
+    moves
+}
+
+/// The next thing a partition's leader does for a move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    AddLearner(u64),
+    /// Promote the learner, in the place of the replica it replaces.
+    Promote {
+        node: u64,
+        replaces: u64,
+    },
+    /// The leader itself is to leave: hand leadership to this voter first.
+    TransferLeader(u64),
+    Remove(u64),
+    /// Nothing to do until the learner catches up (or another voter can lead).
+    Wait,
+    Done,
+}
+
+/// The next step of `mv` on a partition whose leader is `me`. `caught_up(n)`: the replica on
+/// `n` has the log up to about where the leader's is.
+pub fn next_step(
+    info: &PartitionInfo,
+    me: u64,
+    mv: &Move,
+    caught_up: impl Fn(u64) -> bool,
+) -> Step {
+    if mv.add != 0 && !info.holds(mv.add) {
+        return Step::AddLearner(mv.add);
+    }
+    if mv.add != 0 && info.learners.contains(&mv.add) {
+        return if caught_up(mv.add) {
+            Step::Promote { node: mv.add, replaces: mv.remove }
+        } else {
+            Step::Wait
+        };
+    }
+    if mv.remove != 0 && info.holds(mv.remove) {
+        if mv.remove == me {
+            let to = info.replicas.iter().copied().find(|n| *n != me && caught_up(*n));
+            return to.map(Step::TransferLeader).unwrap_or(Step::Wait);
+        }
+        return Step::Remove(mv.remove);
+    }
+    Step::Done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::PartitionMap;
+
+    fn members(states: &[(u64, MemberState)]) -> Vec<Member> {
+        states
+            .iter()
+            .map(|(id, state)| Member {
+                id: *id,
+                client_addr: String::new(),
+                peer_addr: String::new(),
+                shards: 1,
+                state: *state,
+                removing: false,
+            })
+            .collect()
+    }
+
+    fn active(ids: &[u64]) -> Vec<Member> {
+        members(&ids.iter().map(|i| (*i, MemberState::Active)).collect::<Vec<_>>())
+    }
+
+    const ALL: Policy = Policy { replication: 3, max_moves: 100, even_out: true };
+
+    /// Applies a plan's moves to the descriptors as if each finished.
+    fn settle(parts: &mut [PartitionInfo], moves: &[Move]) {
+        for m in moves {
+            let p = parts.iter_mut().find(|p| p.id == m.partition).unwrap();
+            p.learners.retain(|n| *n != m.add);
+            if m.add != 0 && !p.replicas.contains(&m.add) {
+                p.replicas.push(m.add);
+            }
+            p.replicas.retain(|n| *n != m.remove);
+            p.epoch += 1;
+        }
+    }
+
+    fn counts(parts: &[PartitionInfo]) -> BTreeMap<u64, usize> {
+        let mut c = BTreeMap::new();
+        for p in parts {
+            for n in &p.replicas {
+                *c.entry(*n).or_default() += 1;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn a_joined_node_receives_its_share_and_then_nothing_moves() {
+        let mut parts = PartitionMap::initial(12, 1, &[1, 2, 3], 3).partitions().to_vec();
+        let m = active(&[1, 2, 3, 4]);
+        let moves = plan(&parts, &m, ALL);
+        assert!(moves.iter().all(|mv| mv.add == 4 && mv.remove != 4));
+        settle(&mut parts, &moves);
+        let c = counts(&parts);
+        assert_eq!(c[&4], 9, "36 replicas over 4 nodes: {c:?}");
+        assert!(c.values().all(|n| *n == 9), "{c:?}");
+        // Settled: nothing more (hysteresis keeps a one-replica difference).
+        assert!(plan(&parts, &m, ALL).is_empty());
+        assert!(parts.iter().all(|p| p.replicas.len() == 3));
+    }
+
+    #[test]
+    fn moves_are_bounded_and_unfinished_ones_come_first() {
+        let parts = PartitionMap::initial(12, 1, &[1, 2, 3], 3).partitions().to_vec();
+        let m = active(&[1, 2, 3, 4]);
+        let bounded = plan(&parts, &m, Policy { max_moves: 2, ..ALL });
+        assert_eq!(bounded.len(), 2);
+        // A learner half-way: it is finished first, and counts against the bound.
+        let mut half = parts.clone();
+        half[5].learners.push(4);
+        let next = plan(&half, &m, Policy { max_moves: 1, ..ALL });
+        assert_eq!(next.len(), 1);
+        assert_eq!((next[0].partition, next[0].add), (half[5].id, 4));
+        // A voter too many (promoted, not yet removed): one goes, never the new one.
+        let mut extra = parts.clone();
+        extra[2].replicas.push(4);
+        let next = plan(&extra, &m, Policy { max_moves: 1, ..ALL });
+        assert_eq!(next[0].partition, extra[2].id);
+        assert_eq!(next[0].add, 0);
+        assert!(next[0].remove != 0 && next[0].remove != 4, "{next:?}");
+        // A learner on a node that is leaving is dropped, not promoted.
+        let mut drop = parts.clone();
+        drop[1].learners.push(4);
+        let gone = members(&[
+            (1, MemberState::Active),
+            (2, MemberState::Active),
+            (3, MemberState::Active),
+            (4, MemberState::Draining),
+        ]);
+        assert_eq!(
+            plan(&drop, &gone, ALL)[0],
+            Move { partition: drop[1].id, epoch: 1, add: 0, remove: 4 }
+        );
+    }
+
+    #[test]
+    fn a_drained_node_is_emptied_and_the_replication_factor_kept() {
+        let mut parts = PartitionMap::initial(8, 1, &[1, 2, 3, 4], 3).partitions().to_vec();
+        let m = members(&[
+            (1, MemberState::Active),
+            (2, MemberState::Draining),
+            (3, MemberState::Active),
+            (4, MemberState::Active),
+        ]);
+        let no_even = Policy { even_out: false, ..ALL };
+        let moves = plan(&parts, &m, no_even);
+        assert!(moves.iter().all(|mv| mv.remove == 2 && mv.add != 2 && mv.add != 0));
+        settle(&mut parts, &moves);
+        assert!(parts.iter().all(|p| !p.holds(2) && p.replicas.len() == 3));
+        assert!(plan(&parts, &m, no_even).is_empty());
+    }
+
+    #[test]
+    fn removing_a_node_of_three_shrinks_to_what_remains_and_growth_adds_replicas() {
+        // 3 nodes, one leaving: nowhere to move to, so the replication factor becomes 2.
+        let mut parts = PartitionMap::initial(4, 1, &[1, 2, 3], 3).partitions().to_vec();
+        let m = members(&[
+            (1, MemberState::Active),
+            (2, MemberState::Active),
+            (3, MemberState::Draining),
+        ]);
+        let moves = plan(&parts, &m, ALL);
+        assert_eq!(moves.len(), 4);
+        assert!(moves.iter().all(|mv| mv.add == 0 && mv.remove == 3));
+        settle(&mut parts, &moves);
+        assert!(parts.iter().all(|p| p.replicas.len() == 2 && !p.holds(3)));
+        // A one-node cluster that grows to three gets its replicas.
+        let mut single = PartitionMap::initial(3, 1, &[1], 3).partitions().to_vec();
+        let m3 = active(&[1, 2, 3]);
+        for _ in 0..3 {
+            let moves = plan(&single, &m3, ALL);
+            settle(&mut single, &moves);
+        }
+        assert!(single.iter().all(|p| p.replicas.len() == 3), "{single:?}");
+        assert!(plan(&single, &m3, ALL).is_empty());
+    }
+
+    #[test]
+    fn steps_go_learner_promote_handover_remove() {
+        let p = PartitionMap::initial(1, 1, &[1, 2, 3], 3).partitions()[0].clone();
+        let mv = Move { partition: p.id, epoch: 1, add: 4, remove: 1 };
+        let yes = |_| true;
+        let no = |_| false;
+        let learner = PartitionInfo { learners: vec![4], ..p.clone() };
+        let promoted = PartitionInfo { replicas: vec![4, 1, 2, 3], ..p.clone() };
+        let done = PartitionInfo { replicas: vec![4, 2, 3], ..p.clone() };
+        // (descriptor, leader, caught up?, expected step)
+        let cases: Vec<(&PartitionInfo, u64, bool, Step)> = vec![
+            (&p, 2, true, Step::AddLearner(4)),
+            (&learner, 2, false, Step::Wait),
+            (&learner, 2, true, Step::Promote { node: 4, replaces: 1 }),
+            (&promoted, 2, true, Step::Remove(1)),
+            (&promoted, 1, true, Step::TransferLeader(4)),
+            (&promoted, 1, false, Step::Wait),
+            (&done, 4, true, Step::Done),
+        ];
+        for (info, me, caught, want) in cases {
+            let got =
+                if caught { next_step(info, me, &mv, yes) } else { next_step(info, me, &mv, no) };
+            assert_eq!(got, want, "{:?} leader {me}", info.replicas);
+        }
+        let drop = Move { partition: p.id, epoch: 1, add: 0, remove: 4 };
+        assert_eq!(next_step(&learner, 2, &drop, yes), Step::Remove(4));
+        assert_eq!(next_step(&p, 2, &drop, yes), Step::Done);
+    }
+}
