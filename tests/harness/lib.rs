@@ -500,6 +500,46 @@ impl Cluster {
         self.links.values().map(|p| p.injected()).sum()
     }
 
+    /// Starts node `id` (the next one) with an empty data directory and `--join` through node
+    /// `via`; it runs `shards` shards. Returns once it serves.
+    pub fn join(&mut self, id: u64, via: u64, shards: usize, extra: &[&str]) -> &Server {
+        assert_eq!(id as usize, self.nodes.len() + 1, "nodes join in id order");
+        let (base, held) = proxy::bind_consecutive(shards);
+        let client = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = client.local_addr().unwrap().port();
+        drop((held, client));
+        let (ids, peer, shards, join) = (
+            id.to_string(),
+            format!("127.0.0.1:{base}"),
+            shards.to_string(),
+            self.node(via).endpoint(),
+        );
+        let mut args = vec![
+            "--id",
+            ids.as_str(),
+            "--join",
+            join.as_str(),
+            "--peer-listen",
+            peer.as_str(),
+            "--shards",
+            shards.as_str(),
+            "--no-pin",
+        ];
+        args.extend_from_slice(extra);
+        let mut s = Server::launch_on(port, &args, &[]);
+        s.wait_ready();
+        self.peer_ports.push(base);
+        self.nodes.push(s);
+        self.nodes.last().unwrap()
+    }
+
+    /// The members as node `via` lists them: `(id, state, replicas held)`.
+    pub fn members(&self, via: u64) -> Vec<(u64, String, u32)> {
+        let c = client_via(self.node(via), 10_000);
+        let (members, _) = c.membership(kahuna_client::MemberAction::List, 0).unwrap();
+        members.into_iter().map(|m| (m.id, m.state, m.replicas)).collect()
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         self.nodes.iter().map(|s| s.endpoint()).collect()
     }

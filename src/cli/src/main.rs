@@ -101,6 +101,23 @@ enum ClusterCmd {
         /// Where the right half starts (inside the partition's range).
         key: Option<String>,
     },
+    /// The members: state (active, draining, removed), replicas held, addresses; and whether
+    /// the replica balancer runs.
+    Members,
+    /// Move a node's replicas and leaderships to the other nodes; it stays a member (see
+    /// `activate`). Answers at once; `cluster members` shows its replicas go.
+    Drain { node: u64 },
+    /// Drain a node, then remove it from the cluster for good (its id is never used again).
+    /// Every partition keeps its replication factor throughout: a replacement replica votes
+    /// before the node's leaves.
+    RemoveNode { node: u64 },
+    /// Let a drained node take replicas again.
+    Activate { node: u64 },
+    /// Turn the replica balancer on or off (leaving nodes are emptied either way).
+    Balance {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
 }
 
 #[derive(Args)]
@@ -771,6 +788,49 @@ fn run(c: &Client, cmd: Cmd, wait_for: Duration, json_out: bool) -> Result<(Valu
                 ),
             )
         }
+        Cmd::Cluster(
+            cmd @ (ClusterCmd::Members
+            | ClusterCmd::Drain { .. }
+            | ClusterCmd::RemoveNode { .. }
+            | ClusterCmd::Activate { .. }
+            | ClusterCmd::Balance { .. }),
+        ) => {
+            use kahuna_client::MemberAction as A;
+            let (action, node) = match cmd {
+                ClusterCmd::Drain { node } => (A::Drain, node),
+                ClusterCmd::RemoveNode { node } => (A::Remove, node),
+                ClusterCmd::Activate { node } => (A::Activate, node),
+                ClusterCmd::Balance { state } if state == "on" => (A::BalanceOn, 0),
+                ClusterCmd::Balance { .. } => (A::BalanceOff, 0),
+                _ => (A::List, 0),
+            };
+            let (members, balance) = c.membership(action, node)?;
+            let list: Vec<Value> = members
+                .iter()
+                .map(|m| {
+                    json!({"id": m.id, "state": m.state, "removing": m.removing,
+                           "replicas": m.replicas, "client_address": m.client_addr,
+                           "peer_address": m.peer_addr, "shards": m.shards})
+                })
+                .collect();
+            let mut text = format!(
+                "balancer: {}\n{:>6}  {:<9} {:>8}  {:<22} {}\n",
+                if balance { "on" } else { "off" },
+                "node",
+                "state",
+                "replicas",
+                "client",
+                "peer"
+            );
+            for m in &members {
+                let state = if m.removing && m.state == "draining" { "removing" } else { &m.state };
+                text.push_str(&format!(
+                    "{:>6}  {:<9} {:>8}  {:<22} {}\n",
+                    m.id, state, m.replicas, m.client_addr, m.peer_addr
+                ));
+            }
+            (json!({"members": list, "balance": balance}), text.trim_end().to_string())
+        }
         Cmd::Cluster(ClusterCmd::Wait { balanced }) => {
             let deadline = std::time::Instant::now() + wait_for;
             loop {
@@ -807,7 +867,9 @@ fn is_write(cmd: &Cmd) -> bool {
         Cmd::Kv(k) => matches!(k, KvCmd::Set { .. } | KvCmd::Delete { .. } | KvCmd::Extend { .. }),
         Cmd::Lock(l) => !matches!(l, LockCmd::Get { .. }),
         Cmd::Seq(_) => true,
-        Cmd::Cluster(c) => matches!(c, ClusterCmd::Split { .. }),
+        Cmd::Cluster(c) => {
+            !matches!(c, ClusterCmd::Status { .. } | ClusterCmd::Wait { .. } | ClusterCmd::Members)
+        }
         Cmd::Backup(_) => false,
     }
 }

@@ -88,6 +88,14 @@ impl Client {
     pub fn cluster_status(&self, checksums: bool) -> Result<ClusterStatus, Error> {
         self.rt.block_on(self.inner.cluster_status(checksums))
     }
+    pub fn membership(
+        &self,
+        action: crate::MemberAction,
+        node: u64,
+    ) -> Result<(Vec<crate::MemberInfo>, bool), Error> {
+        self.rt.block_on(self.inner.membership(action, node))
+    }
+
     pub fn split(&self, key: &[u8], at: &[u8]) -> Result<(u64, u64, Vec<u8>, u64), Error> {
         self.rt.block_on(self.inner.split(key, at))
     }

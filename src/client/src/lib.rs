@@ -43,8 +43,9 @@ use std::time::{Duration, Instant};
 use flatbuffers::FlatBufferBuilder;
 use kahuna_protocol::{encode_request, DEFAULT_MAX_FRAME_BYTES};
 pub use kahuna_protocol::{
-    BackupChunk, ClusterStatus, Durability, ErrorCode, KvItem, LockState, NodeStatus, Op,
-    PartitionStatus, ReplicaRole, ReplicaStatus, Reply, SetCondition, StatusScope, WireError,
+    BackupChunk, ClusterStatus, Durability, ErrorCode, KvItem, LockState, MemberAction, MemberInfo,
+    NodeStatus, Op, PartitionStatus, ReplicaRole, ReplicaStatus, Reply, SetCondition, StatusScope,
+    WireError,
 };
 use tokio::sync::Mutex;
 
@@ -582,6 +583,26 @@ impl Client {
     ) -> Result<BackupChunk, Error> {
         match self.call(Op::Backup { key: key.to_vec(), offset, index }).await? {
             Reply::BackupChunk(c) => Ok(c),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Reads or changes the membership (`node` is the member a change is about): the members
+    /// afterwards and whether the replica balancer runs.
+    pub async fn membership(
+        &self,
+        action: MemberAction,
+        node: u64,
+    ) -> Result<(Vec<MemberInfo>, bool), Error> {
+        let op = Op::Membership {
+            action,
+            node,
+            client_addr: String::new(),
+            peer_addr: String::new(),
+            shards: 0,
+        };
+        match self.call(op).await? {
+            Reply::Membership { members, balance, .. } => Ok((members, balance)),
             r => Err(unexpected(r)),
         }
     }

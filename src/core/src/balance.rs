@@ -73,7 +73,14 @@ impl Counts {
 }
 
 /// The moves to make now, at most `policy.max_moves` (those already under way included).
-pub fn plan(parts: &[PartitionInfo], members: &[Member], policy: Policy) -> Vec<Move> {
+/// `prior`: the moves the last round made (if this planner made it): a move under way keeps
+/// the replica it meant to remove, so the counts shifting meanwhile do not change its mind.
+pub fn plan(
+    parts: &[PartitionInfo],
+    members: &[Member],
+    policy: Policy,
+    prior: &[Move],
+) -> Vec<Move> {
     let state: BTreeMap<u64, MemberState> = members.iter().map(|m| (m.id, m.state)).collect();
     let leaving =
         |n: &u64| matches!(state.get(n), Some(MemberState::Draining | MemberState::Removed));
@@ -93,22 +100,33 @@ pub fn plan(parts: &[PartitionInfo], members: &[Member], policy: Policy) -> Vec<
             })
             .unwrap_or(0)
     };
+    // The voter the last round meant to remove from `p`, if it still may go.
+    let meant = |p: &PartitionInfo, keep: u64| {
+        prior
+            .iter()
+            .find(|m| m.partition == p.id && m.remove != keep && p.replicas.contains(&m.remove))
+            .map(|m| m.remove)
+    };
     // 1. Moves under way: a learner to promote (or drop), a voter too many.
     for p in parts {
         if moves.len() >= policy.max_moves {
             return moves;
         }
-        if let Some(&l) = p.learners.first() {
+        let (add, remove) = if let Some(&l) = p.learners.first() {
             if leaving(&l) || !state.contains_key(&l) {
-                moves.push(mv(p, 0, l));
+                (0, l)
             } else if p.replicas.len() >= target {
-                moves.push(mv(p, l, victim(p, l, &counts)));
+                (l, meant(p, l).unwrap_or_else(|| victim(p, l, &counts)))
             } else {
-                moves.push(mv(p, l, 0));
+                (l, 0)
             }
         } else if p.replicas.len() > target {
-            moves.push(mv(p, 0, victim(p, 0, &counts)));
-        }
+            (0, meant(p, 0).unwrap_or_else(|| victim(p, 0, &counts)))
+        } else {
+            continue;
+        };
+        counts.add(remove, -1);
+        moves.push(mv(p, add, remove));
     }
     let busy = |moves: &[Move], p: &PartitionInfo| moves.iter().any(|m| m.partition == p.id);
     // 2. Leaving nodes: each of their replicas moves to the emptiest active node.
@@ -218,7 +236,7 @@ pub fn next_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::partition::PartitionMap;
+    use crate::partition::{PartitionMap, ReplicaChange};
 
     fn members(states: &[(u64, MemberState)]) -> Vec<Member> {
         states
@@ -267,14 +285,14 @@ mod tests {
     fn a_joined_node_receives_its_share_and_then_nothing_moves() {
         let mut parts = PartitionMap::initial(12, 1, &[1, 2, 3], 3).partitions().to_vec();
         let m = active(&[1, 2, 3, 4]);
-        let moves = plan(&parts, &m, ALL);
+        let moves = plan(&parts, &m, ALL, &[]);
         assert!(moves.iter().all(|mv| mv.add == 4 && mv.remove != 4));
         settle(&mut parts, &moves);
         let c = counts(&parts);
         assert_eq!(c[&4], 9, "36 replicas over 4 nodes: {c:?}");
         assert!(c.values().all(|n| *n == 9), "{c:?}");
         // Settled: nothing more (hysteresis keeps a one-replica difference).
-        assert!(plan(&parts, &m, ALL).is_empty());
+        assert!(plan(&parts, &m, ALL, &[]).is_empty());
         assert!(parts.iter().all(|p| p.replicas.len() == 3));
     }
 
@@ -282,18 +300,18 @@ mod tests {
     fn moves_are_bounded_and_unfinished_ones_come_first() {
         let parts = PartitionMap::initial(12, 1, &[1, 2, 3], 3).partitions().to_vec();
         let m = active(&[1, 2, 3, 4]);
-        let bounded = plan(&parts, &m, Policy { max_moves: 2, ..ALL });
+        let bounded = plan(&parts, &m, Policy { max_moves: 2, ..ALL }, &[]);
         assert_eq!(bounded.len(), 2);
         // A learner half-way: it is finished first, and counts against the bound.
         let mut half = parts.clone();
         half[5].learners.push(4);
-        let next = plan(&half, &m, Policy { max_moves: 1, ..ALL });
+        let next = plan(&half, &m, Policy { max_moves: 1, ..ALL }, &[]);
         assert_eq!(next.len(), 1);
         assert_eq!((next[0].partition, next[0].add), (half[5].id, 4));
         // A voter too many (promoted, not yet removed): one goes, never the new one.
         let mut extra = parts.clone();
         extra[2].replicas.push(4);
-        let next = plan(&extra, &m, Policy { max_moves: 1, ..ALL });
+        let next = plan(&extra, &m, Policy { max_moves: 1, ..ALL }, &[]);
         assert_eq!(next[0].partition, extra[2].id);
         assert_eq!(next[0].add, 0);
         assert!(next[0].remove != 0 && next[0].remove != 4, "{next:?}");
@@ -307,7 +325,7 @@ mod tests {
             (4, MemberState::Draining),
         ]);
         assert_eq!(
-            plan(&drop, &gone, ALL)[0],
+            plan(&drop, &gone, ALL, &[])[0],
             Move { partition: drop[1].id, epoch: 1, add: 0, remove: 4 }
         );
     }
@@ -322,11 +340,11 @@ mod tests {
             (4, MemberState::Active),
         ]);
         let no_even = Policy { even_out: false, ..ALL };
-        let moves = plan(&parts, &m, no_even);
+        let moves = plan(&parts, &m, no_even, &[]);
         assert!(moves.iter().all(|mv| mv.remove == 2 && mv.add != 2 && mv.add != 0));
         settle(&mut parts, &moves);
         assert!(parts.iter().all(|p| !p.holds(2) && p.replicas.len() == 3));
-        assert!(plan(&parts, &m, no_even).is_empty());
+        assert!(plan(&parts, &m, no_even, &[]).is_empty());
     }
 
     #[test]
@@ -338,7 +356,7 @@ mod tests {
             (2, MemberState::Active),
             (3, MemberState::Draining),
         ]);
-        let moves = plan(&parts, &m, ALL);
+        let moves = plan(&parts, &m, ALL, &[]);
         assert_eq!(moves.len(), 4);
         assert!(moves.iter().all(|mv| mv.add == 0 && mv.remove == 3));
         settle(&mut parts, &moves);
@@ -347,11 +365,58 @@ mod tests {
         let mut single = PartitionMap::initial(3, 1, &[1], 3).partitions().to_vec();
         let m3 = active(&[1, 2, 3]);
         for _ in 0..3 {
-            let moves = plan(&single, &m3, ALL);
+            let moves = plan(&single, &m3, ALL, &[]);
             settle(&mut single, &moves);
         }
         assert!(single.iter().all(|p| p.replicas.len() == 3), "{single:?}");
-        assert!(plan(&single, &m3, ALL).is_empty());
+        assert!(plan(&single, &m3, ALL, &[]).is_empty());
+    }
+
+    /// Runs rounds as the server does: each round's moves make one step each (learner, then
+    /// promote, then remove), with the last round's moves as `prior`. Returns the replicas
+    /// moved in all.
+    fn run_rounds(parts: &mut [PartitionInfo], m: &[Member], policy: Policy) -> usize {
+        let mut prior = Vec::new();
+        let mut moved = 0;
+        for _ in 0..200 {
+            let moves = plan(parts, m, policy, &prior);
+            if moves.is_empty() {
+                return moved;
+            }
+            for mv in &moves {
+                let p = parts.iter_mut().find(|p| p.id == mv.partition).unwrap();
+                let step = next_step(p, p.replicas[0].max(1), mv, |_| true);
+                let change = match step {
+                    Step::AddLearner(node) => ReplicaChange::AddLearner { node },
+                    Step::Promote { node, replaces } => ReplicaChange::Promote { node, replaces },
+                    Step::Remove(node) => {
+                        moved += 1;
+                        ReplicaChange::Remove { node }
+                    }
+                    Step::TransferLeader(_) | Step::Wait | Step::Done => continue,
+                };
+                *p = p.change_replicas(change, p.epoch).unwrap();
+            }
+            prior = moves;
+        }
+        panic!("no settled state after 200 rounds");
+    }
+
+    #[test]
+    fn rounds_step_by_step_move_no_more_than_needed() {
+        for nodes in [3usize, 5] {
+            let ids: Vec<u64> = (1..=nodes as u64).collect();
+            let mut parts = PartitionMap::initial(12, 1, &ids, 3).partitions().to_vec();
+            let mut grown = ids.clone();
+            grown.push(nodes as u64 + 1);
+            let moved = run_rounds(&mut parts, &active(&grown), Policy { max_moves: 4, ..ALL });
+            let c = counts(&parts);
+            let (lo, hi) = (c.values().min().unwrap(), c.values().max().unwrap());
+            assert!(hi - lo <= 1, "{nodes} nodes + 1: {c:?}");
+            // The new node's share, and not much more: no replica moved back and forth.
+            assert!(moved <= c[&(nodes as u64 + 1)] + 1, "{nodes} + 1 nodes: {moved} moves, {c:?}");
+            assert!(parts.iter().all(|p| p.replicas.len() == 3 && p.learners.is_empty()));
+        }
     }
 
     #[test]

@@ -65,9 +65,26 @@ impl Limits {
 
     /// Checks a request another node forwarded: a client's checks, except that the cluster's
     /// own sequence of partition ids (which a splitting leader draws from) may be asked for.
+    /// The member records and the balancer switch (see `crate::membership`) may be read and
+    /// written too, within the usual sizes.
     pub fn validate_from_peer(&self, op: &Op) -> Result<(), WireError> {
+        use crate::membership::{BALANCE_KEY, MEMBERS_PREFIX};
+        let cluster_key = |k: &[u8]| k.starts_with(MEMBERS_PREFIX) || k == BALANCE_KEY;
         match op {
             Op::SeqNext { name, count: 1 } if name == crate::keys::PARTITION_IDS => Ok(()),
+            Op::KvGet { key, .. } if cluster_key(key) => Ok(()),
+            Op::KvScan { prefix, start_after, limit, .. } if prefix == MEMBERS_PREFIX => {
+                if start_after.as_ref().is_some_and(|c| c.len() > self.max_key_bytes) {
+                    return Err(too_large("cursor", self.max_key_bytes + 1, self.max_key_bytes));
+                }
+                self.page(*limit)
+            }
+            Op::KvSet { key, value, ttl_ms: 0, .. } if cluster_key(key) => {
+                if key.len() > self.max_key_bytes || value.len() > self.max_value_bytes {
+                    return Err(too_large("member record", value.len(), self.max_value_bytes));
+                }
+                Ok(())
+            }
             other => self.validate(other),
         }
     }
@@ -257,5 +274,27 @@ mod tests {
         assert!(l.validate_from_peer(&ids(2)).is_err());
         let other = Op::SeqNext { name: b"\0kahuna/other".to_vec(), count: 1 };
         assert!(l.validate_from_peer(&other).is_err());
+        // A peer may read and write member records (a client may not); nothing else reserved.
+        let record = crate::membership::member_key(3);
+        let set = |key: Vec<u8>, ttl_ms| Op::KvSet {
+            key,
+            value: b"m".to_vec(),
+            durability: Persistent,
+            ttl_ms,
+            condition: SetCondition::IfNotExists,
+        };
+        let get = Op::KvGet { key: record.clone(), durability: Persistent, revision: 0 };
+        let scan = Op::KvScan {
+            prefix: crate::membership::MEMBERS_PREFIX.to_vec(),
+            durability: Persistent,
+            start_after: None,
+            limit: 0,
+        };
+        for op in [set(record.clone(), 0), get.clone(), scan.clone()] {
+            assert!(l.validate_from_peer(&op).is_ok(), "{op:?}");
+            assert!(l.validate(&op).is_err(), "{op:?}");
+        }
+        assert!(l.validate_from_peer(&set(record, 5)).is_err());
+        assert!(l.validate_from_peer(&set(b"\0kahuna/else".to_vec(), 0)).is_err());
     }
 }

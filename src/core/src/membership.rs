@@ -227,7 +227,8 @@ mod tests {
         let m = |state, removing| Member { removing, ..member(3, "a", state) };
         // (state, removing, ask, outcome: Some((state, removing)) written, None refused;
         //  "same" = nothing to write)
-        let cases: Vec<(MemberState, bool, Ask, Result<Option<(MemberState, bool)>, ()>)> = vec![
+        type Outcome = Result<Option<(MemberState, bool)>, ()>;
+        let cases: Vec<(MemberState, bool, Ask, Outcome)> = vec![
             (Active, false, Drain, Ok(Some((Draining, false)))),
             (Active, false, Remove, Ok(Some((Draining, true)))),
             (Draining, false, Activate, Ok(Some((Active, false)))),

@@ -57,6 +57,43 @@ pub enum ReplicaChange {
     Remove { node: u64 },
 }
 
+/// What a membership-change Raft entry carries beside raft-rs's own change (in its context):
+/// our change, and the epoch it was decided at. Every replica applies it by the same rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ChangeEntry {
+    pub epoch: u64,
+    pub change: ReplicaChange,
+}
+
+impl ChangeEntry {
+    pub fn encode(&self) -> Vec<u8> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(self).expect("serialising a change").into_vec()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ChangeEntry, CorruptRecord> {
+        rkyv::from_bytes::<ChangeEntry, rkyv::rancor::Error>(bytes)
+            .map_err(|e| CorruptRecord { what: "replica change", detail: e.to_string() })
+    }
+}
+
+impl ReplicaChange {
+    pub fn node(self) -> u64 {
+        match self {
+            ReplicaChange::AddLearner { node }
+            | ReplicaChange::Promote { node, .. }
+            | ReplicaChange::Remove { node } => node,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplicaChange::AddLearner { .. } => "add-learner",
+            ReplicaChange::Promote { .. } => "promote",
+            ReplicaChange::Remove { .. } => "remove",
+        }
+    }
+}
+
 /// Why a replica change was refused at apply (nothing changed).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ChangeRefused {

@@ -133,6 +133,10 @@ settings! {
     split_load_qps: u64 = 2500;
     /// The window the load of `split_load_qps` is averaged over.
     split_load_window_secs: u64 = 10;
+    /// Join a running cluster: a new node (empty data directory) asks the member at this client
+    /// address to record it, and starts from the cluster's map; the balancer then moves replicas
+    /// to it. Its `--id` must never have been a member (ids are never reused).
+    join: String = String::new();
     /// Start a new cluster's node from a backup (`kahuna-cli backup create DIR`): every node of
     /// the new cluster names the same backup, on an empty data directory.
     restore_from: String = String::new();

@@ -6,6 +6,7 @@
 //! `node` starts it all; `config` says how.
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod fatal;
 pub mod faults;

@@ -49,6 +49,8 @@ pub enum NodeError {
     Format { path: String, found: u32 },
     #[error("{0}")]
     Restore(String),
+    #[error("{0}")]
+    Join(String),
 }
 
 impl NodeError {
@@ -89,10 +91,9 @@ fn claim(cfg: &NodeConfig, peer_base: SocketAddr) -> Result<Claims, NodeError> {
         return Err(NodeError::InUse { what: format!("data directory {}", dir.display()) });
     }
     let mut addrs = vec![("client address", cfg.listen)];
-    if cfg.members().map(|m| m.len() > 1).unwrap_or(false) {
-        for shard in 0..cfg.shards {
-            addrs.push(("peer address", peer::shard_addr(peer_base, shard)));
-        }
+    // Every node listens for peers, one-node clusters too: a node may join at any time.
+    for shard in 0..cfg.shards {
+        addrs.push(("peer address", peer::shard_addr(peer_base, shard)));
     }
     let mut names = Vec::new();
     for (what, addr) in addrs {
@@ -140,6 +141,8 @@ impl Layout {
 }
 
 const LAYOUT_FILE: &str = "kahuna-node.toml";
+/// The layout's member list of a node that joined a running cluster.
+const JOINED: &str = "joined";
 
 /// The data directory's layout, and whether this start created it (the directory was new).
 fn check_layout(cfg: &NodeConfig) -> Result<(Layout, bool), NodeError> {
@@ -148,12 +151,20 @@ fn check_layout(cfg: &NodeConfig) -> Result<(Layout, bool), NodeError> {
     std::fs::create_dir_all(dir).map_err(io)?;
     let path = dir.join(LAYOUT_FILE);
     let members = cfg.members().map_err(|e| io(std::io::Error::other(e.to_string())))?;
+    // A node that joined a running cluster records that, not a member list (which changes).
+    let members = if cfg.join.is_empty() {
+        members.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",")
+    } else {
+        JOINED.to_string()
+    };
     let wanted = Layout {
         node_id: cfg.id,
         shards: cfg.shards,
         partitions: cfg.partitions,
-        members: members.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(","),
-        replication_factor: cfg.replication_factor.clamp(1, members.len()),
+        members,
+        replication_factor: cfg
+            .replication_factor
+            .clamp(1, cfg.members().map(|m| m.len()).unwrap_or(1)),
         format: FORMAT,
     };
     match std::fs::read_to_string(&path) {
@@ -216,13 +227,39 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     let peer_base =
         cfg.peer_addr().map_err(|e| NodeError::Shard { shard: 0, reason: e.to_string() })?;
     let _claims = claim(&cfg, peer_base)?;
-    let (layout, fresh) = check_layout(&cfg)?;
     let io_memory = io_memory_bytes(cfg.shards)?;
-    let members =
+    let mut members =
         cfg.members().map_err(|e| NodeError::Shard { shard: 0, reason: e.to_string() })?;
-    let ids: Vec<u64> = members.keys().copied().collect();
+    let new_dir = !cfg.data_dir.join(LAYOUT_FILE).exists();
+    let joining = !cfg.join.is_empty();
+    if joining && new_dir {
+        if !cfg.restore_from.is_empty() {
+            return Err(NodeError::Restore("--join and --restore-from exclude each other".into()));
+        }
+        let joined = crate::cluster::join::join(&cfg).map_err(NodeError::Join)?;
+        crate::cluster::join::save_map(&cfg.data_dir, &joined.map).map_err(|source| {
+            NodeError::DataDir { path: cfg.data_dir.display().to_string(), source }
+        })?;
+        members.extend(joined.members);
+        tracing::info!("joined the cluster through {}: members {:?}", cfg.join, members.keys());
+    }
+    let (layout, fresh) = check_layout(&cfg)?;
+    // The peer addresses this node last knew (members that joined since the cluster began).
+    let known = crate::cluster::membership::load_file(&cfg.data_dir).map_err(NodeError::Join)?;
+    members.extend(known);
+    let ids: Vec<u64> = cfg.members().map(|m| m.keys().copied().collect()).unwrap_or_default();
     let mut map =
         PartitionMap::initial(layout.partitions, cfg.shards, &ids, cfg.replication_factor);
+    if joining {
+        let joined = crate::cluster::join::load_map(&cfg.data_dir).map_err(NodeError::Join)?;
+        let parts = joined.ok_or_else(|| {
+            NodeError::Join(format!(
+                "{} was started with --join but holds no joined map: empty it to join again",
+                cfg.data_dir.display()
+            ))
+        })?;
+        map = PartitionMap::from_parts(parts).map_err(NodeError::Join)?;
+    }
     let backup = match cfg.restore_from.as_str() {
         "" => None,
         dir if !fresh => {
@@ -468,7 +505,18 @@ async fn run_shard(start: ShardStart) -> Result<(), NodeError> {
     // The map this node last knew (splits it heard of), else the new cluster's.
     let stored =
         db.stored_map().map_err(|e| shard_err(shard, format!("reading the partition map: {e}")))?;
-    let map = stored.and_then(|parts| PartitionMap::from_parts(parts).ok()).unwrap_or(map);
+    let map = match stored.and_then(|parts| PartitionMap::from_parts(parts).ok()) {
+        Some(m) => m,
+        None => {
+            // Kept from the first start on: a joined node's map comes from the cluster.
+            let (db, parts) = (db.clone(), map.partitions().to_vec());
+            glommio::executor()
+                .spawn_blocking(move || db.put_map(&parts))
+                .await
+                .map_err(|e| shard_err(shard, format!("writing the partition map: {e}")))?;
+            map
+        }
+    };
     let infos = descriptors(shard, &cfg, &map, &db).await?;
     let (wal, parts, hlc, pending_logs) =
         recover(shard, &cfg, &infos, &db, &wal_dir, snapshots.dir()).await?;
@@ -487,11 +535,12 @@ async fn run_shard(start: ShardStart) -> Result<(), NodeError> {
         hlc,
         kick_tx,
         link,
-        (members.len() > 1).then(|| PeerLinks::start(cfg.id, shard, &members)),
+        Some(PeerLinks::start(cfg.id, shard, &members)),
         snapshots,
         metrics.shard(shard),
     ));
-    if members.len() > 1 {
+    *shard_ctx.cluster.links.borrow_mut() = members.clone();
+    {
         let addr = peer::shard_addr(peer_base, shard);
         let peer_listener = TcpListener::bind(addr)
             .map_err(|e| shard_err(shard, format!("binding peer address {addr}: {e}")))?;
@@ -514,6 +563,9 @@ async fn run_shard(start: ShardStart) -> Result<(), NodeError> {
             shard_ctx.map().partitions().len(),
             cfg.data_dir.display()
         );
+    }
+    if shard == 0 {
+        glommio::spawn_local(crate::cluster::membership::keep(shard_ctx.clone())).detach();
     }
     transport::client::serve(shard_ctx, listener).await;
     Ok(())

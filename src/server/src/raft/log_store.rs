@@ -232,7 +232,11 @@ impl Storage for LogStore {
                 .spawn_blocking(move || super::snapshot::build(&db, pid, &start, &end, &dir))
                 .await;
             *slot.borrow_mut() = match built {
-                Ok(desc) => {
+                Ok((desc, info)) => {
+                    // The membership at the snapshot's own index (a change may have applied
+                    // since it was asked for): what the receiver's group starts from.
+                    let conf_state =
+                        info.as_ref().map(crate::raft::partition::conf_state).unwrap_or(conf_state);
                     let mut snap = Snapshot { data: desc.encode(), ..Default::default() };
                     let meta = snap.mut_metadata();
                     meta.index = desc.index;

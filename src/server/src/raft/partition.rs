@@ -136,6 +136,9 @@ pub struct Partition {
     pub splitting_at: Option<Vec<u8>>,
     /// A split's new half campaigns again at this tick if it has no leader by then.
     pub recampaign_at: Option<u64>,
+    /// A learner joined the group: compact the in-memory log to the applied index after this
+    /// apply, so the learner is sent a snapshot, not the log from its first entry.
+    pub compact_on_apply: bool,
     /// The group stopped ticking (see `kahuna_core::quiesce`): no heartbeats, no elections,
     /// until a request or a message wakes it.
     pub quiesced: bool,
@@ -184,6 +187,7 @@ impl Partition {
             inherited_ephemeral_term: None,
             splitting_at: None,
             recampaign_at: None,
+            compact_on_apply: false,
             quiesced: false,
             idle_ticks: 0,
             confirm_before_ephemeral: false,
@@ -332,6 +336,24 @@ impl Partition {
 
     /// Proposes an encoded command; the receiver answers once it is applied.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<ReplyRx, WireError> {
+        self.propose_with(|node| node.propose(vec![], data))
+    }
+
+    /// Proposes a membership change (see `cluster::replicas`); answered once applied. raft-rs
+    /// turns a change proposed while another is pending into an empty entry: its waiter is
+    /// then answered by the next entry's outcome (NOT_LEADER), and the move tries again.
+    pub fn propose_change(
+        &mut self,
+        entry: kahuna_core::partition::ChangeEntry,
+        cc: raft::eraftpb::ConfChangeV2,
+    ) -> Result<ReplyRx, WireError> {
+        self.propose_with(|node| node.propose_conf_change(entry.encode(), cc))
+    }
+
+    fn propose_with(
+        &mut self,
+        propose: impl FnOnce(&mut RawNode<LogStore>) -> raft::Result<()>,
+    ) -> Result<ReplyRx, WireError> {
         self.ensure_leader()?;
         self.touch();
         if self.proposals.len() >= MAX_PENDING_PROPOSALS {
@@ -341,7 +363,7 @@ impl Partition {
             ));
         }
         let before = self.node.raft.raft_log.last_index();
-        if let Err(e) = self.node.propose(vec![], data) {
+        if let Err(e) = propose(&mut self.node) {
             return Err(match e {
                 raft::Error::ProposalDropped => WireError::new(
                     ErrorCode::Overloaded,

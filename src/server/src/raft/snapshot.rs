@@ -98,9 +98,9 @@ pub fn build(
     start: &[u8],
     end: &[u8],
     dir: &Path,
-) -> Result<Descriptor, StorageError> {
+) -> Result<(Descriptor, Option<kahuna_core::PartitionInfo>), StorageError> {
     let tmp = dir.join(format!("build-p{partition}.tmp"));
-    let (_, desc, _) = db.write_snapshot_file(partition, start, end, &tmp)?;
+    let (_, desc, info) = db.write_snapshot_file(partition, start, end, &tmp)?;
     let prefix = format!("send-p{partition}-");
     for e in std::fs::read_dir(dir)?.flatten() {
         if e.file_name().to_string_lossy().starts_with(&prefix) {
@@ -108,7 +108,7 @@ pub fn build(
         }
     }
     std::fs::rename(&tmp, send_path(dir, &desc))?;
-    Ok(desc)
+    Ok((desc, info))
 }
 
 /// Tells raft-rs how a transfer ended. Never called with the partitions borrowed: the ready

@@ -106,6 +106,8 @@ pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
             on_tick(&shard);
             if shard.ticks.get().is_multiple_of(COLLECT_EVERY_TICKS) {
                 super::split::check(&shard);
+                crate::cluster::replicas::retire_stale(&shard);
+                crate::cluster::balance::tick(&shard);
                 gossip_map(&shard);
             }
         }
@@ -137,7 +139,7 @@ pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
 pub fn tell_map(shard: &Rc<Shard>, infos: Vec<kahuna_core::PartitionInfo>, peers: bool) {
     if peers {
         if let Some(links) = &shard.peers {
-            for id in links.peer_ids().collect::<Vec<_>>() {
+            for id in links.peer_ids() {
                 links.send(id, PeerFrame::Map(infos.clone()));
             }
         }
@@ -689,6 +691,7 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
     let mut states: Vec<(u64, ApplyState)> = Vec::new();
     let mut answers: Vec<(u64, u64, u64, Result<Reply, WireError>)> = Vec::new();
     let mut created: Vec<Created> = Vec::new();
+    let mut changed = crate::cluster::replicas::Applied::default();
     for (pid, entries) in &batches {
         let Some(p) = parts.get_mut(pid) else { continue };
         if entries.is_empty() {
@@ -743,6 +746,13 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
                 };
                 answers.push((*pid, e.index, e.term, result));
             }
+            if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+                let result =
+                    crate::cluster::replicas::apply_change(shard, p, &mut buf, e, &mut changed);
+                if let Some(result) = result {
+                    answers.push((*pid, e.index, e.term, result));
+                }
+            }
             let applied_hlc = p.applied.applied_hlc.max(shard.hlc.borrow().last().0);
             p.applied = ApplyState { applied_index: e.index, applied_term: e.term, applied_hlc };
         }
@@ -782,9 +792,16 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
         if p.node.store().bytes() > max_bytes {
             keep_from = keep_from.max(p.node.store().index_keeping_at_most(max_bytes));
         }
+        if std::mem::take(&mut p.compact_on_apply) {
+            keep_from = p.applied.applied_index;
+        }
         // Never past what raft-rs itself counts as applied: it reads unapplied entries back (for
         // example when it becomes leader).
         keep_from = keep_from.min(p.node.raft.raft_log.applied);
         p.node.mut_store().compact_to(keep_from);
+    }
+    drop(parts);
+    for pid in changed.retired {
+        crate::cluster::replicas::retire(shard, pid);
     }
 }

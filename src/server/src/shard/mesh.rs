@@ -31,6 +31,8 @@ pub enum ShardMsg {
     },
     /// Descriptors another shard changed or learned (see `Shard::learn_map`).
     Map(Vec<kahuna_core::PartitionInfo>),
+    /// The members' peer addresses, as shard 0 read them from the records.
+    Members(std::collections::BTreeMap<u64, std::net::SocketAddr>),
 }
 
 /// Mesh capacity per pair of shards.
@@ -200,6 +202,9 @@ pub fn spawn_receivers(
                     }
                     ShardMsg::Map(infos) => {
                         shard.learn_map(&infos);
+                    }
+                    ShardMsg::Members(links) => {
+                        crate::cluster::membership::set_links(&shard, &links);
                     }
                 }
             }

@@ -101,6 +101,8 @@ pub struct Shard {
     /// Backup copies being read by clients.
     backups: RefCell<backup::Copies>,
     next_backup: Cell<u64>,
+    /// Members, peer links and replica moves (see [`crate::cluster`]).
+    pub cluster: crate::cluster::ClusterState,
 }
 
 /// Scan pages of up to this many keys read on the shard loop (a few hundred microseconds at
@@ -183,6 +185,7 @@ impl Shard {
             metrics,
             backups: RefCell::default(),
             next_backup: Cell::new(0),
+            cluster: Default::default(),
         }
     }
 
@@ -227,7 +230,7 @@ impl Shard {
 
     /// What this node's clock looks like against its peers'.
     pub fn clock_verdict(&self) -> ClockVerdict {
-        let peers = self.peers.as_ref().map(|p| p.peer_ids().count()).unwrap_or(0);
+        let peers = self.peers.as_ref().map(|p| p.count()).unwrap_or(0);
         let now = self.clock.now_ms();
         let max = self.cfg.max_clock_offset_ms;
         let v = self.clock_offsets.borrow().verdict(now, max, peers);
@@ -277,7 +280,7 @@ impl Shard {
     pub fn ping_clocks(&self) {
         let Some(peers) = &self.peers else { return };
         let sent_ms = self.clock.now_ms();
-        for id in peers.peer_ids().collect::<Vec<_>>() {
+        for id in peers.peer_ids() {
             peers.send(id, PeerFrame::ClockPing { sent_ms });
         }
     }
@@ -360,7 +363,7 @@ impl Shard {
     /// here). Only members are noted: the id in a frame is the sender's word, and the map must
     /// not grow with whatever ids a bad peer makes up.
     pub fn note_heard(&self, from: u64) {
-        if self.peers.as_ref().is_some_and(|p| p.peer_ids().any(|id| id == from)) {
+        if self.peers.as_ref().is_some_and(|p| p.peer_ids().contains(&from)) {
             self.heard.borrow_mut().insert(from, std::time::Instant::now());
         }
     }

@@ -84,6 +84,10 @@ impl Shard {
             Op::ClusterStatus { scope, checksums } => {
                 return self.status(scope, checksums, deadline).await
             }
+            Op::Membership { .. } => {
+                let answer = Box::pin(crate::cluster::membership::handle(self, op, deadline)).await;
+                return (answer, self.node_id);
+            }
             _ => {}
         }
         let (id, shard) = {
@@ -254,8 +258,16 @@ impl Shard {
             return Box::pin(self.execute_hops(id, op, deadline, hops + 1)).await;
         }
         let hint = self.node_id;
+        if let Op::Membership { .. } = op {
+            // Not routed by key: served by whichever node it reaches (a peer sent it here).
+            return (Box::pin(crate::cluster::membership::handle(self, op, deadline)).await, hint);
+        }
         if let Op::Split { at, .. } = op {
             return (Box::pin(self.split_here(partition, at, deadline)).await, hint);
+        }
+        if let Op::MoveReplica { partition: want, epoch, add, remove, .. } = op {
+            let mv = kahuna_core::balance::Move { partition: want, epoch, add, remove };
+            return (Box::pin(self.move_step(partition, mv, deadline)).await, hint);
         }
         self.splits.record(partition, op.position_key());
         if confirm && op.durability() == Durability::Ephemeral {

@@ -145,7 +145,7 @@ impl Shard {
 
     /// Every node's replicas; nodes that do not answer in time are marked down.
     async fn cluster_status(self: &Rc<Self>, checksums: bool, deadline: Instant) -> ClusterStatus {
-        let members = self.cfg.members().unwrap_or_default();
+        let members = self.cluster.links.borrow().clone();
         let others: Vec<u64> = members.keys().copied().filter(|id| *id != self.node_id).collect();
         // Ask every other node at once: a dead one costs NODE_WAIT, not NODE_WAIT per node.
         let wait = if checksums { deadline } else { deadline.min(Instant::now() + NODE_WAIT) };

@@ -158,6 +158,21 @@ impl StateDb {
         self.db.flush()
     }
 
+    /// Removes a partition's replica from this shard: its keys of every kind in its range, its
+    /// descriptor and its apply state, in one batch.
+    pub fn drop_partition(&self, info: &PartitionInfo) -> Result<(), rocksdb::Error> {
+        let mut batch = WriteBatch::default();
+        for kind in kahuna_core::keys::DATA_KINDS {
+            let (lo, hi) = kahuna_core::keys::kind_range(kind, &info.start, &info.end);
+            batch.delete_range(lo, hi);
+        }
+        batch.delete(descriptor_key(info.id));
+        batch.delete(apply_state_key(info.id));
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.write_opt(batch, &wo)
+    }
+
     pub fn stored_map(&self) -> Result<Option<Vec<PartitionInfo>>, StorageError> {
         match self.db.get_pinned([MAP])? {
             None => Ok(None),

@@ -30,8 +30,19 @@ const PEER_QUEUE: usize = 8192;
 
 /// This shard's outgoing links, one bounded queue and sender task per remote node.
 pub struct PeerLinks {
-    queues: BTreeMap<u64, (LocalSender<PeerFrame>, Rc<Cell<bool>>)>,
+    me: u64,
+    shard: usize,
+    /// Per node: its queue, whether its link is up, and its peer address (shard 0).
+    queues: RefCell<BTreeMap<u64, Queue>>,
     waiters: ForwardWaiters,
+}
+
+struct Queue {
+    tx: LocalSender<PeerFrame>,
+    connected: Rc<Cell<bool>>,
+    base: SocketAddr,
+    /// Tells the sender task to stop (the node left, or moved to another address).
+    closed: Rc<Cell<bool>>,
 }
 
 /// Callers waiting for the answer to a request forwarded to a peer, by token. A request the
@@ -67,24 +78,41 @@ pub fn shard_addr(base: SocketAddr, shard: usize) -> SocketAddr {
 
 impl PeerLinks {
     pub fn start(me: u64, shard: usize, members: &BTreeMap<u64, SocketAddr>) -> PeerLinks {
-        let waiters: ForwardWaiters = Rc::default();
-        let mut queues = BTreeMap::new();
+        let links =
+            PeerLinks { me, shard, queues: RefCell::default(), waiters: ForwardWaiters::default() };
+        links.set_members(members);
+        links
+    }
+
+    /// Links to exactly these nodes (besides this one) at these peer addresses: new members
+    /// get a link, a member at a new address a new one, and departed members lose theirs.
+    pub fn set_members(&self, members: &BTreeMap<u64, SocketAddr>) {
+        let mut queues = self.queues.borrow_mut();
+        queues.retain(|id, q| {
+            let keep = members.get(id) == Some(&q.base);
+            if !keep {
+                // Dropping the queue's sender ends its task once it is idle.
+                q.closed.set(true);
+            }
+            keep
+        });
         for (&id, &base) in members {
-            if id == me {
+            if id == self.me || queues.contains_key(&id) {
                 continue;
             }
             let (tx, rx) = local_channel::new_bounded(PEER_QUEUE);
             let connected = Rc::new(Cell::new(false));
+            let closed = Rc::new(Cell::new(false));
             let link = Link {
-                me,
-                addr: shard_addr(base, shard),
+                me: self.me,
+                addr: shard_addr(base, self.shard),
                 connected: connected.clone(),
-                waiters: waiters.clone(),
+                waiters: self.waiters.clone(),
+                closed: closed.clone(),
             };
             glommio::spawn_local(sender_loop(link, rx)).detach();
-            queues.insert(id, (tx, connected));
+            queues.insert(id, Queue { tx, connected, base, closed });
         }
-        PeerLinks { queues, waiters }
     }
 
     pub fn waiters(&self) -> &ForwardWaiters {
@@ -92,19 +120,23 @@ impl PeerLinks {
     }
 
     /// The other nodes this shard links to.
-    pub fn peer_ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.queues.keys().copied()
+    pub fn peer_ids(&self) -> Vec<u64> {
+        self.queues.borrow().keys().copied().collect()
+    }
+
+    /// How many other nodes this shard links to.
+    pub fn count(&self) -> usize {
+        self.queues.borrow().len()
     }
 
     /// Queues `m` for node `to`; false when it was dropped (unknown node or full queue). A
     /// forwarded request is refused at once while the peer is unreachable, so its caller can
     /// retry elsewhere knowing it was never sent.
     pub fn send(&self, to: u64, m: PeerFrame) -> bool {
-        match self.queues.get(&to) {
-            Some((_, connected)) if !connected.get() && matches!(m, PeerFrame::Request { .. }) => {
-                false
-            }
-            Some((q, _)) => q.try_send(m).is_ok(),
+        let queues = self.queues.borrow();
+        match queues.get(&to) {
+            Some(q) if !q.connected.get() && matches!(m, PeerFrame::Request { .. }) => false,
+            Some(q) => q.tx.try_send(m).is_ok(),
             None => false,
         }
     }
@@ -115,6 +147,7 @@ struct Link {
     addr: SocketAddr,
     connected: Rc<Cell<bool>>,
     waiters: ForwardWaiters,
+    closed: Rc<Cell<bool>>,
 }
 
 async fn drain(link: &Link, rx: &LocalReceiver<PeerFrame>) {
@@ -161,6 +194,9 @@ const SENT_PRUNE_AT: usize = 4096;
 async fn sender_loop(link: Link, rx: LocalReceiver<PeerFrame>) {
     let mut backoff = Duration::from_millis(20);
     loop {
+        if link.closed.get() {
+            return;
+        }
         let connected = TcpStream::connect(link.addr).await.and_then(|s| {
             // Connecting to a closed port in the ephemeral range can pick that very port as the
             // source and connect to itself (TCP simultaneous open): that is not the peer.

@@ -1,0 +1,104 @@
+//! The balancer: once a second, the shard that leads the meta range reads the member records,
+//! plans the replica moves (`kahuna_core::balance::plan`) over its map, and sends each move's
+//! next step to its partition's leader (`MoveReplica`). Nothing is remembered between rounds:
+//! every round plans from the map and the records, so a balancer that dies (or loses the meta
+//! range's leadership) mid-move leaves its successor exactly what it needs.
+//!
+//! Must never: run two rounds at once on a shard, start more than [`MAX_MOVES`] moves, or move
+//! a replica of a node the records do not know.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use kahuna_core::balance::{plan, Policy};
+use kahuna_core::membership::{self as rules, MemberState, MEMBERS_PREFIX};
+use kahuna_protocol::{Op, Reply};
+
+use super::membership::{balance_on, read_records};
+use crate::shard::Shard;
+
+/// Replica moves under way at once, cluster-wide: each costs a snapshot transfer.
+pub const MAX_MOVES: usize = 4;
+
+/// From the tick, once a second: a round, if this shard leads the meta range.
+pub fn tick(shard: &Rc<Shard>) {
+    if shard.cluster.balancing.get() {
+        return;
+    }
+    let meta = shard.map().locate(MEMBERS_PREFIX).id;
+    let leads =
+        shard.parts.borrow().get(&meta).is_some_and(|p| p.is_leader() && p.own_term_applied());
+    if !leads {
+        if !shard.cluster.moves.borrow().is_empty() {
+            shard.cluster.moves.borrow_mut().clear();
+        }
+        return;
+    }
+    shard.cluster.balancing.set(true);
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        round(&shard).await;
+        shard.cluster.balancing.set(false);
+    })
+    .detach();
+}
+
+async fn round(shard: &Rc<Shard>) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let Ok(records) = read_records(shard, deadline).await else { return };
+    let Ok(even_out) = balance_on(shard, deadline).await else { return };
+    let members: Vec<_> = records.iter().map(|(m, _)| m.clone()).collect();
+    let map = shard.map();
+    // Until every node the map names has recorded itself (a cluster starting), nothing moves.
+    let known = |n: &u64| members.iter().any(|m| m.id == *n);
+    if members.is_empty()
+        || !map.partitions().iter().all(|p| p.replicas.iter().chain(&p.learners).all(known))
+    {
+        return;
+    }
+    // A node being removed that holds nothing any more is gone for good.
+    for m in members.iter().filter(|m| m.removing && m.state == MemberState::Draining) {
+        if !map.partitions().iter().any(|p| p.holds(m.id)) {
+            let (id, rev) = (m.id, records.iter().find(|(r, _)| r.id == m.id).map(|(_, r)| *r));
+            let Ok(Some(next)) = rules::set_state(Some(m), id, rules::Ask::Retire) else {
+                continue;
+            };
+            let op = Op::KvSet {
+                key: rules::member_key(id),
+                value: next.encode(),
+                durability: kahuna_protocol::Durability::Persistent,
+                ttl_ms: 0,
+                condition: kahuna_protocol::SetCondition::IfRevision(rev.unwrap_or(0)),
+            };
+            match shard.execute_checked(op, deadline).await.0 {
+                Ok(_) => {
+                    tracing::info!("node {id} holds no replica any more: removed from the cluster")
+                }
+                Err(e) => tracing::debug!("retiring node {id}: {e}"),
+            }
+        }
+    }
+    let policy =
+        Policy { replication: shard.cfg.replication_factor, max_moves: MAX_MOVES, even_out };
+    let prior: Vec<_> = shard.cluster.moves.borrow().iter().map(|(m, _)| *m).collect();
+    let moves = plan(map.partitions(), &members, policy, &prior);
+    let mut done = Vec::with_capacity(moves.len());
+    for mv in moves {
+        let Some(start) = map.get(mv.partition).map(|p| p.start.clone()) else { continue };
+        let op = Op::MoveReplica {
+            key: start,
+            partition: mv.partition,
+            epoch: mv.epoch,
+            add: mv.add,
+            remove: mv.remove,
+        };
+        let step = match shard.execute_checked(op, deadline).await.0 {
+            Ok(Reply::MoveReplica { step, .. }) => step,
+            Ok(other) => format!("unexpected answer {other:?}"),
+            Err(e) => format!("{}: {}", e.code.name(), e.message),
+        };
+        tracing::debug!("move of partition {} (+{} -{}): {step}", mv.partition, mv.add, mv.remove);
+        done.push((mv, step));
+    }
+    *shard.cluster.moves.borrow_mut() = done;
+}
