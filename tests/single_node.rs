@@ -168,6 +168,12 @@ fn expired_keys_are_collected_and_their_revisions_never_reused() {
         let st = kahuna_tests::status(s, true);
         st.partitions.iter().flat_map(|p| &p.status).map(|r| r.checksum >> 32).sum()
     };
+    // The node records itself as a member (one key) once it serves: counted from then on.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.membership(kahuna_client::MemberAction::List, 0).is_ok_and(|(m, _)| m.len() == 1) {
+        assert!(Instant::now() < deadline, "the node never recorded itself");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let empty = pairs(&s);
     for i in 0..200 {
         for _ in 0..3 {

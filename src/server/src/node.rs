@@ -489,7 +489,14 @@ async fn run_shard(start: ShardStart) -> Result<(), NodeError> {
         }
         let (db2, placed) = (db.clone(), map.clone());
         glommio::executor()
-            .spawn_blocking(move || db2.put_map(placed.partitions()))
+            .spawn_blocking(move || {
+                // The old cluster's member records: this cluster has its own members (each
+                // node records itself once it serves); every replica drops the same keys.
+                let members = kahuna_core::membership::MEMBERS_PREFIX;
+                let end = kahuna_core::keys::prefix_end(members).unwrap_or_default();
+                db2.delete_user_range(members, &end)?;
+                db2.put_map(placed.partitions())
+            })
             .await
             .map_err(|e| NodeError::Restore(format!("writing the partition map: {e}")))?;
         // Every copy is in (installs are durable): a restart with the same flags starts as is.

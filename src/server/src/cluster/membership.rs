@@ -247,6 +247,7 @@ fn own_record(shard: &Shard) -> Option<Member> {
 /// every 2 s reads the records and gives every shard links to exactly the members.
 pub async fn keep(shard: Rc<Shard>) {
     let Some(me) = own_record(&shard) else { return };
+    let configured = shard.cfg.members().unwrap_or_default();
     let mut registered = false;
     loop {
         glommio::timer::sleep(if registered {
@@ -273,6 +274,9 @@ pub async fn keep(shard: Rc<Shard>) {
                 (MemberState::Removed, _) => {
                     links.remove(&m.id);
                 }
+                // Where `--initial-cluster` says this node reaches a member wins over where the
+                // member listens (a proxy or NAT may stand between).
+                _ if configured.contains_key(&m.id) => {}
                 (_, Ok(a)) => {
                     links.insert(m.id, a);
                 }

@@ -503,7 +503,11 @@ impl Shard {
         op: &Op,
         deadline: std::time::Instant,
     ) -> Result<Reply, WireError> {
-        self.confirm_leadership(partition, deadline).await?;
+        if route::background(op) {
+            self.with_partition(partition, |p| p.ensure_leader())?;
+        } else {
+            self.confirm_leadership(partition, deadline).await?;
+        }
         if let Op::Backup { offset, index, .. } = op {
             return self.backup_chunk(partition, *offset, *index).await;
         }

@@ -61,6 +61,20 @@ pub fn serves(info: &kahuna_core::PartitionInfo, op: &Op) -> bool {
     }
 }
 
+/// The cluster's own periodic reads (each node's look at the member records every 2 s, the
+/// balancer's every second): served from the leader's applied state without a read barrier,
+/// and without waking a quiesced meta range. What they read steers links and plans, never an
+/// answer a client relies on (member changes themselves read and compare-and-set
+/// linearizably).
+pub(super) fn background(op: &Op) -> bool {
+    use kahuna_core::membership::{BALANCE_KEY, MEMBERS_PREFIX};
+    match op {
+        Op::KvScan { prefix, durability: Durability::Persistent, .. } => prefix == MEMBERS_PREFIX,
+        Op::KvGet { key, durability: Durability::Persistent, revision: 0 } => key == BALANCE_KEY,
+        _ => false,
+    }
+}
+
 pub(super) fn moved_key(partition: u64) -> WireError {
     WireError::new(
         ErrorCode::Moved,
@@ -233,7 +247,9 @@ impl Shard {
         // quiescence must confirm it still leads before it serves the state only it holds.
         let (outside, confirm) = match self.parts.borrow_mut().get_mut(&partition) {
             Some(p) if serves(&p.info, &op) => {
-                p.touch();
+                if !background(&op) {
+                    p.touch();
+                }
                 (false, p.confirm_before_ephemeral && p.is_leader())
             }
             Some(_) => (true, false),

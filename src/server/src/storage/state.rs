@@ -173,6 +173,20 @@ impl StateDb {
         self.db.write_opt(batch, &wo)
     }
 
+    /// Removes every key, current and past, in the user range `[start, end)` (a restore drops
+    /// the old cluster's member records this way: the new cluster has its own members).
+    pub fn delete_user_range(&self, start: &[u8], end: &[u8]) -> Result<(), rocksdb::Error> {
+        let mut batch = WriteBatch::default();
+        for kind in [kahuna_core::keys::KV, kahuna_core::keys::HISTORY] {
+            let (lo, hi) = kahuna_core::keys::kind_range(kind, start, end);
+            batch.delete_range(lo, hi);
+        }
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.write_opt(batch, &wo)?;
+        self.db.flush()
+    }
+
     pub fn stored_map(&self) -> Result<Option<Vec<PartitionInfo>>, StorageError> {
         match self.db.get_pinned([MAP])? {
             None => Ok(None),
