@@ -201,6 +201,75 @@ fn splits_while_nodes_are_killed() {
 }
 
 #[test]
+fn replica_moves_while_nodes_are_drained_and_killed() {
+    // Four nodes, replication 3: a node is drained (its replicas move to the others: learner,
+    // snapshot, promotion, removal), another is killed -9 in the middle of the moves, and the
+    // drained one is let back in (replicas move back), round after round.
+    let opts = ClusterOpts {
+        nodes: 4,
+        shards: 1,
+        extra: &["--partitions", "6", "--max-log-entries-in-memory", "50", "--split-load-qps", "0"],
+        ..Default::default()
+    };
+    scenario_then(
+        "replica moves under drain and kill -9",
+        opts,
+        |c, _, d| {
+            use kahuna_client::MemberAction;
+            let end = Instant::now() + d;
+            let mut rng = seed() | 1;
+            let (mut drains, mut kills) = (0u64, 0u64);
+            while Instant::now() < end {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let drained = 1 + rng % 4;
+                let victim = 1 + (drained + (rng >> 8) % 3) % 4;
+                let via = c.nodes.iter().find(|s| s.child_running()).unwrap();
+                let cl = kahuna_tests::client_via(via, 3000);
+                if cl.membership(MemberAction::Drain, drained).is_ok() {
+                    drains += 1;
+                }
+                std::thread::sleep(Duration::from_millis(1200));
+                c.node_mut(victim).kill9();
+                std::thread::sleep(Duration::from_millis(800));
+                c.node_mut(victim).relaunch();
+                kills += 1;
+                std::thread::sleep(Duration::from_millis(1500));
+                let via = c.nodes.iter().find(|s| s.child_running()).unwrap();
+                let cl = kahuna_tests::client_via(via, 10_000);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while cl.membership(MemberAction::Activate, drained).is_err() {
+                    assert!(Instant::now() < deadline, "node {drained} could not be let back in");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            eprintln!("{drains} drains, {kills} kills");
+            assert!(drains > 0, "no drain went through");
+            kills
+        },
+        |c| {
+            // Once the moves settle: three voters each, no learner left, replicas equal.
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                let st = status(c.node(1), false);
+                let settled = st.partitions.iter().all(|p| {
+                    p.replicas.len() == 3
+                        && p.status.len() == 3
+                        && p.status.iter().all(|r| r.role != kahuna_client::ReplicaRole::Learner)
+                });
+                if settled {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the moves did not settle: {st:#?}");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            kahuna_tests::assert_replicas_equal(c.node(1), 3);
+        },
+    );
+}
+
+#[test]
 fn kill9_of_leaders_and_followers_in_a_loop() {
     scenario("kill -9 loop", ClusterOpts::default(), |c, _, d| {
         let end = Instant::now() + d;

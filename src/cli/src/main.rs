@@ -386,8 +386,10 @@ fn status_table(st: &ClusterStatus, prev: Option<(&ClusterStatus, Duration)>) ->
         let end = if p.end.is_empty() { "∞".into() } else { format!("{:?}", bound(&p.end)) };
         let range = format!("[{:?}, {end})", bound(&p.start));
         let leader = p.leader();
-        let reps: Vec<String> = p
-            .replicas
+        // Voters in placement order, then replicas being added (learners).
+        let adding = p.status.iter().map(|r| r.node).filter(|n| !p.replicas.contains(n));
+        let nodes: Vec<u64> = p.replicas.iter().copied().chain(adding).collect();
+        let reps: Vec<String> = nodes
             .iter()
             .map(|node| match p.status.iter().find(|r| r.node == *node) {
                 Some(r) => {
@@ -396,6 +398,7 @@ fn status_table(st: &ClusterStatus, prev: Option<(&ClusterStatus, Duration)>) ->
                         ReplicaRole::Follower => "F",
                         ReplicaRole::Candidate => "C",
                         ReplicaRole::PreCandidate => "P",
+                        ReplicaRole::Learner => "+learner",
                     };
                     let sum = if r.checksum_index != 0 || r.checksum != 0 {
                         format!(" {:016x}@{}", r.checksum, r.checksum_index)

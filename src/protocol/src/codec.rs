@@ -513,6 +513,7 @@ fn role_to(r: ReplicaRole) -> wire::ReplicaRole {
         ReplicaRole::Candidate => wire::ReplicaRole::Candidate,
         ReplicaRole::PreCandidate => wire::ReplicaRole::PreCandidate,
         ReplicaRole::Leader => wire::ReplicaRole::Leader,
+        ReplicaRole::Learner => wire::ReplicaRole::Learner,
     }
 }
 
@@ -521,6 +522,7 @@ fn role_from(r: wire::ReplicaRole) -> ReplicaRole {
         wire::ReplicaRole::Leader => ReplicaRole::Leader,
         wire::ReplicaRole::Candidate => ReplicaRole::Candidate,
         wire::ReplicaRole::PreCandidate => ReplicaRole::PreCandidate,
+        wire::ReplicaRole::Learner => ReplicaRole::Learner,
         _ => ReplicaRole::Follower,
     }
 }

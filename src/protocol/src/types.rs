@@ -468,6 +468,8 @@ pub enum ReplicaRole {
     Candidate,
     PreCandidate,
     Leader,
+    /// Receives the log without voting: a replica a move is adding.
+    Learner,
 }
 
 impl ReplicaRole {
@@ -477,6 +479,7 @@ impl ReplicaRole {
             ReplicaRole::Candidate => "candidate",
             ReplicaRole::PreCandidate => "pre-candidate",
             ReplicaRole::Leader => "leader",
+            ReplicaRole::Learner => "learner",
         }
     }
 }

@@ -697,14 +697,15 @@ pub struct OpUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLICA_ROLE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLICA_ROLE: u8 = 3;
+pub const ENUM_MAX_REPLICA_ROLE: u8 = 4;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLICA_ROLE: [ReplicaRole; 4] = [
+pub const ENUM_VALUES_REPLICA_ROLE: [ReplicaRole; 5] = [
   ReplicaRole::Follower,
   ReplicaRole::Candidate,
   ReplicaRole::PreCandidate,
   ReplicaRole::Leader,
+  ReplicaRole::Learner,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -716,14 +717,17 @@ impl ReplicaRole {
   pub const Candidate: Self = Self(1);
   pub const PreCandidate: Self = Self(2);
   pub const Leader: Self = Self(3);
+  /// Receives the log but does not vote yet: a replica being added by a move.
+  pub const Learner: Self = Self(4);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 3;
+  pub const ENUM_MAX: u8 = 4;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Follower,
     Self::Candidate,
     Self::PreCandidate,
     Self::Leader,
+    Self::Learner,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -732,6 +736,7 @@ impl ReplicaRole {
       Self::Candidate => Some("Candidate"),
       Self::PreCandidate => Some("PreCandidate"),
       Self::Leader => Some("Leader"),
+      Self::Learner => Some("Learner"),
       _ => None,
     }
   }

@@ -63,7 +63,11 @@ impl Shard {
                 status: vec![ReplicaStatus {
                     node: self.node_id,
                     shard: self.id as u32,
-                    role: role(raft.state),
+                    role: if p.info.learners.contains(&self.node_id) {
+                        ReplicaRole::Learner
+                    } else {
+                        role(raft.state)
+                    },
                     term: raft.term,
                     leader: raft.leader_id,
                     commit: raft.raft_log.committed,
