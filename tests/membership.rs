@@ -76,3 +76,66 @@ fn a_node_joins_and_another_leaves_under_load_and_a_kill_losing_nothing() {
     });
     kahuna_tests::assert_replicas_equal(c.node(1), 3);
 }
+
+#[test]
+fn leaders_of_hot_partitions_move_off_the_busiest_node() {
+    watchdog(Duration::from_secs(200));
+    let flags = ["--partitions", "6", "--split-size-mb", "0", "--split-load-qps", "0"];
+    let c = start_cluster_with(ClusterOpts { shards: 1, extra: &flags, ..Default::default() });
+    let out = c.node(1).cli(&["--timeout-ms", "30000", "cluster", "wait", "--balanced"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Every partition node 1 leads gets reads; the others none.
+    let st = status(c.node(1), false);
+    let hot: Vec<(u64, Vec<u8>)> = st
+        .partitions
+        .iter()
+        .filter(|p| p.replicas.first() == Some(&1))
+        .map(|p| (p.id, [p.start.clone(), b"hot".to_vec()].concat()))
+        .collect();
+    assert!(hot.len() >= 2, "{st:#?}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loaders: Vec<_> = (0..4)
+        .map(|i| {
+            let (ep, keys, stop) = (c.node(1 + i % 3).endpoint(), hot.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let cl =
+                    kahuna_client::blocking::Client::connect(&[ep], Default::default()).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for (_, k) in &keys {
+                        let _ = cl.kv_exists(k, kahuna_client::Durability::Persistent);
+                    }
+                }
+            })
+        })
+        .collect();
+    // Within a few balancing rounds (leaders are looked at every 10 s), one of the hot
+    // partitions is led by another node, and node 1 no longer prefers it.
+    let moved = || {
+        let st = status(c.node(2), false);
+        hot.iter().any(|(id, _)| {
+            st.partitions.iter().any(|p| {
+                p.id == *id
+                    && p.replicas.first() != Some(&1)
+                    && p.leader().is_some_and(|l| l.node != 1)
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !moved() {
+        assert!(
+            Instant::now() < deadline,
+            "no hot partition changed leader: {:#?}",
+            status(c.node(1), false)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in loaders {
+        l.join().unwrap();
+    }
+    assert!(
+        c.node(1).log_text().contains("for load")
+            || c.node(2).log_text().contains("for load")
+            || c.node(3).log_text().contains("for load")
+    );
+}

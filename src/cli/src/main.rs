@@ -329,6 +329,10 @@ fn status_json(st: &ClusterStatus) -> Value {
                         "last_index": r.last_index,
                         "ephemeral_bytes": r.ephemeral_bytes,
                     });
+                    if r.role == ReplicaRole::Leader {
+                        v["requests_per_sec"] = json!(r.qps);
+                        v["bytes"] = json!(r.bytes);
+                    }
                     if r.checksum_index != 0 || r.checksum != 0 {
                         v["checksum"] = json!(format!("{:016x}", r.checksum));
                         v["checksum_index"] = json!(r.checksum_index);
@@ -380,7 +384,7 @@ fn status_table(st: &ClusterStatus, prev: Option<(&ClusterStatus, Duration)>) ->
         ));
     }
     out.push_str(
-        "\nPART  RANGE                LEADER  TERM  COMMIT    APPLIED   LAG     RATE/s  REPLICAS (node/shard role applied)\n",
+        "\nPART  RANGE                LEADER  TERM  COMMIT    APPLIED   LAG     RATE/s  REQ/s   REPLICAS (node/shard role applied)\n",
     );
     for p in &st.partitions {
         let end = if p.end.is_empty() { "∞".into() } else { format!("{:?}", bound(&p.end)) };
@@ -437,11 +441,14 @@ fn status_table(st: &ClusterStatus, prev: Option<(&ClusterStatus, Duration)>) ->
         // Splits since the last refresh: a new partition, or one whose range changed.
         match before {
             None if prev.is_some() => moved.push_str("  (new: split off)"),
-            Some((q, _)) if q.epoch != p.epoch => moved.push_str("  (split)"),
+            Some((q, _)) if q.epoch != p.epoch && (q.start != p.start || q.end != p.end) => {
+                moved.push_str("  (split)")
+            }
+            Some((q, _)) if q.epoch != p.epoch => moved.push_str("  (replicas changed)"),
             _ => {}
         }
         out.push_str(&format!(
-            "{:<5} {:<20} {:<7} {:<5} {:<9} {:<9} {:<7} {:<7} {}{}\n",
+            "{:<5} {:<20} {:<7} {:<5} {:<9} {:<9} {:<7} {:<7} {:<7} {}{}\n",
             p.id,
             range,
             num(|l| l.node),
@@ -450,6 +457,7 @@ fn status_table(st: &ClusterStatus, prev: Option<(&ClusterStatus, Duration)>) ->
             num(|l| l.applied),
             lag,
             rate,
+            num(|l| l.qps),
             reps.join(", "),
             moved,
         ));

@@ -188,6 +188,82 @@ pub fn plan(
     moves
 }
 
+/// Leaders move for load only when the busiest node serves this much more than the emptiest
+/// (requests/s) and more than [`LEAD_OVER_MEAN_PCT`] % of the mean: small differences are noise.
+pub const LEAD_MIN_GAP_QPS: u64 = 200;
+pub const LEAD_OVER_MEAN_PCT: u64 = 120;
+
+/// One leadership move for load: voter `to` goes first in `partition`'s placement order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeadMove {
+    pub partition: u64,
+    pub epoch: u64,
+    pub to: u64,
+}
+
+/// Leadership moves that even out the requests/s the preferred leaders serve (`qps` per
+/// partition, as its leader measured it), at most `max`. A partition's load counts on its
+/// preferred leader (the first replica: leaders follow placement order), on active members
+/// only. A move is made only if it lowers the busiest node's load without making its
+/// receiver busier than the busiest was: partitions in `recent` (moved lately) stay put.
+pub fn leader_moves(
+    parts: &[PartitionInfo],
+    members: &[Member],
+    qps: &BTreeMap<u64, u64>,
+    recent: &[u64],
+    max: usize,
+) -> Vec<LeadMove> {
+    let mut load: BTreeMap<u64, u64> =
+        members.iter().filter(|m| m.state == MemberState::Active).map(|m| (m.id, 0)).collect();
+    if load.len() < 2 {
+        return vec![];
+    }
+    let q = |p: &PartitionInfo| qps.get(&p.id).copied().unwrap_or(0);
+    let mut first: BTreeMap<u64, u64> =
+        parts.iter().filter_map(|p| Some((p.id, *p.replicas.first()?))).collect();
+    for p in parts {
+        if let Some(l) = load.get_mut(&first[&p.id]) {
+            *l += q(p);
+        }
+    }
+    let mut moves = Vec::new();
+    while moves.len() < max {
+        let total: u64 = load.values().sum();
+        let mean = total / load.len() as u64;
+        let (&hi, &hi_load) =
+            load.iter().max_by_key(|(n, l)| (**l, std::cmp::Reverse(**n))).expect("two nodes");
+        let lo_load = *load.values().min().expect("two nodes");
+        if hi_load < lo_load + LEAD_MIN_GAP_QPS || hi_load * 100 <= mean * LEAD_OVER_MEAN_PCT {
+            break;
+        }
+        // The hottest partition of `hi` that some other voter can take with a gain.
+        let mut best: Option<(u64, u64, u64, u64)> = None; // (qps, pid, epoch, to)
+        let moved = |pid: u64| moves.iter().any(|m: &LeadMove| m.partition == pid);
+        for p in
+            parts.iter().filter(|p| first[&p.id] == hi && !recent.contains(&p.id) && !moved(p.id))
+        {
+            let pq = q(p);
+            let to = p
+                .replicas
+                .iter()
+                .filter(|n| **n != hi)
+                .filter_map(|n| Some((*load.get(n)?, *n)))
+                .min();
+            if let Some((to_load, to)) = to {
+                if pq > 0 && to_load + pq < hi_load && best.is_none_or(|b| pq > b.0) {
+                    best = Some((pq, p.id, p.epoch, to));
+                }
+            }
+        }
+        let Some((pq, partition, epoch, to)) = best else { break };
+        *load.get_mut(&hi).expect("a member") -= pq;
+        *load.get_mut(&to).expect("a member") += pq;
+        first.insert(partition, to);
+        moves.push(LeadMove { partition, epoch, to });
+    }
+    moves
+}
+
 /// The next thing a partition's leader does for a move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -416,6 +492,55 @@ mod tests {
             // The new node's share, and not much more: no replica moved back and forth.
             assert!(moved <= c[&(nodes as u64 + 1)] + 1, "{nodes} + 1 nodes: {moved} moves, {c:?}");
             assert!(parts.iter().all(|p| p.replicas.len() == 3 && p.learners.is_empty()));
+        }
+    }
+
+    #[test]
+    fn leaders_move_for_load_with_hysteresis() {
+        let parts = PartitionMap::initial(6, 1, &[1, 2, 3], 3).partitions().to_vec();
+        let m = active(&[1, 2, 3]);
+        let first = |pid: u64| parts.iter().find(|p| p.id == pid).unwrap().replicas[0];
+        // (load per partition, expected number of moves)
+        let even: BTreeMap<u64, u64> = parts.iter().map(|p| (p.id, 1000)).collect();
+        assert!(leader_moves(&parts, &m, &even, &[], 4).is_empty(), "even load stays");
+        // Node 1 leads the two hot partitions: one of them moves to a less loaded voter.
+        let hot: BTreeMap<u64, u64> =
+            parts.iter().map(|p| (p.id, if first(p.id) == 1 { 3000 } else { 100 })).collect();
+        let moves = leader_moves(&parts, &m, &hot, &[], 4);
+        assert!(!moves.is_empty());
+        assert_eq!((first(moves[0].partition), hot[&moves[0].partition]), (1, 3000), "{moves:?}");
+        assert_ne!(moves[0].to, 1);
+        let mut seen: Vec<u64> = moves.iter().map(|m| m.partition).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), moves.len(), "a partition moved twice: {moves:?}");
+        // Afterwards the busiest node serves less than node 1 did (6,200 requests/s).
+        let mut after: BTreeMap<u64, u64> = BTreeMap::new();
+        for p in &parts {
+            let lead =
+                moves.iter().find(|m| m.partition == p.id).map(|m| m.to).unwrap_or(first(p.id));
+            *after.entry(lead).or_default() += hot[&p.id];
+        }
+        assert!(after.values().all(|l| *l < 6200), "{after:?}");
+        // Moved lately: left alone.
+        let ids: Vec<u64> = parts.iter().map(|p| p.id).collect();
+        assert!(leader_moves(&parts, &m, &hot, &ids, 4).is_empty());
+        // Small differences are noise.
+        let noise: BTreeMap<u64, u64> =
+            parts.iter().map(|p| (p.id, if first(p.id) == 1 { 150 } else { 100 })).collect();
+        assert!(leader_moves(&parts, &m, &noise, &[], 4).is_empty());
+        // One hot partition alone: moving it would only move the hot spot.
+        let one: BTreeMap<u64, u64> =
+            parts.iter().map(|p| (p.id, if p.id == parts[0].id { 5000 } else { 0 })).collect();
+        assert!(leader_moves(&parts, &m, &one, &[], 4).is_empty());
+        // A draining node is neither a source of load nor a receiver.
+        let drained = members(&[
+            (1, MemberState::Active),
+            (2, MemberState::Draining),
+            (3, MemberState::Active),
+        ]);
+        for mv in leader_moves(&parts, &drained, &hot, &[], 4) {
+            assert_ne!(mv.to, 2);
         }
     }
 

@@ -67,6 +67,13 @@ pub enum WriteOp {
         new_id: u64,
         epoch: u64,
     },
+    /// Puts voter `node` first in the partition's placement order (see
+    /// [`crate::PartitionInfo::prefer`]): its leadership preference, which the leader
+    /// rebalancer then follows. The balancer's way of spreading leaders by load.
+    Lead {
+        node: u64,
+        epoch: u64,
+    },
 }
 
 impl WriteOp {
@@ -81,7 +88,7 @@ impl WriteOp {
             | WriteOp::LockRelease { resource, .. } => vec![resource],
             WriteOp::SeqNext { name, .. } => vec![name],
             WriteOp::KvCollect { keys, .. } => keys.iter().map(|k| k.as_slice()).collect(),
-            WriteOp::Split { .. } => vec![],
+            WriteOp::Split { .. } | WriteOp::Lead { .. } => vec![],
         }
     }
 }

@@ -104,6 +104,21 @@ pub enum ChangeRefused {
 }
 
 impl PartitionInfo {
+    /// The descriptor with voter `node` first in placement order (the others keep theirs), one
+    /// epoch up, if it applies at `epoch`.
+    pub fn prefer(&self, node: u64, epoch: u64) -> Result<PartitionInfo, ChangeRefused> {
+        let id = self.id;
+        if epoch != self.epoch {
+            return Err(ChangeRefused::Stale { id, have: self.epoch, want: epoch });
+        }
+        if !self.replicas.contains(&node) {
+            return Err(ChangeRefused::Invalid { id, why: "only a voter can lead" });
+        }
+        let mut replicas = vec![node];
+        replicas.extend(self.replicas.iter().copied().filter(|n| *n != node));
+        Ok(PartitionInfo { replicas, epoch: self.epoch + 1, ..self.clone() })
+    }
+
     /// Whether `node` holds a replica (voter or learner).
     pub fn holds(&self, node: u64) -> bool {
         self.replicas.contains(&node) || self.learners.contains(&node)
@@ -569,6 +584,9 @@ mod tests {
         for (info, change, epoch) in refused {
             assert!(info.change_replicas(change, epoch).is_err(), "{change:?} at {epoch}");
         }
+        let led = p.prefer(3, 1).unwrap();
+        assert_eq!((led.replicas.clone(), led.epoch), (vec![3, 1, 2], 2));
+        assert!(p.prefer(4, 1).is_err() && p.prefer(3, 2).is_err());
         // A split keeps the learners on both halves.
         let (l, r) = add.split(b"m", 70_000, 2).unwrap();
         assert_eq!((l.learners.clone(), r.learners.clone()), (vec![4], vec![4]));

@@ -232,6 +232,7 @@ pub fn decode_request(buf: &[u8]) -> Result<(u64, u32, Op), DecodeError> {
                 epoch: o.epoch(),
                 add: o.add(),
                 remove: o.remove(),
+                lead: o.lead(),
             }
         }
         wire::Op::ClusterStatus => {
@@ -452,7 +453,7 @@ pub fn encode_request(
             };
             (wire::Op::Membership, wire::Membership::create(fbb, &args).as_union_value())
         }
-        Op::MoveReplica { key, partition, epoch, add, remove } => {
+        Op::MoveReplica { key, partition, epoch, add, remove, lead } => {
             let key = fbb.create_vector(key);
             let args = wire::MoveReplicaArgs {
                 key: Some(key),
@@ -460,6 +461,7 @@ pub fn encode_request(
                 epoch: *epoch,
                 add: *add,
                 remove: *remove,
+                lead: *lead,
             };
             (wire::Op::MoveReplica, wire::MoveReplica::create(fbb, &args).as_union_value())
         }
@@ -577,6 +579,8 @@ fn cluster_status<'a>(
                             ephemeral_bytes: r.ephemeral_bytes,
                             checksum: r.checksum,
                             checksum_index: r.checksum_index,
+                            qps: r.qps,
+                            bytes: r.bytes,
                         },
                     )
                 })
@@ -654,6 +658,8 @@ fn cluster_status_from(r: wire::ClusterStatusResult<'_>) -> ClusterStatus {
                                     ephemeral_bytes: r.ephemeral_bytes(),
                                     checksum: r.checksum(),
                                     checksum_index: r.checksum_index(),
+                                    qps: r.qps(),
+                                    bytes: r.bytes(),
                                 })
                                 .collect()
                         })
@@ -1107,7 +1113,8 @@ mod tests {
                 peer_addr: String::new(),
                 shards: 0,
             },
-            Op::MoveReplica { key: k.clone(), partition: 3, epoch: 4, add: 5, remove: 1 },
+            Op::MoveReplica { key: k.clone(), partition: 3, epoch: 4, add: 5, remove: 1, lead: 0 },
+            Op::MoveReplica { key: k.clone(), partition: 3, epoch: 4, add: 0, remove: 0, lead: 2 },
         ] {
             roundtrip_op(op);
         }
@@ -1222,6 +1229,8 @@ mod tests {
                         ephemeral_bytes: 12,
                         checksum: 13,
                         checksum_index: 9,
+                        qps: 2500,
+                        bytes: 1 << 30,
                     }],
                 }],
             })),

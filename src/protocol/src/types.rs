@@ -236,6 +236,8 @@ pub enum Op {
         epoch: u64,
         add: u64,
         remove: u64,
+        /// Instead of a move: make this voter the preferred leader (0: none).
+        lead: u64,
     },
 }
 
@@ -501,6 +503,10 @@ pub struct ReplicaStatus {
     /// `checksum_index`; 0 when not asked.
     pub checksum: u64,
     pub checksum_index: u64,
+    /// On the leader: requests a second it served (over the split window).
+    pub qps: u64,
+    /// On the leader: the partition's approximate size on disk.
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -113,6 +113,10 @@ pub fn apply<T: Txn>(txn: &mut T, op: &WriteOp, ctx: &ApplyCtx) -> Result<Reply,
             kv::split_floor(txn, at, ctx)?;
             Ok(Reply::Split { left: 0, right: *new_id, at: at.clone(), epoch: epoch + 1 })
         }
+        // Changes the descriptor only (the server applies that beside the state).
+        WriteOp::Lead { epoch, .. } => {
+            Ok(Reply::MoveReplica { step: "lead".to_string(), epoch: epoch + 1 })
+        }
     }
 }
 

@@ -3043,6 +3043,7 @@ impl<'a> MoveReplica<'a> {
   pub const VT_EPOCH: ::flatbuffers::VOffsetT = 8;
   pub const VT_ADD: ::flatbuffers::VOffsetT = 10;
   pub const VT_REMOVE: ::flatbuffers::VOffsetT = 12;
+  pub const VT_LEAD: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3054,6 +3055,7 @@ impl<'a> MoveReplica<'a> {
     args: &'args MoveReplicaArgs<'args>
   ) -> ::flatbuffers::WIPOffset<MoveReplica<'bldr>> {
     let mut builder = MoveReplicaBuilder::new(_fbb);
+    builder.add_lead(args.lead);
     builder.add_remove(args.remove);
     builder.add_add(args.add);
     builder.add_epoch(args.epoch);
@@ -3098,6 +3100,15 @@ impl<'a> MoveReplica<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(MoveReplica::VT_REMOVE, Some(0)).unwrap()}
   }
+  /// Instead of a replica move: put this voter first in the placement order (it becomes the
+  /// preferred leader, and leadership follows). 0: none.
+  #[inline]
+  pub fn lead(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MoveReplica::VT_LEAD, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for MoveReplica<'_> {
@@ -3111,6 +3122,7 @@ impl ::flatbuffers::Verifiable for MoveReplica<'_> {
      .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
      .visit_field::<u64>("add", Self::VT_ADD, false)?
      .visit_field::<u64>("remove", Self::VT_REMOVE, false)?
+     .visit_field::<u64>("lead", Self::VT_LEAD, false)?
      .finish();
     Ok(())
   }
@@ -3121,6 +3133,7 @@ pub struct MoveReplicaArgs<'a> {
     pub epoch: u64,
     pub add: u64,
     pub remove: u64,
+    pub lead: u64,
 }
 impl<'a> Default for MoveReplicaArgs<'a> {
   #[inline]
@@ -3131,6 +3144,7 @@ impl<'a> Default for MoveReplicaArgs<'a> {
       epoch: 0,
       add: 0,
       remove: 0,
+      lead: 0,
     }
   }
 }
@@ -3161,6 +3175,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MoveReplicaBuilder<'a, 'b, A>
     self.fbb_.push_slot::<u64>(MoveReplica::VT_REMOVE, remove, 0);
   }
   #[inline]
+  pub fn add_lead(&mut self, lead: u64) {
+    self.fbb_.push_slot::<u64>(MoveReplica::VT_LEAD, lead, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MoveReplicaBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     MoveReplicaBuilder {
@@ -3183,6 +3201,7 @@ impl ::core::fmt::Debug for MoveReplica<'_> {
       ds.field("epoch", &self.epoch());
       ds.field("add", &self.add());
       ds.field("remove", &self.remove());
+      ds.field("lead", &self.lead());
       ds.finish()
   }
 }
@@ -5408,6 +5427,8 @@ impl<'a> ReplicaStatus<'a> {
   pub const VT_EPHEMERAL_BYTES: ::flatbuffers::VOffsetT = 20;
   pub const VT_CHECKSUM: ::flatbuffers::VOffsetT = 22;
   pub const VT_CHECKSUM_INDEX: ::flatbuffers::VOffsetT = 24;
+  pub const VT_QPS: ::flatbuffers::VOffsetT = 26;
+  pub const VT_BYTES: ::flatbuffers::VOffsetT = 28;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5419,6 +5440,8 @@ impl<'a> ReplicaStatus<'a> {
     args: &'args ReplicaStatusArgs
   ) -> ::flatbuffers::WIPOffset<ReplicaStatus<'bldr>> {
     let mut builder = ReplicaStatusBuilder::new(_fbb);
+    builder.add_bytes(args.bytes);
+    builder.add_qps(args.qps);
     builder.add_checksum_index(args.checksum_index);
     builder.add_checksum(args.checksum);
     builder.add_ephemeral_bytes(args.ephemeral_bytes);
@@ -5515,6 +5538,22 @@ impl<'a> ReplicaStatus<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(ReplicaStatus::VT_CHECKSUM_INDEX, Some(0)).unwrap()}
   }
+  /// On the leader: requests a second it served, averaged over the split window.
+  #[inline]
+  pub fn qps(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaStatus::VT_QPS, Some(0)).unwrap()}
+  }
+  /// On the leader: the partition's approximate size on disk (measured every 10 s).
+  #[inline]
+  pub fn bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaStatus::VT_BYTES, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ReplicaStatus<'_> {
@@ -5534,6 +5573,8 @@ impl ::flatbuffers::Verifiable for ReplicaStatus<'_> {
      .visit_field::<u64>("ephemeral_bytes", Self::VT_EPHEMERAL_BYTES, false)?
      .visit_field::<u64>("checksum", Self::VT_CHECKSUM, false)?
      .visit_field::<u64>("checksum_index", Self::VT_CHECKSUM_INDEX, false)?
+     .visit_field::<u64>("qps", Self::VT_QPS, false)?
+     .visit_field::<u64>("bytes", Self::VT_BYTES, false)?
      .finish();
     Ok(())
   }
@@ -5550,6 +5591,8 @@ pub struct ReplicaStatusArgs {
     pub ephemeral_bytes: u64,
     pub checksum: u64,
     pub checksum_index: u64,
+    pub qps: u64,
+    pub bytes: u64,
 }
 impl<'a> Default for ReplicaStatusArgs {
   #[inline]
@@ -5566,6 +5609,8 @@ impl<'a> Default for ReplicaStatusArgs {
       ephemeral_bytes: 0,
       checksum: 0,
       checksum_index: 0,
+      qps: 0,
+      bytes: 0,
     }
   }
 }
@@ -5620,6 +5665,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaStatusBuilder<'a, 'b, 
     self.fbb_.push_slot::<u64>(ReplicaStatus::VT_CHECKSUM_INDEX, checksum_index, 0);
   }
   #[inline]
+  pub fn add_qps(&mut self, qps: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaStatus::VT_QPS, qps, 0);
+  }
+  #[inline]
+  pub fn add_bytes(&mut self, bytes: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaStatus::VT_BYTES, bytes, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplicaStatusBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ReplicaStatusBuilder {
@@ -5648,6 +5701,8 @@ impl ::core::fmt::Debug for ReplicaStatus<'_> {
       ds.field("ephemeral_bytes", &self.ephemeral_bytes());
       ds.field("checksum", &self.checksum());
       ds.field("checksum_index", &self.checksum_index());
+      ds.field("qps", &self.qps());
+      ds.field("bytes", &self.bytes());
       ds.finish()
   }
 }

@@ -20,6 +20,58 @@ use crate::shard::Shard;
 /// Replica moves under way at once, cluster-wide: each costs a snapshot transfer.
 pub const MAX_MOVES: usize = 4;
 
+/// Leaders are moved for load every this many rounds (10 s), at most [`MAX_LEAD_MOVES`] at a
+/// time, and a partition whose leadership moved is left alone for [`LEAD_HOLD`].
+const LEAD_EVERY_ROUNDS: u64 = 10;
+const MAX_LEAD_MOVES: usize = 2;
+const LEAD_HOLD: Duration = Duration::from_secs(60);
+
+/// Reads every leader's load (`cluster status`: requests/s per partition) and moves the
+/// preferred leadership of hot partitions off the busiest nodes (`core::balance::leader_moves`).
+async fn leaders_by_load(shard: &Rc<Shard>, members: &[rules::Member], deadline: Instant) {
+    let (Ok(Reply::ClusterStatus(st)), _) =
+        shard.status(kahuna_protocol::StatusScope::Cluster, false, deadline).await
+    else {
+        return;
+    };
+    let qps: std::collections::BTreeMap<u64, u64> =
+        st.partitions.iter().filter_map(|p| Some((p.id, p.leader()?.qps))).collect();
+    let now = Instant::now();
+    shard.cluster.led.borrow_mut().retain(|_, at| now.duration_since(*at) < LEAD_HOLD);
+    let recent: Vec<u64> = shard.cluster.led.borrow().keys().copied().collect();
+    let map = shard.map();
+    let moves = kahuna_core::balance::leader_moves(
+        map.partitions(),
+        members,
+        &qps,
+        &recent,
+        MAX_LEAD_MOVES,
+    );
+    for mv in moves {
+        let Some(start) = map.get(mv.partition).map(|p| p.start.clone()) else { continue };
+        let op = Op::MoveReplica {
+            key: start,
+            partition: mv.partition,
+            epoch: mv.epoch,
+            add: 0,
+            remove: 0,
+            lead: mv.to,
+        };
+        match shard.execute_checked(op, deadline).await.0 {
+            Ok(_) => {
+                tracing::info!(
+                    "partition {} ({} requests/s): node {} leads it from now on, for load",
+                    mv.partition,
+                    qps.get(&mv.partition).copied().unwrap_or(0),
+                    mv.to
+                );
+                shard.cluster.led.borrow_mut().insert(mv.partition, now);
+            }
+            Err(e) => tracing::debug!("leadership of partition {} for load: {e}", mv.partition),
+        }
+    }
+}
+
 /// From the tick, once a second: a round, if this shard leads the meta range.
 pub fn tick(shard: &Rc<Shard>) {
     if shard.cluster.balancing.get() {
@@ -78,6 +130,11 @@ async fn round(shard: &Rc<Shard>) {
             }
         }
     }
+    let rounds = shard.cluster.rounds.get() + 1;
+    shard.cluster.rounds.set(rounds);
+    if even_out && rounds.is_multiple_of(LEAD_EVERY_ROUNDS) {
+        leaders_by_load(shard, &members, deadline).await;
+    }
     let policy =
         Policy { replication: shard.cfg.replication_factor, max_moves: MAX_MOVES, even_out };
     let prior: Vec<_> = shard.cluster.moves.borrow().iter().map(|(m, _)| *m).collect();
@@ -91,6 +148,7 @@ async fn round(shard: &Rc<Shard>) {
             epoch: mv.epoch,
             add: mv.add,
             remove: mv.remove,
+            lead: 0,
         };
         let step = match shard.execute_checked(op, deadline).await.0 {
             Ok(Reply::MoveReplica { step, .. }) => step,

@@ -30,4 +30,8 @@ pub struct ClusterState {
     pub balancing: Cell<bool>,
     /// The moves the last round made a step of, with the step (for `cluster status`).
     pub moves: RefCell<Vec<(kahuna_core::balance::Move, String)>>,
+    /// Balancing rounds run on this shard (leaders are looked at every tenth).
+    pub rounds: Cell<u64>,
+    /// Partitions whose leadership moved for load, and when: left alone for a while.
+    pub led: RefCell<BTreeMap<u64, std::time::Instant>>,
 }

@@ -15,7 +15,7 @@
 
 use std::rc::Rc;
 
-use kahuna_core::balance::{next_step, Move, Step};
+use kahuna_core::balance::{next_step, LeadMove, Move, Step};
 use kahuna_core::partition::{ChangeEntry, PartitionInfo, ReplicaChange};
 use kahuna_protocol::{ErrorCode, Reply, WireError};
 use prost::Message as _;
@@ -105,6 +105,56 @@ impl Shard {
             Some(Ok(r)) => r,
         }
     }
+}
+
+impl Shard {
+    /// Makes `mv.to` the partition's preferred leader (first in placement order), on its
+    /// leader; the leader rebalancer then hands leadership over.
+    pub async fn lead_step(
+        self: &Rc<Self>,
+        partition: u64,
+        mv: LeadMove,
+        deadline: std::time::Instant,
+    ) -> Result<Reply, WireError> {
+        let epoch = {
+            let parts = self.parts.borrow();
+            let p = parts.get(&partition).ok_or_else(|| {
+                WireError::new(ErrorCode::Moved, format!("partition {partition} is not here"))
+            })?;
+            p.ensure_leader()?;
+            if partition != mv.partition || p.info.epoch != mv.epoch {
+                return Err(conflict(format!(
+                    "partition {partition} is at epoch {}, not {}",
+                    p.info.epoch, mv.epoch
+                )));
+            }
+            if p.info.replicas.first() == Some(&mv.to) {
+                return Ok(Reply::MoveReplica { step: "done".into(), epoch: p.info.epoch });
+            }
+            p.info.prefer(mv.to, p.info.epoch).map_err(conflict)?;
+            p.info.epoch
+        };
+        tracing::info!("partition {partition}: node {} to lead it (load)", mv.to);
+        let data = self.command(kahuna_core::WriteOp::Lead { node: mv.to, epoch });
+        self.propose_wait(partition, data, deadline).await
+    }
+}
+
+/// Applies a `Lead` entry: the descriptor with the new preferred leader first.
+pub fn apply_lead(
+    shard: &Shard,
+    p: &mut Partition,
+    buf: &mut WriteBuffer<'_, StateDb>,
+    node: u64,
+    epoch: u64,
+) -> Result<Reply, WireError> {
+    let next = p.info.prefer(node, epoch).map_err(conflict)?;
+    buf.put(crate::storage::state::descriptor_key(next.id), next.encode());
+    p.info = next.clone();
+    p.handover = None;
+    shard.learn_map(std::slice::from_ref(&next));
+    shard.map_outbox.borrow_mut().push(next.clone());
+    Ok(Reply::MoveReplica { step: "lead".into(), epoch: next.epoch })
 }
 
 /// raft-rs's form of `change`.

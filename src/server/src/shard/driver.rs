@@ -715,6 +715,9 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
                         }
                         let ctx = ApplyCtx::persistent(&cmd, e.term, &p.info.start);
                         let result = match &cmd.op {
+                            WriteOp::Lead { node, epoch } => crate::cluster::replicas::apply_lead(
+                                shard, p, &mut buf, *node, *epoch,
+                            ),
                             WriteOp::Split { .. } => apply_split(
                                 shard,
                                 p,

@@ -281,7 +281,11 @@ impl Shard {
         if let Op::Split { at, .. } = op {
             return (Box::pin(self.split_here(partition, at, deadline)).await, hint);
         }
-        if let Op::MoveReplica { partition: want, epoch, add, remove, .. } = op {
+        if let Op::MoveReplica { partition: want, epoch, add, remove, lead, .. } = op {
+            if lead != 0 {
+                let mv = kahuna_core::balance::LeadMove { partition: want, epoch, to: lead };
+                return (Box::pin(self.lead_step(partition, mv, deadline)).await, hint);
+            }
             let mv = kahuna_core::balance::Move { partition: want, epoch, add, remove };
             return (Box::pin(self.move_step(partition, mv, deadline)).await, hint);
         }

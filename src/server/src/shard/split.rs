@@ -70,9 +70,6 @@ impl SplitState {
 
     /// Counts a request a partition served here (the load trigger's input).
     pub fn record(&self, partition: u64, key: &[u8]) {
-        if self.policy.load_qps == 0 {
-            return;
-        }
         // xorshift: the sample only needs to be uniform, not unpredictable.
         let mut x = self.rng.get();
         x ^= x << 13;
@@ -81,6 +78,20 @@ impl SplitState {
         self.rng.set(x);
         let second = self.started.elapsed().as_secs();
         self.load.borrow_mut().entry(partition).or_default().record(key, second, x);
+    }
+
+    /// Requests a second the partition served here, over the window (its leader's measure).
+    pub fn qps(&self, partition: u64) -> u64 {
+        let second = self.started.elapsed().as_secs();
+        match self.load.borrow_mut().get_mut(&partition) {
+            Some(t) => t.rate(second, self.policy.window_secs).0,
+            None => 0,
+        }
+    }
+
+    /// The partition's approximate size on disk, as last measured (every 10 s, on its leader).
+    pub fn size(&self, partition: u64) -> u64 {
+        self.sizes.borrow().get(&partition).copied().unwrap_or(0)
     }
 
     /// The partition's range changed (it split) or it is gone: its numbers describe the past.
@@ -288,15 +299,13 @@ impl Shard {
 /// the first split shows its effect).
 pub fn check(shard: &Rc<Shard>) {
     let policy = shard.splits.policy;
-    if policy.size_bytes == 0 && policy.load_qps == 0 {
-        return;
-    }
     if !shard.splits.in_progress.borrow().is_empty() {
         return;
     }
     let now = Instant::now();
-    let measure_sizes = policy.size_bytes > 0
-        && shard.splits.sized_at.get().is_none_or(|t| now.duration_since(t) >= SIZE_EVERY);
+    // Sizes are measured even with splits by size off: `cluster status` reports them.
+    let measure_sizes =
+        shard.splits.sized_at.get().is_none_or(|t| now.duration_since(t) >= SIZE_EVERY);
     if measure_sizes {
         shard.splits.sized_at.set(Some(now));
     }

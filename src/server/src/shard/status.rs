@@ -34,7 +34,7 @@ fn role(r: StateRole) -> ReplicaRole {
 
 impl Shard {
     /// Serves a status request of any scope.
-    pub(super) async fn status(
+    pub(crate) async fn status(
         self: &Rc<Self>,
         scope: StatusScope,
         checksums: bool,
@@ -76,6 +76,8 @@ impl Shard {
                     ephemeral_bytes: p.ephemeral.bytes() as u64,
                     checksum: 0,
                     checksum_index: 0,
+                    qps: if p.is_leader() { self.splits.qps(*pid) } else { 0 },
+                    bytes: if p.is_leader() { self.splits.size(*pid) } else { 0 },
                 }],
             });
             ranges.push((*pid, p.info.start.clone(), p.info.end.clone()));
