@@ -46,6 +46,15 @@ fn a_node_joins_and_another_leaves_under_load_and_a_kill_losing_nothing() {
     let members = c.members(2);
     let held = |id: u64| members.iter().find(|m| m.0 == id).map(|m| m.2).unwrap_or(0);
     assert!(held(4) >= 2, "node 4 holds too little: {members:?}");
+    // A joined node restarts from its data directory (the members it kept, not the join).
+    c.node_mut(4).kill9();
+    c.node_mut(4).restart();
+    wait_until(&c, 4, Duration::from_secs(30), "node 4 back with its replicas", |st| {
+        st.partitions
+            .iter()
+            .filter(|p| p.replicas.contains(&4))
+            .all(|p| p.status.iter().any(|r| r.node == 4) && p.leader().is_some())
+    });
     // Then remove node 2, with node 3 killed -9 in the middle of the moves, the same
     // clients running throughout (one history for the whole run).
     let cl = client_via(c.node(4), 10_000);

@@ -37,13 +37,28 @@ pub struct Policy {
     pub even_out: bool,
 }
 
-/// Replicas (voters and learners) per node that may hold them, and the nodes leaving.
-struct Counts {
-    held: BTreeMap<u64, usize>,
+/// What the balancer saw beside the map and the records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Active members not heard from lately: they get no replica (their own replicas stay:
+    /// a node is replaced when an operator removes it, not when it is slow to answer).
+    pub down: Vec<u64>,
+    /// `(partition, node)`: the node left the partition lately and gets no replica of it back
+    /// yet (its old replica, if it missed its own removal, must be gone first).
+    pub not_again: Vec<(u64, u64)>,
+    /// `(partition, node)`: learners that never caught up (their node is down, or it took too
+    /// long): dropped.
+    pub stalled: Vec<(u64, u64)>,
 }
 
-impl Counts {
-    fn new(parts: &[PartitionInfo], members: &[Member]) -> Counts {
+/// Replicas (voters and learners) per node that may hold them, and the nodes leaving.
+struct Counts<'a> {
+    held: BTreeMap<u64, usize>,
+    seen: &'a Seen,
+}
+
+impl<'a> Counts<'a> {
+    fn new(parts: &[PartitionInfo], members: &[Member], seen: &'a Seen) -> Counts<'a> {
         let mut held: BTreeMap<u64, usize> =
             members.iter().filter(|m| m.state == MemberState::Active).map(|m| (m.id, 0)).collect();
         for p in parts {
@@ -53,14 +68,19 @@ impl Counts {
                 }
             }
         }
-        Counts { held }
+        Counts { held, seen }
     }
 
-    /// The active node holding the fewest replicas that does not hold one of `p`.
+    /// Whether `n` may receive a replica of `p`.
+    fn may_receive(&self, p: &PartitionInfo, n: u64) -> bool {
+        !p.holds(n) && !self.seen.down.contains(&n) && !self.seen.not_again.contains(&(p.id, n))
+    }
+
+    /// The active node holding the fewest replicas that may receive one of `p`.
     fn receiver(&self, p: &PartitionInfo) -> Option<u64> {
         self.held
             .iter()
-            .filter(|(n, _)| !p.holds(**n))
+            .filter(|(n, _)| self.may_receive(p, **n))
             .min_by_key(|(n, c)| (**c, **n))
             .map(|(n, _)| *n)
     }
@@ -80,13 +100,14 @@ pub fn plan(
     members: &[Member],
     policy: Policy,
     prior: &[Move],
+    seen: &Seen,
 ) -> Vec<Move> {
     let state: BTreeMap<u64, MemberState> = members.iter().map(|m| (m.id, m.state)).collect();
     let leaving =
         |n: &u64| matches!(state.get(n), Some(MemberState::Draining | MemberState::Removed));
     let active = state.values().filter(|s| **s == MemberState::Active).count();
     let target = policy.replication.min(active).max(1);
-    let mut counts = Counts::new(parts, members);
+    let mut counts = Counts::new(parts, members, seen);
     let mut moves = Vec::new();
     let mv = |p: &PartitionInfo, add, remove| Move { partition: p.id, epoch: p.epoch, add, remove };
     // The voter to remove from `p`: a leaving one first, else the one on the busiest node
@@ -113,7 +134,7 @@ pub fn plan(
             return moves;
         }
         let (add, remove) = if let Some(&l) = p.learners.first() {
-            if leaving(&l) || !state.contains_key(&l) {
+            if leaving(&l) || !state.contains_key(&l) || seen.stalled.contains(&(p.id, l)) {
                 (0, l)
             } else if p.replicas.len() >= target {
                 (l, meant(p, l).unwrap_or_else(|| victim(p, l, &counts)))
@@ -165,7 +186,11 @@ pub fn plan(
     while moves.len() < policy.max_moves {
         let (Some((&hi, &hc)), Some((&lo, &lc))) = (
             counts.held.iter().max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n))),
-            counts.held.iter().min_by_key(|(n, c)| (**c, **n)),
+            counts
+                .held
+                .iter()
+                .filter(|(n, _)| !seen.down.contains(n))
+                .min_by_key(|(n, c)| (**c, **n)),
         ) else {
             break;
         };
@@ -177,7 +202,7 @@ pub fn plan(
         let Some(p) = parts
             .iter()
             .rev()
-            .find(|p| !busy(&moves, p) && p.replicas.contains(&hi) && !p.holds(lo))
+            .find(|p| !busy(&moves, p) && p.replicas.contains(&hi) && counts.may_receive(p, lo))
         else {
             break;
         };
@@ -361,14 +386,14 @@ mod tests {
     fn a_joined_node_receives_its_share_and_then_nothing_moves() {
         let mut parts = PartitionMap::initial(12, 1, &[1, 2, 3], 3).partitions().to_vec();
         let m = active(&[1, 2, 3, 4]);
-        let moves = plan(&parts, &m, ALL, &[]);
+        let moves = plan(&parts, &m, ALL, &[], &Seen::default());
         assert!(moves.iter().all(|mv| mv.add == 4 && mv.remove != 4));
         settle(&mut parts, &moves);
         let c = counts(&parts);
         assert_eq!(c[&4], 9, "36 replicas over 4 nodes: {c:?}");
         assert!(c.values().all(|n| *n == 9), "{c:?}");
         // Settled: nothing more (hysteresis keeps a one-replica difference).
-        assert!(plan(&parts, &m, ALL, &[]).is_empty());
+        assert!(plan(&parts, &m, ALL, &[], &Seen::default()).is_empty());
         assert!(parts.iter().all(|p| p.replicas.len() == 3));
     }
 
@@ -376,18 +401,18 @@ mod tests {
     fn moves_are_bounded_and_unfinished_ones_come_first() {
         let parts = PartitionMap::initial(12, 1, &[1, 2, 3], 3).partitions().to_vec();
         let m = active(&[1, 2, 3, 4]);
-        let bounded = plan(&parts, &m, Policy { max_moves: 2, ..ALL }, &[]);
+        let bounded = plan(&parts, &m, Policy { max_moves: 2, ..ALL }, &[], &Seen::default());
         assert_eq!(bounded.len(), 2);
         // A learner half-way: it is finished first, and counts against the bound.
         let mut half = parts.clone();
         half[5].learners.push(4);
-        let next = plan(&half, &m, Policy { max_moves: 1, ..ALL }, &[]);
+        let next = plan(&half, &m, Policy { max_moves: 1, ..ALL }, &[], &Seen::default());
         assert_eq!(next.len(), 1);
         assert_eq!((next[0].partition, next[0].add), (half[5].id, 4));
         // A voter too many (promoted, not yet removed): one goes, never the new one.
         let mut extra = parts.clone();
         extra[2].replicas.push(4);
-        let next = plan(&extra, &m, Policy { max_moves: 1, ..ALL }, &[]);
+        let next = plan(&extra, &m, Policy { max_moves: 1, ..ALL }, &[], &Seen::default());
         assert_eq!(next[0].partition, extra[2].id);
         assert_eq!(next[0].add, 0);
         assert!(next[0].remove != 0 && next[0].remove != 4, "{next:?}");
@@ -401,7 +426,7 @@ mod tests {
             (4, MemberState::Draining),
         ]);
         assert_eq!(
-            plan(&drop, &gone, ALL, &[])[0],
+            plan(&drop, &gone, ALL, &[], &Seen::default())[0],
             Move { partition: drop[1].id, epoch: 1, add: 0, remove: 4 }
         );
     }
@@ -416,11 +441,11 @@ mod tests {
             (4, MemberState::Active),
         ]);
         let no_even = Policy { even_out: false, ..ALL };
-        let moves = plan(&parts, &m, no_even, &[]);
+        let moves = plan(&parts, &m, no_even, &[], &Seen::default());
         assert!(moves.iter().all(|mv| mv.remove == 2 && mv.add != 2 && mv.add != 0));
         settle(&mut parts, &moves);
         assert!(parts.iter().all(|p| !p.holds(2) && p.replicas.len() == 3));
-        assert!(plan(&parts, &m, no_even, &[]).is_empty());
+        assert!(plan(&parts, &m, no_even, &[], &Seen::default()).is_empty());
     }
 
     #[test]
@@ -432,7 +457,7 @@ mod tests {
             (2, MemberState::Active),
             (3, MemberState::Draining),
         ]);
-        let moves = plan(&parts, &m, ALL, &[]);
+        let moves = plan(&parts, &m, ALL, &[], &Seen::default());
         assert_eq!(moves.len(), 4);
         assert!(moves.iter().all(|mv| mv.add == 0 && mv.remove == 3));
         settle(&mut parts, &moves);
@@ -441,11 +466,11 @@ mod tests {
         let mut single = PartitionMap::initial(3, 1, &[1], 3).partitions().to_vec();
         let m3 = active(&[1, 2, 3]);
         for _ in 0..3 {
-            let moves = plan(&single, &m3, ALL, &[]);
+            let moves = plan(&single, &m3, ALL, &[], &Seen::default());
             settle(&mut single, &moves);
         }
         assert!(single.iter().all(|p| p.replicas.len() == 3), "{single:?}");
-        assert!(plan(&single, &m3, ALL, &[]).is_empty());
+        assert!(plan(&single, &m3, ALL, &[], &Seen::default()).is_empty());
     }
 
     /// Runs rounds as the server does: each round's moves make one step each (learner, then
@@ -455,7 +480,7 @@ mod tests {
         let mut prior = Vec::new();
         let mut moved = 0;
         for _ in 0..200 {
-            let moves = plan(parts, m, policy, &prior);
+            let moves = plan(parts, m, policy, &prior, &Seen::default());
             if moves.is_empty() {
                 return moved;
             }
@@ -493,6 +518,25 @@ mod tests {
             assert!(moved <= c[&(nodes as u64 + 1)] + 1, "{nodes} + 1 nodes: {moved} moves, {c:?}");
             assert!(parts.iter().all(|p| p.replicas.len() == 3 && p.learners.is_empty()));
         }
+    }
+
+    #[test]
+    fn down_nodes_recent_removals_and_stalled_learners_are_respected() {
+        let parts = PartitionMap::initial(12, 1, &[1, 2, 3], 3).partitions().to_vec();
+        let m = active(&[1, 2, 3, 4]);
+        // Node 4 down: it gets nothing.
+        let down = Seen { down: vec![4], ..Seen::default() };
+        assert!(plan(&parts, &m, ALL, &[], &down).is_empty());
+        // Node 4 left every partition lately: nothing of them comes back to it yet.
+        let not_again =
+            Seen { not_again: parts.iter().map(|p| (p.id, 4)).collect(), ..Seen::default() };
+        assert!(plan(&parts, &m, ALL, &[], &not_again).is_empty());
+        // A learner that never caught up is dropped, not promoted.
+        let mut half = parts.clone();
+        half[3].learners.push(4);
+        let stalled = Seen { stalled: vec![(half[3].id, 4)], ..Seen::default() };
+        let moves = plan(&half, &m, Policy { max_moves: 1, ..ALL }, &[], &stalled);
+        assert_eq!(moves, vec![Move { partition: half[3].id, epoch: 1, add: 0, remove: 4 }]);
     }
 
     #[test]

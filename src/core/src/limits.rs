@@ -68,10 +68,13 @@ impl Limits {
     /// The member records and the balancer switch (see `crate::membership`) may be read and
     /// written too, within the usual sizes.
     pub fn validate_from_peer(&self, op: &Op) -> Result<(), WireError> {
-        use crate::membership::{BALANCE_KEY, MEMBERS_PREFIX};
-        let cluster_key = |k: &[u8]| k.starts_with(MEMBERS_PREFIX) || k == BALANCE_KEY;
+        use crate::membership::{BALANCE_KEY, MEMBERS_PREFIX, REPLICATION_KEY};
+        let cluster_key =
+            |k: &[u8]| k.starts_with(MEMBERS_PREFIX) || k == BALANCE_KEY || k == REPLICATION_KEY;
         match op {
             Op::SeqNext { name, count: 1 } if name == crate::keys::PARTITION_IDS => Ok(()),
+            // The balancer's steps come from the meta range's leader, never from a client.
+            Op::MoveReplica { key, .. } if key.len() <= self.max_key_bytes => Ok(()),
             Op::KvGet { key, .. } if cluster_key(key) => Ok(()),
             Op::KvScan { prefix, start_after, limit, .. } if prefix == MEMBERS_PREFIX => {
                 if start_after.as_ref().is_some_and(|c| c.len() > self.max_key_bytes) {
@@ -189,7 +192,10 @@ impl Limits {
                 self.key("key", key, true)?;
                 self.key("split key", at, true)
             }
-            Op::MoveReplica { key, .. } => self.key("key", key, true),
+            Op::MoveReplica { .. } => Err(invalid(
+                "replica moves are the balancer's: use `cluster drain`, `remove-node` or `balance`"
+                    .to_string(),
+            )),
             Op::Membership { client_addr, peer_addr, .. } => {
                 if client_addr.len() > 255 || peer_addr.len() > 255 {
                     return Err(invalid("addresses are at most 255 bytes".to_string()));

@@ -18,6 +18,9 @@ pub const MEMBERS_PREFIX: &[u8] = kahuna_protocol::types::MEMBERS_PREFIX;
 /// `off` here stops the replica balancer (`kahuna-cli cluster balance off`); absent or `on`
 /// lets it run.
 pub const BALANCE_KEY: &[u8] = b"\0kahuna/balance";
+/// The cluster's replication factor, as the first node to record itself had it: every
+/// balancer plans with this one, whatever its own flag says.
+pub const REPLICATION_KEY: &[u8] = b"\0kahuna/replication";
 
 /// Whether a member may hold replicas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

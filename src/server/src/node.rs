@@ -241,6 +241,10 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             NodeError::DataDir { path: cfg.data_dir.display().to_string(), source }
         })?;
         members.extend(joined.members);
+        // Where the members are, for a restart before this node has read the records.
+        crate::cluster::membership::store_file(&cfg.data_dir, &members).map_err(|source| {
+            NodeError::DataDir { path: cfg.data_dir.display().to_string(), source }
+        })?;
         tracing::info!("joined the cluster through {}: members {:?}", cfg.join, members.keys());
     }
     let (layout, fresh) = check_layout(&cfg)?;

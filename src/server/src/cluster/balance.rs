@@ -10,7 +10,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use kahuna_core::balance::{plan, Policy};
+use kahuna_core::balance::{plan, Policy, Seen};
 use kahuna_core::membership::{self as rules, MemberState, MEMBERS_PREFIX};
 use kahuna_protocol::{Op, Reply};
 
@@ -19,6 +19,61 @@ use crate::shard::Shard;
 
 /// Replica moves under way at once, cluster-wide: each costs a snapshot transfer.
 pub const MAX_MOVES: usize = 4;
+/// A node that left a partition gets no replica of it back for this long: a replica of its
+/// that missed its own removal is retired by then (the map reaches every node within 10 s,
+/// and a replica the map no longer names is retired within a second).
+pub const READD_HOLD: Duration = Duration::from_secs(30);
+/// A learner that has not caught up in this long is dropped (and added again later).
+const LEARNER_PATIENCE: Duration = Duration::from_secs(600);
+/// A member not heard from in this long gets no new replica, and its learners are dropped.
+const DOWN_AFTER: Duration = Duration::from_secs(10);
+
+/// The replication factor of the cluster: the one the first node to record itself wrote
+/// (`\0kahuna/replication`), so every balancer plans with the same; this node's own flag until
+/// then.
+async fn replication_factor(shard: &Rc<Shard>, deadline: Instant) -> usize {
+    let op = Op::KvGet {
+        key: rules::REPLICATION_KEY.to_vec(),
+        durability: kahuna_protocol::Durability::Persistent,
+        revision: 0,
+    };
+    match shard.execute_checked(op, deadline).await.0 {
+        Ok(Reply::KvGet(it)) => std::str::from_utf8(&it.value)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(shard.cfg.replication_factor),
+        _ => shard.cfg.replication_factor,
+    }
+}
+
+/// What the plan must know beside the map and the records: members not heard from lately,
+/// replicas removed lately, learners that never caught up.
+fn seen(shard: &Shard, members: &[rules::Member], map: &kahuna_core::PartitionMap) -> Seen {
+    let now = Instant::now();
+    let heard = shard.heard.borrow();
+    let down: Vec<u64> = members
+        .iter()
+        .filter(|m| m.state == MemberState::Active && m.id != shard.node_id)
+        .filter(|m| heard.get(&m.id).is_none_or(|t| now.duration_since(*t) > DOWN_AFTER))
+        .map(|m| m.id)
+        .collect();
+    let mut removed = shard.cluster.removed.borrow_mut();
+    removed.retain(|_, at| now.duration_since(*at) < READD_HOLD);
+    let not_again = removed.keys().copied().collect();
+    let mut since = shard.cluster.learners_since.borrow_mut();
+    let learners: Vec<(u64, u64)> =
+        map.partitions().iter().flat_map(|p| p.learners.iter().map(move |l| (p.id, *l))).collect();
+    since.retain(|k, _| learners.contains(k));
+    for k in &learners {
+        since.entry(*k).or_insert(now);
+    }
+    let stalled = since
+        .iter()
+        .filter(|((_, n), at)| down.contains(n) || now.duration_since(**at) > LEARNER_PATIENCE)
+        .map(|(k, _)| *k)
+        .collect();
+    Seen { down, not_again, stalled }
+}
 
 /// Leaders are moved for load every this many rounds (10 s), at most [`MAX_LEAD_MOVES`] at a
 /// time, and a partition whose leadership moved is left alone for [`LEAD_HOLD`].
@@ -101,13 +156,14 @@ async fn round(shard: &Rc<Shard>) {
     let Ok(even_out) = balance_on(shard, deadline).await else { return };
     let members: Vec<_> = records.iter().map(|(m, _)| m.clone()).collect();
     let map = shard.map();
-    // Until every node the map names has recorded itself (a cluster starting), nothing moves.
+    // Until every voter the map names has recorded itself (a cluster starting), nothing moves
+    // (a learner on an unknown node is dropped by the plan).
     let known = |n: &u64| members.iter().any(|m| m.id == *n);
-    if members.is_empty()
-        || !map.partitions().iter().all(|p| p.replicas.iter().chain(&p.learners).all(known))
-    {
+    if members.is_empty() || !map.partitions().iter().all(|p| p.replicas.iter().all(known)) {
         return;
     }
+    let replication = replication_factor(shard, deadline).await;
+    let seen = seen(shard, &members, &map);
     // A node being removed that holds nothing any more is gone for good.
     for m in members.iter().filter(|m| m.removing && m.state == MemberState::Draining) {
         if !map.partitions().iter().any(|p| p.holds(m.id)) {
@@ -135,10 +191,9 @@ async fn round(shard: &Rc<Shard>) {
     if even_out && rounds.is_multiple_of(LEAD_EVERY_ROUNDS) {
         leaders_by_load(shard, &members, deadline).await;
     }
-    let policy =
-        Policy { replication: shard.cfg.replication_factor, max_moves: MAX_MOVES, even_out };
+    let policy = Policy { replication, max_moves: MAX_MOVES, even_out };
     let prior: Vec<_> = shard.cluster.moves.borrow().iter().map(|(m, _)| *m).collect();
-    let moves = plan(map.partitions(), &members, policy, &prior);
+    let moves = plan(map.partitions(), &members, policy, &prior, &seen);
     let mut done = Vec::with_capacity(moves.len());
     for mv in moves {
         let Some(start) = map.get(mv.partition).map(|p| p.start.clone()) else { continue };
@@ -156,6 +211,9 @@ async fn round(shard: &Rc<Shard>) {
             Err(e) => format!("{}: {}", e.code.name(), e.message),
         };
         tracing::debug!("move of partition {} (+{} -{}): {step}", mv.partition, mv.add, mv.remove);
+        if step == "remove" {
+            shard.cluster.removed.borrow_mut().insert((mv.partition, mv.remove), Instant::now());
+        }
         done.push((mv, step));
     }
     *shard.cluster.moves.borrow_mut() = done;

@@ -32,10 +32,27 @@ fn invalid(m: impl Into<String>) -> WireError {
     WireError::new(ErrorCode::Invalid, m.into())
 }
 
-/// Every member record, with its revision.
+/// Every member record, with its revision, as the meta range's leader has applied them (see
+/// `shard::route::background`: no read barrier, no wake-up).
 pub async fn read_records(
     shard: &Rc<Shard>,
     deadline: Instant,
+) -> Result<Vec<(Member, u64)>, WireError> {
+    scan_records(shard, deadline, 0).await
+}
+
+/// Every member record, read linearizably (for a decision that must see every change before).
+async fn read_records_fresh(
+    shard: &Rc<Shard>,
+    deadline: Instant,
+) -> Result<Vec<(Member, u64)>, WireError> {
+    scan_records(shard, deadline, 1000).await
+}
+
+async fn scan_records(
+    shard: &Rc<Shard>,
+    deadline: Instant,
+    limit: u32,
 ) -> Result<Vec<(Member, u64)>, WireError> {
     let mut out = Vec::new();
     let mut cursor = None;
@@ -44,7 +61,7 @@ pub async fn read_records(
             prefix: MEMBERS_PREFIX.to_vec(),
             durability: Durability::Persistent,
             start_after: cursor.take(),
-            limit: 0,
+            limit,
         };
         match shard.execute_checked(op, deadline).await.0? {
             Reply::KvScan { items, next, .. } => {
@@ -162,7 +179,7 @@ pub async fn handle(shard: &Rc<Shard>, op: Op, deadline: Instant) -> Result<Repl
             return list(shard, true, deadline).await;
         }
         MemberAction::Drain | MemberAction::Remove => {
-            let records = read_records(shard, deadline).await?;
+            let records = read_records_fresh(shard, deadline).await?;
             let active_others = records
                 .iter()
                 .filter(|(m, _)| m.id != node && m.state == MemberState::Active)
@@ -259,7 +276,18 @@ pub async fn keep(shard: Rc<Shard>) {
         let deadline = Instant::now() + Duration::from_secs(3);
         if !registered {
             match change(&shard, me.id, deadline, |m| rules::register(m, &me)).await {
-                Ok(()) => registered = true,
+                Ok(()) => {
+                    registered = true;
+                    // The first node to record itself sets the cluster's replication factor.
+                    let op = Op::KvSet {
+                        key: rules::REPLICATION_KEY.to_vec(),
+                        value: shard.cfg.replication_factor.to_string().into_bytes(),
+                        durability: Durability::Persistent,
+                        ttl_ms: 0,
+                        condition: SetCondition::IfNotExists,
+                    };
+                    let _ = shard.execute_checked(op, deadline).await;
+                }
                 Err(e) if e.code == ErrorCode::Invalid => {
                     tracing::error!("node {}: {}", me.id, e.message);
                     registered = true;
@@ -296,19 +324,21 @@ async fn publish(shard: &Rc<Shard>, links: BTreeMap<u64, SocketAddr>) {
     for other in (0..shard.cfg.shards).filter(|s| *s != shard.id) {
         shard.mesh.tell(other, ShardMsg::Members(links.clone())).await;
     }
-    let path = shard.cfg.data_dir.join(MEMBERS_FILE);
-    let text: String = links.iter().map(|(id, a)| format!("{id} = \"{a}\"\n")).collect();
-    let written = glommio::executor()
-        .spawn_blocking(move || {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, text)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        })
-        .await;
+    let dir = shard.cfg.data_dir.clone();
+    let written = glommio::executor().spawn_blocking(move || store_file(&dir, &links)).await;
     if let Err(e) = written {
         tracing::warn!("keeping the member list in {MEMBERS_FILE}: {e}");
     }
+}
+
+/// Keeps the peer addresses in the data directory (read by [`load_file`] at the next start).
+pub fn store_file(dir: &std::path::Path, links: &BTreeMap<u64, SocketAddr>) -> std::io::Result<()> {
+    let text: String = links.iter().map(|(id, a)| format!("{id} = \"{a}\"\n")).collect();
+    let (path, tmp) = (dir.join(MEMBERS_FILE), dir.join(format!("{MEMBERS_FILE}.tmp")));
+    std::fs::write(&tmp, text)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// This shard links to exactly `links` (besides itself).

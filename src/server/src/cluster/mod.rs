@@ -34,4 +34,12 @@ pub struct ClusterState {
     pub rounds: Cell<u64>,
     /// Partitions whose leadership moved for load, and when: left alone for a while.
     pub led: RefCell<BTreeMap<u64, std::time::Instant>>,
+    /// Partitions whose replica here was retired (their WAL entries are nobody's any more).
+    pub retired: RefCell<std::collections::BTreeSet<u64>>,
+    /// Replicas the balancer removed, and when: the node does not get one of that partition
+    /// back for [`balance::READD_HOLD`] (a replica that missed its own removal must be gone
+    /// before a new one starts there).
+    pub removed: RefCell<BTreeMap<(u64, u64), std::time::Instant>>,
+    /// Learners the balancer saw, and since when (one that never catches up is dropped).
+    pub learners_since: RefCell<BTreeMap<(u64, u64), std::time::Instant>>,
 }

@@ -26,8 +26,9 @@ use crate::shard::{with_deadline, Shard};
 use crate::storage::state::StateDb;
 use kahuna_core::store::{Txn, WriteBuffer};
 
-/// A learner is caught up when its log is this close to the leader's.
-const CAUGHT_UP_ENTRIES: u64 = 16;
+/// A learner is caught up when its log reaches this close to the leader's commit index (under
+/// a steady stream of writes it is always a few entries behind the leader's last).
+const CAUGHT_UP_ENTRIES: u64 = 256;
 
 fn conflict(e: impl std::fmt::Display) -> WireError {
     WireError::new(ErrorCode::Conflict, e.to_string())
@@ -55,11 +56,11 @@ impl Shard {
                     partition, p.info.epoch, mv.partition, mv.epoch
                 )));
             }
-            let last = p.node.raft.raft_log.last_index();
+            let committed = p.node.raft.raft_log.committed;
             let prs = p.node.raft.prs();
             let caught_up = |n: u64| {
                 prs.get(n)
-                    .is_some_and(|pr| pr.matched > 0 && pr.matched + CAUGHT_UP_ENTRIES >= last)
+                    .is_some_and(|pr| pr.matched > 0 && pr.matched + CAUGHT_UP_ENTRIES >= committed)
             };
             let change = match next_step(&p.info, me, &mv, caught_up) {
                 Step::AddLearner(node) => ReplicaChange::AddLearner { node },
@@ -223,6 +224,7 @@ pub fn apply_change(
         );
     }
     p.node.mut_store().conf_state = cs;
+    p.node.mut_store().forget_snapshot();
     buf.put(crate::storage::state::descriptor_key(pid), next.encode());
     tracing::info!(
         "shard {}: partition {pid}: {} node {} applied; voters {:?}, learners {:?} (epoch {})",
@@ -253,7 +255,14 @@ pub fn retire(shard: &Shard, partition: u64) {
     let freed = p.ephemeral.bytes();
     shard.ephemeral_bytes.set(shard.ephemeral_bytes.get().saturating_sub(freed));
     shard.splits.forget(partition);
-    if let Err(e) = shard.db.drop_partition(&p.info) {
+    shard.cluster.retired.borrow_mut().insert(partition);
+    // Its keys go unless another replica here holds part of the range (it cannot, unless a
+    // descriptor here is wrong: then keys that may be another's are kept, not deleted).
+    let shared = shard.parts.borrow().values().any(|o| o.info.overlaps(&p.info));
+    if shared {
+        tracing::warn!("partition {partition}: its range overlaps another replica here; only its descriptor is removed");
+    }
+    if let Err(e) = shard.db.drop_partition(&p.info, !shared) {
         crate::fatal::storage("removing a retired replica", e);
     }
     tracing::info!(
@@ -273,6 +282,7 @@ pub fn retire_stale(shard: &Shard) {
         .iter()
         .filter(|(pid, p)| {
             !p.is_leader()
+                && p.installing.is_none()
                 && map.get(**pid).is_some_and(|i: &PartitionInfo| {
                     i.epoch > p.info.epoch && !i.holds(shard.node_id) && i.overlaps(&p.info)
                 })

@@ -139,6 +139,15 @@ impl LogStore {
         self.hard_state.term = self.hard_state.term.max(term);
     }
 
+    /// The partition's descriptor changed (a split, a membership change): a snapshot built
+    /// before it carries the old range and members, and is not sent again.
+    pub fn forget_snapshot(&mut self) {
+        let mut b = self.building.borrow_mut();
+        if matches!(*b, Building::Ready(_)) {
+            *b = Building::Idle;
+        }
+    }
+
     pub fn set_snapshot_source(&mut self, source: SnapshotSource) {
         self.source = Some(source);
     }

@@ -124,6 +124,8 @@ pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
                 Ok(_) => {}
                 Err(e) => tracing::warn!("shard {}: releasing WAL segments: {e}", shard.id),
             }
+            // A retired partition is remembered only while a segment holds its entries.
+            shard.cluster.retired.borrow_mut().retain(|pid| wal.mentions(*pid));
         }
         // No flush while the disk is full: it would need space too, and fail (fatally).
         if !flushing && wal.sealed_segments() >= 2 && !shard.disk_full.get() {
@@ -172,8 +174,20 @@ fn gossip_map(shard: &Rc<Shard>) {
 /// Flushes RocksDB on a blocking thread; afterwards, every partition's applied index taken
 /// before the flush is durable without the WAL.
 fn start_flush(shard: &Rc<Shard>, done: Rc<std::cell::RefCell<Option<HashMap<u64, u64>>>>) {
-    let applied: HashMap<u64, u64> =
-        shard.parts.borrow().iter().map(|(id, p)| (*id, p.applied.applied_index)).collect();
+    // Partitions this node left (their state was dropped in a batch this flush makes durable),
+    // and logs a restart found of partitions the map says this node does not hold: nobody
+    // needs their entries. Partitions held here count by their applied index.
+    let map = shard.map();
+    let mut gone: Vec<u64> = shard.cluster.retired.borrow().iter().copied().collect();
+    for (pid, log) in shard.pending_logs.borrow_mut().iter_mut() {
+        if map.get(*pid).is_some_and(|i| !i.holds(shard.node_id)) {
+            // Only its votes are kept (checkpointed into every new segment).
+            log.entries = Vec::new();
+            gone.push(*pid);
+        }
+    }
+    let mut applied: HashMap<u64, u64> = gone.into_iter().map(|pid| (pid, u64::MAX)).collect();
+    applied.extend(shard.parts.borrow().iter().map(|(id, p)| (*id, p.applied.applied_index)));
     let db = shard.db.clone();
     glommio::spawn_local(async move {
         match glommio::executor().spawn_blocking(move || db.flush_blocking()).await {

@@ -284,6 +284,7 @@ impl Shard {
             }
         };
         np.info = info;
+        self.cluster.retired.borrow_mut().remove(&partition);
         tracing::info!(
             "partition {partition}: split off a partition this node caught up with by snapshot; \
              starting its replica here empty, to be filled by a snapshot from node {}",
@@ -459,6 +460,7 @@ pub(super) fn apply_split(
         String::from_utf8_lossy(&right.end)
     );
     p.info = left.clone();
+    p.node.mut_store().forget_snapshot();
     shard.splits.forget(left.id);
     if p.splitting_at.as_deref() == Some(at.as_slice()) {
         p.splitting_at = None;

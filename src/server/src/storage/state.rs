@@ -158,12 +158,12 @@ impl StateDb {
         self.db.flush()
     }
 
-    /// Removes a partition's replica from this shard: its keys of every kind in its range, its
-    /// descriptor and its apply state, in one batch.
-    pub fn drop_partition(&self, info: &PartitionInfo) -> Result<(), rocksdb::Error> {
+    /// Removes a partition's replica from this shard: (with `data`) its keys of every kind in its
+    /// range, its descriptor and its apply state, in one batch.
+    pub fn drop_partition(&self, info: &PartitionInfo, data: bool) -> Result<(), rocksdb::Error> {
         let mut batch = WriteBatch::default();
-        for kind in kahuna_core::keys::DATA_KINDS {
-            let (lo, hi) = kahuna_core::keys::kind_range(kind, &info.start, &info.end);
+        for kind in kahuna_core::keys::DATA_KINDS.iter().filter(|_| data) {
+            let (lo, hi) = kahuna_core::keys::kind_range(*kind, &info.start, &info.end);
             batch.delete_range(lo, hi);
         }
         batch.delete(descriptor_key(info.id));

@@ -412,6 +412,14 @@ impl Wal {
     }
 
     /// Sealed segments: the flush policy releases them once RocksDB holds their effects.
+    /// Whether any segment still holds entries of `partition`.
+    pub fn mentions(&self, partition: u64) -> bool {
+        self.sealed
+            .iter()
+            .chain(std::iter::once(&self.active))
+            .any(|s| s.max_index.contains_key(&partition))
+    }
+
     pub fn sealed_segments(&self) -> usize {
         self.sealed.len()
     }
