@@ -93,12 +93,20 @@ impl Server {
         let data_dir = std::env::temp_dir().join(format!("kahuna-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data_dir);
         std::fs::create_dir_all(&data_dir).unwrap();
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        // Every node listens for peers (a node may join it): one started alone gets free peer
+        // ports too, rather than its client port + 100, which another test may hold.
+        if !args.iter().any(|a| a == "--peer-listen" || a == "--initial-cluster") {
+            let (base, held) = proxy::bind_consecutive(8);
+            drop(held);
+            args.extend(["--peer-listen".to_string(), format!("127.0.0.1:{base}")]);
+        }
         let mut s = Server {
             child: None,
             port,
             log: data_dir.with_extension("log"),
             data_dir,
-            args: extra.iter().map(|s| s.to_string()).collect(),
+            args,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             exited: None,
         };

@@ -332,8 +332,18 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             metrics: metrics.clone(),
             backup: backup.clone(),
         };
-        let handle = builder.spawn(move || async move { run_shard(start).await }).map_err(|e| {
-            NodeError::Shard { shard, reason: format!("starting its executor: {e}") }
+        // A shard that cannot start stops the whole node: the others would serve without it
+        // (its partitions unreachable) while the process looks alive.
+        let run = move || async move {
+            let started = run_shard(start).await;
+            if let Err(e) = &started {
+                crate::fatal::exit_now(e.exit_code(), &e.to_string());
+            }
+            started
+        };
+        let handle = builder.spawn(run).map_err(|e| NodeError::Shard {
+            shard,
+            reason: format!("starting its executor: {e}"),
         })?;
         handles.push((shard, handle));
     }

@@ -41,12 +41,19 @@ pub async fn read_records(
     scan_records(shard, deadline, 0).await
 }
 
-/// Every member record, read linearizably (for a decision that must see every change before).
+/// Every member record, each read linearizably (for a decision that must see every change
+/// made before it): the ids from the leader's state, then each record by a linearizable get.
 async fn read_records_fresh(
     shard: &Rc<Shard>,
     deadline: Instant,
 ) -> Result<Vec<(Member, u64)>, WireError> {
-    scan_records(shard, deadline, 1000).await
+    let mut out = Vec::new();
+    for (m, _) in scan_records(shard, deadline, 0).await? {
+        if let Some(fresh) = read_record(shard, m.id, deadline).await? {
+            out.push(fresh);
+        }
+    }
+    Ok(out)
 }
 
 async fn scan_records(

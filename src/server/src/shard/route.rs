@@ -62,16 +62,14 @@ pub fn serves(info: &kahuna_core::PartitionInfo, op: &Op) -> bool {
 }
 
 /// The cluster's own periodic reads (each node's look at the member records every 2 s, the
-/// balancer's every second; a scan of the records with the default page, `limit` 0): served from the leader's applied state without a read barrier,
+/// balancer's every second): served from the leader's applied state without a read barrier,
 /// and without waking a quiesced meta range. What they read steers links and plans, never an
 /// answer a client relies on (member changes themselves read and compare-and-set
 /// linearizably).
 pub(super) fn background(op: &Op) -> bool {
     use kahuna_core::membership::{BALANCE_KEY, MEMBERS_PREFIX, REPLICATION_KEY};
     match op {
-        Op::KvScan { prefix, durability: Durability::Persistent, limit: 0, .. } => {
-            prefix == MEMBERS_PREFIX
-        }
+        Op::KvScan { prefix, durability: Durability::Persistent, .. } => prefix == MEMBERS_PREFIX,
         Op::KvGet { key, durability: Durability::Persistent, revision: 0 } => {
             key == BALANCE_KEY || key == REPLICATION_KEY
         }
