@@ -173,6 +173,7 @@ fn suite_runs(base: &Args, suite: Suite) -> Vec<(String, Args)> {
                 r
             },
             v("seq-16", Seq, Persistent, 4, 4),
+            v("txn-64", Txn, Persistent, 4, 16),
             v("mixed-90-64", Mixed, Persistent, 4, 16),
             {
                 // Every key under one prefix (as most applications' keys are): one partition at
@@ -192,6 +193,7 @@ fn suite_runs(base: &Args, suite: Suite) -> Vec<(String, Args)> {
             v("lock", Lock, Persistent, 1, 2),
             v("seq", Seq, Persistent, 1, 2),
             v("mixed", Mixed, Persistent, 1, 2),
+            v("txn", Txn, Persistent, 1, 2),
         ],
     }
 }

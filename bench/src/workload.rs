@@ -22,6 +22,10 @@ pub enum Workload {
     Seq,
     /// --read-percent gets, the rest sets.
     Mixed,
+    /// A transfer between two accounts of one partition (`KEY/a` and `KEY/b`): one
+    /// compare/then/else transaction that checks the first exists and sets both (1PC; a
+    /// transaction across partitions is not built yet).
+    Txn,
 }
 
 impl Workload {
@@ -34,6 +38,7 @@ impl Workload {
             Workload::Lock => "lock",
             Workload::Seq => "seq",
             Workload::Mixed => "mixed",
+            Workload::Txn => "txn",
         }
     }
 
@@ -112,6 +117,26 @@ pub async fn run_op<R: Rng>(c: &Client, ctx: &OpCtx, rng: &mut R) -> Result<(), 
             }
         }
         Workload::Seq => c.seq_next(b"bench-seq", ctx.seq_block).await.map(drop),
+        Workload::Txn => {
+            use kahuna_client::{Compare, CompareOp, CompareTarget, Op, SetCondition};
+            let (a, b) = (format!("{key}/a").into_bytes(), format!("{key}/b").into_bytes());
+            let compare = vec![Compare {
+                key: a.clone(),
+                target: CompareTarget::Exists,
+                op: CompareOp::Equal,
+                value: vec![],
+                number: 1,
+            }];
+            let set = |key: Vec<u8>| Op::KvSet {
+                key,
+                value: ctx.value.clone(),
+                durability: Durability::Persistent,
+                ttl_ms: 0,
+                condition: SetCondition::None,
+            };
+            let then = vec![set(a.clone()), set(b.clone())];
+            c.txn(compare, then.clone(), then).await.map(drop)
+        }
         Workload::Mixed => {
             if rng.gen_range(0..100) < ctx.read_percent {
                 c.kv_get(key.as_bytes(), GetOptions { durability: d, revision: 0 }).await.map(drop)

@@ -57,6 +57,14 @@ enum Cmd {
     /// Backups of every partition, taken while the cluster serves.
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// A transaction, JSON in (FILE, or stdin with `-`), JSON out: `{"compare": [{"key": "a",
+    /// "target": "value|revision|exists|lock_owner|fencing_token", "op": "==|!=|<|>",
+    /// "value": "x" | "number": 3}], "then": [STEP…], "else": [STEP…]}`, each STEP one of
+    /// `{"get": "k"}`, `{"exists": "k"}`, `{"lock_get": "r"}`, `{"set": {"key": "k", "value":
+    /// "v", "ttl_ms": 0}}`, `{"delete": "k"}`, `{"lock": {"resource": "r", "owner": "o",
+    /// "lease_ms": 5000}}`, `{"unlock": {"resource": "r", "owner": "o"}}`, `{"seq_next":
+    /// {"name": "s", "count": 1}}`. Every key in one partition; atomic and serializable.
+    Txn { file: String },
 }
 
 #[derive(Subcommand)]
@@ -284,6 +292,111 @@ fn lock_json(s: &LockState) -> Value {
         "owner": s.owner.as_deref().map(text),
         "expires_at_ms": ms(s.expires_at_ms),
     })
+}
+
+/// One step's answer in a transaction's JSON.
+fn result_json(r: &Result<kahuna_client::Reply, kahuna_client::WireError>) -> Value {
+    use kahuna_client::Reply as R;
+    match r {
+        Err(e) => json!({"error": {"code": e.code.name(), "message": e.message}}),
+        Ok(R::KvGet(it)) => item_json(it),
+        Ok(R::KvSet { revision }) => json!({"revision": revision}),
+        Ok(R::KvDelete { deleted, revision }) => json!({"deleted": deleted, "revision": revision}),
+        Ok(R::KvExists { exists, revision }) => json!({"exists": exists, "revision": revision}),
+        Ok(R::Lock(s)) => lock_json(s),
+        Ok(R::LockAck { fencing_token, expires_at_ms }) => {
+            json!({"fencing_token": fencing_token, "expires_at_ms": ms(*expires_at_ms)})
+        }
+        Ok(R::Seq { first, count }) => json!({"first": first, "count": count}),
+        Ok(other) => json!({"answer": format!("{other:?}")}),
+    }
+}
+
+type TxnParts = (Vec<kahuna_client::Compare>, Vec<kahuna_client::Op>, Vec<kahuna_client::Op>);
+
+/// Reads a transaction's JSON (see `kahuna-cli txn --help`).
+fn txn_from_json(text: &str) -> Result<TxnParts, Error> {
+    use kahuna_client::{Compare, CompareOp, CompareTarget, Durability::Persistent, Op};
+    let bad = |m: String| Error::new(kahuna_client::ErrorCode::Invalid, m);
+    let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let s = |v: &Value, what: &str| -> Result<Vec<u8>, Error> {
+        v.as_str()
+            .map(|s| s.as_bytes().to_vec())
+            .ok_or_else(|| bad(format!("{what} must be a string")))
+    };
+    let n = |v: &Value, what: &str| -> Result<u64, Error> {
+        v.as_u64().ok_or_else(|| bad(format!("{what} must be a number")))
+    };
+    let mut compare = Vec::new();
+    for c in v["compare"].as_array().map(|a| a.as_slice()).unwrap_or(&[]) {
+        let target = match c["target"].as_str() {
+            Some("value") => CompareTarget::Value,
+            Some("revision") => CompareTarget::Revision,
+            Some("exists") => CompareTarget::Exists,
+            Some("lock_owner") => CompareTarget::LockOwner,
+            Some("fencing_token") => CompareTarget::FencingToken,
+            other => return Err(bad(format!("unknown compare target {other:?}"))),
+        };
+        let op = match c["op"].as_str().unwrap_or("==") {
+            "==" => CompareOp::Equal,
+            "!=" => CompareOp::NotEqual,
+            "<" => CompareOp::Less,
+            ">" => CompareOp::Greater,
+            other => return Err(bad(format!("unknown compare op {other:?}"))),
+        };
+        let value =
+            if c["value"].is_null() { vec![] } else { s(&c["value"], "a compare's value")? };
+        let number = match &c["number"] {
+            Value::Null => 0,
+            Value::Bool(b) => *b as u64,
+            other => n(other, "a compare's number")?,
+        };
+        compare.push(Compare { key: s(&c["key"], "a compare's key")?, target, op, value, number });
+    }
+    let steps = |list: &Value| -> Result<Vec<Op>, Error> {
+        let mut ops = Vec::new();
+        for st in list.as_array().map(|a| a.as_slice()).unwrap_or(&[]) {
+            let Some((kind, a)) = st.as_object().and_then(|o| o.iter().next()) else {
+                return Err(bad(format!("a step is an object with one field, not {st}")));
+            };
+            ops.push(match kind.as_str() {
+                "get" => Op::KvGet { key: s(a, "get")?, durability: Persistent, revision: 0 },
+                "exists" => Op::KvExists { key: s(a, "exists")?, durability: Persistent },
+                "lock_get" => Op::LockGet { resource: s(a, "lock_get")?, durability: Persistent },
+                "delete" => Op::KvDelete {
+                    key: s(a, "delete")?,
+                    durability: Persistent,
+                    expected_revision: 0,
+                },
+                "set" => Op::KvSet {
+                    key: s(&a["key"], "set.key")?,
+                    value: s(&a["value"], "set.value")?,
+                    durability: Persistent,
+                    ttl_ms: a["ttl_ms"].as_u64().unwrap_or(0),
+                    condition: kahuna_client::SetCondition::None,
+                },
+                "lock" => Op::LockAcquire {
+                    resource: s(&a["resource"], "lock.resource")?,
+                    owner: s(&a["owner"], "lock.owner")?,
+                    lease_ms: n(&a["lease_ms"], "lock.lease_ms")?,
+                    durability: Persistent,
+                },
+                "unlock" => Op::LockRelease {
+                    resource: s(&a["resource"], "unlock.resource")?,
+                    owner: s(&a["owner"], "unlock.owner")?,
+                    durability: Persistent,
+                    fencing_token: 0,
+                },
+                "seq_next" => Op::SeqNext {
+                    name: s(&a["name"], "seq_next.name")?,
+                    count: a["count"].as_u64().unwrap_or(1),
+                },
+                other => return Err(bad(format!("unknown step {other:?}"))),
+            });
+        }
+        Ok(ops)
+    };
+    Ok((compare, steps(&v["then"])?, steps(&v["else"])?))
 }
 
 /// A key range bound for people: printable bytes as they are, others escaped; "" = open.
@@ -682,6 +795,21 @@ fn run(c: &Client, cmd: Cmd, wait_for: Duration, json_out: bool) -> Result<(Valu
             v["held"] = json!(s.acquired);
             (v, table)
         }
+        Cmd::Txn { file } => {
+            let text = if file == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
+            } else {
+                std::fs::read_to_string(&file)
+            }
+            .map_err(|e| Error::new(kahuna_client::ErrorCode::Invalid, format!("{file}: {e}")))?;
+            let (compare, then, otherwise) = txn_from_json(&text)?;
+            let (succeeded, results) = c.txn(compare, then, otherwise)?;
+            let results: Vec<Value> = results.iter().map(result_json).collect();
+            let v = json!({"succeeded": succeeded, "results": results});
+            let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+            (v, text)
+        }
         Cmd::Seq(SeqCmd::Next { name, count }) => {
             let (first, count) = c.seq_next(name.as_bytes(), count)?;
             (json!({"first": first, "count": count}), format!("[{first}, {})", first + count))
@@ -882,6 +1010,7 @@ fn is_write(cmd: &Cmd) -> bool {
             !matches!(c, ClusterCmd::Status { .. } | ClusterCmd::Wait { .. } | ClusterCmd::Members)
         }
         Cmd::Backup(_) => false,
+        Cmd::Txn { .. } => true,
     }
 }
 

@@ -88,6 +88,15 @@ impl Client {
     pub fn cluster_status(&self, checksums: bool) -> Result<ClusterStatus, Error> {
         self.rt.block_on(self.inner.cluster_status(checksums))
     }
+    pub fn txn(
+        &self,
+        compare: Vec<crate::Compare>,
+        then: Vec<crate::Op>,
+        otherwise: Vec<crate::Op>,
+    ) -> Result<(bool, Vec<Result<crate::Reply, crate::WireError>>), Error> {
+        self.rt.block_on(self.inner.txn(compare, then, otherwise))
+    }
+
     pub fn membership(
         &self,
         action: crate::MemberAction,

@@ -43,9 +43,9 @@ use std::time::{Duration, Instant};
 use flatbuffers::FlatBufferBuilder;
 use kahuna_protocol::{encode_request, DEFAULT_MAX_FRAME_BYTES};
 pub use kahuna_protocol::{
-    BackupChunk, ClusterStatus, Durability, ErrorCode, KvItem, LockState, MemberAction, MemberInfo,
-    NodeStatus, Op, PartitionStatus, ReplicaRole, ReplicaStatus, Reply, SetCondition, StatusScope,
-    WireError,
+    BackupChunk, ClusterStatus, Compare, CompareOp, CompareTarget, Durability, ErrorCode, KvItem,
+    LockState, MemberAction, MemberInfo, NodeStatus, Op, PartitionStatus, ReplicaRole,
+    ReplicaStatus, Reply, SetCondition, StatusScope, WireError,
 };
 use tokio::sync::Mutex;
 
@@ -583,6 +583,21 @@ impl Client {
     ) -> Result<BackupChunk, Error> {
         match self.call(Op::Backup { key: key.to_vec(), offset, index }).await? {
             Reply::BackupChunk(c) => Ok(c),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Compare / then / else, atomically in one partition: whether every compare held, and the
+    /// answer of each step of the branch that ran. A write: its outcome may be unknown
+    /// (`TIMEOUT`), and it is never sent again behind the caller's back.
+    pub async fn txn(
+        &self,
+        compare: Vec<Compare>,
+        then: Vec<Op>,
+        otherwise: Vec<Op>,
+    ) -> Result<(bool, Vec<Result<Reply, WireError>>), Error> {
+        match self.call(Op::Txn { compare, then, otherwise }).await? {
+            Reply::Txn { succeeded, results } => Ok((succeeded, results)),
             r => Err(unexpected(r)),
         }
     }

@@ -3,7 +3,7 @@
 //! A [`LogCommand`] is what one Raft entry carries: the leader's HLC stamp and one [`WriteOp`].
 //! It is rkyv-archived; the format only grows by appending variants.
 
-use kahuna_protocol::{Op, SetCondition};
+use kahuna_protocol::{CompareOp, CompareTarget, Op, SetCondition};
 use rkyv::rancor;
 
 use crate::records::CorruptRecord;
@@ -15,6 +15,84 @@ pub enum Cond {
     IfNotExists,
     IfRevision(u64),
     IfValue(Vec<u8>),
+}
+
+/// One compare of a transaction (target and operator as `state_machine::txn` numbers them).
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TxnCompare {
+    pub key: Vec<u8>,
+    pub target: u8,
+    pub op: u8,
+    pub value: Vec<u8>,
+    pub number: u64,
+}
+
+/// One step of a transaction's branch.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum TxnStep {
+    Get { key: Vec<u8> },
+    Exists { key: Vec<u8> },
+    LockGet { resource: Vec<u8> },
+    Set { key: Vec<u8>, value: Vec<u8>, ttl_ms: u64 },
+    Delete { key: Vec<u8> },
+    LockAcquire { resource: Vec<u8>, owner: Vec<u8>, lease_ms: u64 },
+    LockRelease { resource: Vec<u8>, owner: Vec<u8> },
+    SeqNext { name: Vec<u8>, count: u64 },
+}
+
+impl TxnStep {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            TxnStep::Get { key } | TxnStep::Exists { key } | TxnStep::Set { key, .. } => key,
+            TxnStep::Delete { key } => key,
+            TxnStep::LockGet { resource }
+            | TxnStep::LockAcquire { resource, .. }
+            | TxnStep::LockRelease { resource, .. } => resource,
+            TxnStep::SeqNext { name, .. } => name,
+        }
+    }
+
+    /// Whether the step changes state (its failure undoes the transaction).
+    pub fn writes(&self) -> bool {
+        !matches!(self, TxnStep::Get { .. } | TxnStep::Exists { .. } | TxnStep::LockGet { .. })
+    }
+
+    /// The step a request names, if a transaction may run it: persistent reads of one key and
+    /// unconditional persistent writes.
+    pub fn from_op(op: &Op) -> Option<TxnStep> {
+        use kahuna_protocol::Durability::Persistent;
+        Some(match op {
+            Op::KvGet { key, durability: Persistent, revision: 0 } => {
+                TxnStep::Get { key: key.clone() }
+            }
+            Op::KvExists { key, durability: Persistent } => TxnStep::Exists { key: key.clone() },
+            Op::LockGet { resource, durability: Persistent } => {
+                TxnStep::LockGet { resource: resource.clone() }
+            }
+            Op::KvSet {
+                key,
+                value,
+                durability: Persistent,
+                ttl_ms,
+                condition: SetCondition::None,
+            } => TxnStep::Set { key: key.clone(), value: value.clone(), ttl_ms: *ttl_ms },
+            Op::KvDelete { key, durability: Persistent, expected_revision: 0 } => {
+                TxnStep::Delete { key: key.clone() }
+            }
+            Op::LockAcquire { resource, owner, lease_ms, durability: Persistent } => {
+                TxnStep::LockAcquire {
+                    resource: resource.clone(),
+                    owner: owner.clone(),
+                    lease_ms: *lease_ms,
+                }
+            }
+            Op::LockRelease { resource, owner, durability: Persistent, fencing_token: 0 } => {
+                TxnStep::LockRelease { resource: resource.clone(), owner: owner.clone() }
+            }
+            Op::SeqNext { name, count } => TxnStep::SeqNext { name: name.clone(), count: *count },
+            _ => return None,
+        })
+    }
 }
 
 /// A state change. Reads never become one.
@@ -67,6 +145,12 @@ pub enum WriteOp {
         new_id: u64,
         epoch: u64,
     },
+    /// Compare / then / else (see `state_machine::txn`): every key in this partition.
+    Txn {
+        compare: Vec<TxnCompare>,
+        then: Vec<TxnStep>,
+        otherwise: Vec<TxnStep>,
+    },
     /// Puts voter `node` first in the partition's placement order (see
     /// [`crate::PartitionInfo::prefer`]): its leadership preference, which the leader
     /// rebalancer then follows. The balancer's way of spreading leaders by load.
@@ -89,6 +173,11 @@ impl WriteOp {
             WriteOp::SeqNext { name, .. } => vec![name],
             WriteOp::KvCollect { keys, .. } => keys.iter().map(|k| k.as_slice()).collect(),
             WriteOp::Split { .. } | WriteOp::Lead { .. } => vec![],
+            WriteOp::Txn { compare, then, otherwise } => compare
+                .iter()
+                .map(|c| c.key.as_slice())
+                .chain(then.iter().chain(otherwise).map(|s| s.key()))
+                .collect(),
         }
     }
 }
@@ -158,6 +247,35 @@ pub fn into_write(op: Op) -> Result<WriteOp, Op> {
             WriteOp::LockRelease { resource, owner, fencing_token }
         }
         Op::SeqNext { name, count } => WriteOp::SeqNext { name, count },
+        Op::Txn { compare, then, otherwise } => {
+            let steps = |ops: &[Op]| ops.iter().map(TxnStep::from_op).collect::<Option<Vec<_>>>();
+            let (Some(t), Some(o)) = (steps(&then), steps(&otherwise)) else {
+                // Refused by the limits before; as a read it is answered with an error.
+                return Err(Op::Txn { compare, then, otherwise });
+            };
+            let compare = compare
+                .into_iter()
+                .map(|c| TxnCompare {
+                    key: c.key,
+                    target: match c.target {
+                        CompareTarget::Value => 0,
+                        CompareTarget::Revision => 1,
+                        CompareTarget::Exists => 2,
+                        CompareTarget::LockOwner => 3,
+                        CompareTarget::FencingToken => 4,
+                    },
+                    op: match c.op {
+                        CompareOp::Equal => 0,
+                        CompareOp::NotEqual => 1,
+                        CompareOp::Less => 2,
+                        CompareOp::Greater => 3,
+                    },
+                    value: c.value,
+                    number: c.number,
+                })
+                .collect();
+            WriteOp::Txn { compare, then: t, otherwise: o }
+        }
         read => return Err(read),
     })
 }

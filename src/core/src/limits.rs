@@ -2,6 +2,9 @@
 
 use kahuna_protocol::{ErrorCode, Op, SetCondition, WireError};
 
+/// Compares and steps of one transaction, at most.
+pub const MAX_TXN_PARTS: usize = 128;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub max_key_bytes: usize,
@@ -191,6 +194,36 @@ impl Limits {
             Op::Split { key, at } => {
                 self.key("key", key, true)?;
                 self.key("split key", at, true)
+            }
+            Op::Txn { compare, then, otherwise } => {
+                let n = compare.len() + then.len() + otherwise.len();
+                if n == 0 || n > MAX_TXN_PARTS {
+                    return Err(invalid(format!(
+                        "a transaction has 1 to {MAX_TXN_PARTS} compares and steps, not {n}"
+                    )));
+                }
+                for c in compare {
+                    self.key("compare key", &c.key, false)?;
+                    if c.value.len() > self.max_value_bytes {
+                        return Err(too_large(
+                            "compare value",
+                            c.value.len(),
+                            self.max_value_bytes,
+                        ));
+                    }
+                }
+                for op in then.iter().chain(otherwise) {
+                    if crate::command::TxnStep::from_op(op).is_none() {
+                        return Err(invalid(format!(
+                            "a transaction step is a persistent get (latest), exists, lock get, \
+                             set (no condition: use a compare), delete (no expected revision), \
+                             lock acquire, lock release (no token) or sequence next, not {}",
+                            op.name()
+                        )));
+                    }
+                    self.validate(op)?;
+                }
+                Ok(())
             }
             Op::MoveReplica { .. } => Err(invalid(
                 "replica moves are the balancer's: use `cluster drain`, `remove-node` or `balance`"

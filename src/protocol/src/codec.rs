@@ -9,9 +9,9 @@ use thiserror::Error;
 
 use crate::frame::write_frame;
 use crate::types::{
-    BackupChunk, ClusterStatus, Durability, ErrorCode, KvItem, LockState, MemberAction, MemberInfo,
-    NodeStatus, Op, PartitionStatus, ReplicaRole, ReplicaStatus, Reply, SetCondition, StatusScope,
-    WireError,
+    BackupChunk, ClusterStatus, Compare, CompareOp, CompareTarget, Durability, ErrorCode, KvItem,
+    LockState, MemberAction, MemberInfo, NodeStatus, Op, PartitionStatus, ReplicaRole,
+    ReplicaStatus, Reply, SetCondition, StatusScope, WireError,
 };
 use crate::wire;
 
@@ -72,6 +72,50 @@ fn durability_to(d: Durability) -> wire::Durability {
 
 /// Decodes one request payload (the frame without its length prefix).
 pub fn decode_request(buf: &[u8]) -> Result<(u64, u32, Op), DecodeError> {
+    decode_request_at(buf, false)
+}
+
+/// A transaction's steps, each a whole request of its own; never a transaction again.
+fn nested_ops(
+    v: Option<Vector<'_, ForwardsUOffset<wire::Nested<'_>>>>,
+    id: u64,
+) -> Result<Vec<Op>, DecodeError> {
+    let mut ops = Vec::new();
+    for n in v.iter().flatten() {
+        let frame = n.frame().map(|f| f.bytes()).unwrap_or(&[]);
+        let (_, _, op) = decode_request_at(frame, true).map_err(|e| match e {
+            DecodeError::Missing { what, .. } => DecodeError::Missing { request_id: id, what },
+            _ => DecodeError::Missing {
+                request_id: id,
+                what: "a transaction step that does not decode",
+            },
+        })?;
+        ops.push(op);
+    }
+    Ok(ops)
+}
+
+fn compare_from(c: wire::Compare<'_>, id: u64) -> Result<Compare, DecodeError> {
+    let missing = |what| DecodeError::Missing { request_id: id, what };
+    let target = match c.target() {
+        wire::CompareTarget::Value => CompareTarget::Value,
+        wire::CompareTarget::Revision => CompareTarget::Revision,
+        wire::CompareTarget::Exists => CompareTarget::Exists,
+        wire::CompareTarget::LockOwner => CompareTarget::LockOwner,
+        wire::CompareTarget::FencingToken => CompareTarget::FencingToken,
+        _ => return Err(missing("unknown compare target")),
+    };
+    let op = match c.op() {
+        wire::CompareOp::Equal => CompareOp::Equal,
+        wire::CompareOp::NotEqual => CompareOp::NotEqual,
+        wire::CompareOp::Less => CompareOp::Less,
+        wire::CompareOp::Greater => CompareOp::Greater,
+        _ => return Err(missing("unknown compare operator")),
+    };
+    Ok(Compare { key: bytes(c.key()), target, op, value: bytes(c.value()), number: c.number() })
+}
+
+fn decode_request_at(buf: &[u8], nested: bool) -> Result<(u64, u32, Op), DecodeError> {
     let req = match flatbuffers::root_with_opts::<wire::Request>(&verifier_options(), buf) {
         Ok(req) => req,
         Err(e) => {
@@ -204,6 +248,21 @@ pub fn decode_request(buf: &[u8]) -> Result<(u64, u32, Op), DecodeError> {
             let o = req.op_as_split().ok_or_else(|| missing("split body"))?;
             Op::Split { key: bytes(o.key()), at: bytes(o.at()) }
         }
+        wire::Op::Txn if nested => return Err(missing("a transaction inside a transaction")),
+        wire::Op::Txn => {
+            let o = req.op_as_txn().ok_or_else(|| missing("txn body"))?;
+            let compare = o
+                .compare()
+                .iter()
+                .flatten()
+                .map(|c| compare_from(c, id))
+                .collect::<Result<Vec<_>, _>>()?;
+            Op::Txn {
+                compare,
+                then: nested_ops(o.then(), id)?,
+                otherwise: nested_ops(o.otherwise(), id)?,
+            }
+        }
         wire::Op::Membership => {
             let o = req.op_as_membership().ok_or_else(|| missing("membership body"))?;
             let action = match o.action() {
@@ -254,6 +313,35 @@ fn condition_name(_c: wire::SetCondition) -> &'static str {
     "unknown set condition"
 }
 
+/// Each request encoded alone, without its length prefix.
+fn nested_requests(ops: &[Op]) -> Vec<Vec<u8>> {
+    let mut fbb = FlatBufferBuilder::new();
+    ops.iter()
+        .map(|op| {
+            let mut out = Vec::new();
+            encode_request(&mut fbb, 0, 0, op, &mut out);
+            out.split_off(FRAME_PREFIX)
+        })
+        .collect()
+}
+
+fn nested_vector<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    frames: &[Vec<u8>],
+) -> WIPOffset<Vector<'a, ForwardsUOffset<wire::Nested<'a>>>> {
+    let offs: Vec<_> = frames
+        .iter()
+        .map(|f| {
+            let frame = fbb.create_vector(f);
+            wire::Nested::create(fbb, &wire::NestedArgs { frame: Some(frame) })
+        })
+        .collect();
+    fbb.create_vector(&offs)
+}
+
+/// The length prefix of a frame.
+const FRAME_PREFIX: usize = 4;
+
 /// Appends one request frame to `out`. `fbb` is reset and reused to avoid allocations.
 pub fn encode_request(
     fbb: &mut FlatBufferBuilder<'static>,
@@ -262,8 +350,52 @@ pub fn encode_request(
     op: &Op,
     out: &mut Vec<u8>,
 ) {
+    // A transaction's steps are whole requests of their own, encoded first (apart).
+    let mut steps = match op {
+        Op::Txn { then, otherwise, .. } => {
+            Some((nested_requests(then), nested_requests(otherwise)))
+        }
+        _ => None,
+    };
     fbb.reset();
     let (op_type, op_off) = match op {
+        Op::Txn { compare, .. } => {
+            let (then, otherwise) = steps.take().unwrap_or_default();
+            let compares: Vec<_> = compare
+                .iter()
+                .map(|c| {
+                    let (key, value) = (fbb.create_vector(&c.key), fbb.create_vector(&c.value));
+                    let args = wire::CompareArgs {
+                        key: Some(key),
+                        target: match c.target {
+                            CompareTarget::Value => wire::CompareTarget::Value,
+                            CompareTarget::Revision => wire::CompareTarget::Revision,
+                            CompareTarget::Exists => wire::CompareTarget::Exists,
+                            CompareTarget::LockOwner => wire::CompareTarget::LockOwner,
+                            CompareTarget::FencingToken => wire::CompareTarget::FencingToken,
+                        },
+                        op: match c.op {
+                            CompareOp::Equal => wire::CompareOp::Equal,
+                            CompareOp::NotEqual => wire::CompareOp::NotEqual,
+                            CompareOp::Less => wire::CompareOp::Less,
+                            CompareOp::Greater => wire::CompareOp::Greater,
+                        },
+                        value: Some(value),
+                        number: c.number,
+                    };
+                    wire::Compare::create(fbb, &args)
+                })
+                .collect();
+            let compare = fbb.create_vector(&compares);
+            let then = nested_vector(fbb, &then);
+            let otherwise = nested_vector(fbb, &otherwise);
+            let args = wire::TxnArgs {
+                compare: Some(compare),
+                then: Some(then),
+                otherwise: Some(otherwise),
+            };
+            (wire::Op::Txn, wire::Txn::create(fbb, &args).as_union_value())
+        }
         Op::KvSet { key, value, durability, ttl_ms, condition } => {
             let key = fbb.create_vector(key);
             let value = fbb.create_vector(value);
@@ -679,6 +811,22 @@ pub fn encode_response(
     leader_hint: u64,
     out: &mut Vec<u8>,
 ) {
+    // A transaction's results are whole responses of their own, encoded first (apart).
+    let mut results = match result {
+        Ok(Reply::Txn { results, .. }) => {
+            let mut b = FlatBufferBuilder::new();
+            let frames: Vec<Vec<u8>> = results
+                .iter()
+                .map(|r| {
+                    let mut o = Vec::new();
+                    encode_response(&mut b, 0, r, 0, &mut o);
+                    o.split_off(FRAME_PREFIX)
+                })
+                .collect();
+            Some(frames)
+        }
+        _ => None,
+    };
     fbb.reset();
     let mut error = None;
     let mut body = None;
@@ -844,6 +992,13 @@ pub fn encode_response(
                         wire::MembershipResult::create(fbb, &args).as_union_value(),
                     )
                 }
+                Reply::Txn { succeeded, .. } => {
+                    let frames = results.take().unwrap_or_default();
+                    let results = nested_vector(fbb, &frames);
+                    let args =
+                        wire::TxnResultArgs { succeeded: *succeeded, results: Some(results) };
+                    (wire::Reply::TxnResult, wire::TxnResult::create(fbb, &args).as_union_value())
+                }
                 Reply::MoveReplica { step, epoch } => {
                     let step = fbb.create_string(step);
                     let args = wire::MoveReplicaResultArgs { step: Some(step), epoch: *epoch };
@@ -899,6 +1054,10 @@ pub type DecodedResponse = (u64, Result<Reply, WireError>, u64);
 
 /// Decodes one response payload (the frame without its length prefix).
 pub fn decode_response(buf: &[u8]) -> Result<DecodedResponse, DecodeError> {
+    decode_response_at(buf, false)
+}
+
+fn decode_response_at(buf: &[u8], nested: bool) -> Result<DecodedResponse, DecodeError> {
     let resp = flatbuffers::root_with_opts::<wire::Response>(&verifier_options(), buf)
         .map_err(|e| DecodeError::Invalid(e.to_string()))?;
     let id = resp.request_id();
@@ -998,6 +1157,20 @@ pub fn decode_response(buf: &[u8]) -> Result<DecodedResponse, DecodeError> {
                 })
                 .unwrap_or_default();
             Reply::Membership { members, balance: r.balance(), map: bytes(r.map()) }
+        }
+        wire::Reply::TxnResult if nested => {
+            return Err(missing("a transaction result inside a transaction result"))
+        }
+        wire::Reply::TxnResult => {
+            let r = resp.result_as_txn_result().ok_or_else(|| missing("result"))?;
+            let mut results = Vec::new();
+            for n in r.results().iter().flatten() {
+                let frame = n.frame().map(|f| f.bytes()).unwrap_or(&[]);
+                let (_, result, _) = decode_response_at(frame, true)
+                    .map_err(|_| missing("a transaction result that does not decode"))?;
+                results.push(result);
+            }
+            Reply::Txn { succeeded: r.succeeded(), results }
         }
         wire::Reply::MoveReplicaResult => {
             let r = resp.result_as_move_replica_result().ok_or_else(|| missing("result"))?;
@@ -1114,10 +1287,53 @@ mod tests {
                 shards: 0,
             },
             Op::MoveReplica { key: k.clone(), partition: 3, epoch: 4, add: 5, remove: 1, lead: 0 },
+            Op::Txn {
+                compare: vec![
+                    Compare {
+                        key: k.clone(),
+                        target: CompareTarget::Revision,
+                        op: CompareOp::Equal,
+                        value: vec![],
+                        number: 3,
+                    },
+                    Compare {
+                        key: b"l".to_vec(),
+                        target: CompareTarget::LockOwner,
+                        op: CompareOp::NotEqual,
+                        value: b"me".to_vec(),
+                        number: 0,
+                    },
+                ],
+                then: vec![
+                    Op::KvGet { key: k.clone(), durability: d, revision: 0 },
+                    Op::SeqNext { name: k.clone(), count: 2 },
+                ],
+                otherwise: vec![Op::KvDelete {
+                    key: k.clone(),
+                    durability: d,
+                    expected_revision: 0,
+                }],
+            },
             Op::MoveReplica { key: k.clone(), partition: 3, epoch: 4, add: 0, remove: 0, lead: 2 },
         ] {
             roundtrip_op(op);
         }
+    }
+
+    #[test]
+    fn a_transaction_inside_a_transaction_is_refused() {
+        let inner = Op::Txn { compare: vec![], then: vec![], otherwise: vec![] };
+        let outer = Op::Txn { compare: vec![], then: vec![inner], otherwise: vec![] };
+        let mut fbb = FlatBufferBuilder::new();
+        let mut out = Vec::new();
+        encode_request(&mut fbb, 5, 0, &outer, &mut out);
+        let err = decode_request(&out[4..]).unwrap_err();
+        assert_eq!(err.request_id(), Some(5), "{err}");
+        let nested_result = Ok(Reply::Txn { succeeded: true, results: vec![] });
+        let r = Ok(Reply::Txn { succeeded: true, results: vec![nested_result] });
+        let mut out = Vec::new();
+        encode_response(&mut fbb, 6, &r, 0, &mut out);
+        assert!(decode_response(&out[4..]).is_err());
     }
 
     fn roundtrip_reply(r: Result<Reply, WireError>) {
@@ -1173,6 +1389,14 @@ mod tests {
                 map: vec![1, 2, 3],
             }),
             Ok(Reply::MoveReplica { step: "promote".into(), epoch: 9 }),
+            Ok(Reply::Txn {
+                succeeded: true,
+                results: vec![
+                    Ok(Reply::KvSet { revision: 4 }),
+                    Err(WireError::new(ErrorCode::NotFound, "key not found")),
+                    Ok(Reply::Seq { first: 1, count: 2 }),
+                ],
+            }),
             Ok(Reply::BackupChunk(BackupChunk {
                 partition: 2,
                 start: b"a".to_vec(),

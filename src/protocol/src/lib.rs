@@ -30,7 +30,7 @@ pub use frame::{
     parse_frame, write_frame, FrameError, DEFAULT_MAX_FRAME_BYTES, FRAME_HEADER_BYTES,
 };
 pub use types::{
-    BackupChunk, ClusterStatus, Durability, ErrorCode, KvItem, LockState, MemberAction, MemberInfo,
-    NodeStatus, Op, PartitionStatus, ReplicaRole, ReplicaStatus, Reply, SetCondition, StatusScope,
-    WireError,
+    BackupChunk, ClusterStatus, Compare, CompareOp, CompareTarget, Durability, ErrorCode, KvItem,
+    LockState, MemberAction, MemberInfo, NodeStatus, Op, PartitionStatus, ReplicaRole,
+    ReplicaStatus, Reply, SetCondition, StatusScope, WireError,
 };

@@ -229,6 +229,12 @@ pub enum Op {
         peer_addr: String,
         shards: u32,
     },
+    /// Compare / then / else on one partition, atomically (see the schema's `Txn`).
+    Txn {
+        compare: Vec<Compare>,
+        then: Vec<Op>,
+        otherwise: Vec<Op>,
+    },
     /// One step of a replica move, on the leader of the partition starting at `key`.
     MoveReplica {
         key: Vec<u8>,
@@ -239,6 +245,33 @@ pub enum Op {
         /// Instead of a move: make this voter the preferred leader (0: none).
         lead: u64,
     },
+}
+
+/// One condition of a [`Op::Txn`]: `target(key) op value|number`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compare {
+    pub key: Vec<u8>,
+    pub target: CompareTarget,
+    pub op: CompareOp,
+    pub value: Vec<u8>,
+    pub number: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareTarget {
+    Value,
+    Revision,
+    Exists,
+    LockOwner,
+    FencingToken,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
 }
 
 /// What a [`Op::Membership`] does.
@@ -297,6 +330,10 @@ impl Op {
             Op::Backup { key, .. } | Op::Split { key, .. } | Op::MoveReplica { key, .. } => key,
             Op::ClusterStatus { .. } => &[],
             Op::Membership { .. } => MEMBERS_PREFIX,
+            Op::Txn { compare, then, otherwise } => match compare.first() {
+                Some(c) => &c.key,
+                None => then.iter().chain(otherwise).next().map(|o| o.routing_key()).unwrap_or(&[]),
+            },
         }
     }
 
@@ -329,7 +366,8 @@ impl Op {
             | Op::Backup { .. }
             | Op::Split { .. }
             | Op::Membership { .. }
-            | Op::MoveReplica { .. } => Durability::Persistent,
+            | Op::MoveReplica { .. }
+            | Op::Txn { .. } => Durability::Persistent,
         }
     }
 
@@ -367,6 +405,7 @@ impl Op {
             Op::Split { .. } => "cluster split",
             Op::Membership { .. } => "cluster membership",
             Op::MoveReplica { .. } => "move replica",
+            Op::Txn { .. } => "txn",
         }
     }
 }
@@ -445,6 +484,11 @@ pub enum Reply {
     MoveReplica {
         step: String,
         epoch: u64,
+    },
+    /// Whether every compare held, and each step's answer in order.
+    Txn {
+        succeeded: bool,
+        results: Vec<Result<Reply, WireError>>,
     },
 }
 

@@ -15,6 +15,7 @@ mod locks;
 
 pub use kv::expired_before;
 mod sequences;
+pub mod txn;
 
 use kahuna_protocol::{ErrorCode, Op, Reply, WireError};
 
@@ -113,6 +114,7 @@ pub fn apply<T: Txn>(txn: &mut T, op: &WriteOp, ctx: &ApplyCtx) -> Result<Reply,
             kv::split_floor(txn, at, ctx)?;
             Ok(Reply::Split { left: 0, right: *new_id, at: at.clone(), epoch: epoch + 1 })
         }
+        WriteOp::Txn { compare, then, otherwise } => txn::run(txn, compare, then, otherwise, ctx),
         // Changes the descriptor only (the server applies that beside the state).
         WriteOp::Lead { epoch, .. } => {
             Ok(Reply::MoveReplica { step: "lead".to_string(), epoch: epoch + 1 })

@@ -456,3 +456,100 @@ fn the_same_log_gives_the_same_state_whatever_a_node_s_own_settings() {
     assert_ne!(run(3), run(5), "retention is what the entry says");
     assert_eq!(run(3).len(), 1 + 3);
 }
+
+mod transactions {
+    use super::*;
+    use crate::command::{TxnCompare, TxnStep};
+    use crate::state_machine::txn::*;
+
+    fn cmp(key: &str, target: u8, op: u8, value: &str, number: u64) -> TxnCompare {
+        TxnCompare { key: key.into(), target, op, value: value.into(), number }
+    }
+
+    fn run(s: &mut MemStore, compare: Vec<TxnCompare>, then: Vec<TxnStep>, now: u64) -> Reply {
+        let otherwise = vec![TxnStep::Get { key: "a".into() }];
+        apply(s, &WriteOp::Txn { compare, then, otherwise }, &ctx(now)).unwrap()
+    }
+
+    fn succeeded(r: &Reply) -> bool {
+        matches!(r, Reply::Txn { succeeded: true, .. })
+    }
+
+    #[test]
+    fn compares_hold_or_not_by_target_and_operator() {
+        let mut s = MemStore::default();
+        set(&mut s, "a", "m", 0, Cond::None, 1).unwrap(); // revision 1
+        let acquire =
+            WriteOp::LockAcquire { resource: "r".into(), owner: "me".into(), lease_ms: 1000 };
+        apply(&mut s, &acquire, &ctx(1)).unwrap(); // token 1, held until 1001
+                                                   // (compare, holds at time 10?)
+        let cases = vec![
+            (cmp("a", TARGET_VALUE, OP_EQUAL, "m", 0), true),
+            (cmp("a", TARGET_VALUE, OP_LESS, "n", 0), true),
+            (cmp("a", TARGET_VALUE, OP_GREATER, "n", 0), false),
+            (cmp("zz", TARGET_VALUE, OP_EQUAL, "", 0), false),
+            (cmp("zz", TARGET_VALUE, OP_NOT_EQUAL, "x", 0), true),
+            (cmp("a", TARGET_REVISION, OP_EQUAL, "", 1), true),
+            (cmp("a", TARGET_REVISION, OP_GREATER, "", 1), false),
+            (cmp("zz", TARGET_REVISION, OP_EQUAL, "", 0), true),
+            (cmp("a", TARGET_EXISTS, OP_EQUAL, "", 1), true),
+            (cmp("zz", TARGET_EXISTS, OP_EQUAL, "", 0), true),
+            (cmp("zz", TARGET_EXISTS, OP_EQUAL, "", 1), false),
+            (cmp("r", TARGET_LOCK_OWNER, OP_EQUAL, "me", 0), true),
+            (cmp("r", TARGET_LOCK_OWNER, OP_EQUAL, "you", 0), false),
+            (cmp("free", TARGET_LOCK_OWNER, OP_EQUAL, "", 0), true),
+            (cmp("r", TARGET_FENCING_TOKEN, OP_EQUAL, "", 1), true),
+            (cmp("r", TARGET_FENCING_TOKEN, OP_LESS, "", 1), false),
+        ];
+        for (c, want) in cases {
+            let r = run(&mut s, vec![c.clone()], vec![], 10);
+            assert_eq!(succeeded(&r), want, "{c:?}");
+        }
+        // After the lease: nobody holds it, its token stays.
+        let late = run(&mut s, vec![cmp("r", TARGET_LOCK_OWNER, OP_EQUAL, "", 0)], vec![], 5000);
+        assert!(succeeded(&late));
+    }
+
+    #[test]
+    fn a_branch_runs_atomically_and_sees_its_own_writes() {
+        let mut s = MemStore::default();
+        set(&mut s, "a", "1", 0, Cond::None, 1).unwrap();
+        let then = vec![
+            TxnStep::Set { key: "a".into(), value: "2".into(), ttl_ms: 0 },
+            TxnStep::Get { key: "a".into() },
+            TxnStep::Get { key: "missing".into() },
+            TxnStep::SeqNext { name: "s".into(), count: 3 },
+            TxnStep::Delete { key: "a".into() },
+            TxnStep::Exists { key: "a".into() },
+        ];
+        let r = run(&mut s, vec![cmp("a", TARGET_REVISION, OP_EQUAL, "", 1)], then, 2);
+        let Reply::Txn { succeeded: true, results } = r else { panic!("{r:?}") };
+        assert!(
+            matches!(&results[1], Ok(Reply::KvGet(it)) if it.value == b"2" && it.revision == 2)
+        );
+        assert_eq!(results[2].as_ref().unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(results[3], Ok(Reply::Seq { first: 1, count: 3 }));
+        assert_eq!(results[5], Ok(Reply::KvExists { exists: false, revision: 0 }));
+        assert_eq!(get(&s, "a", 0, 3), Err(ErrorCode::NotFound));
+        // A compare that fails runs the other branch (a read here) and writes nothing.
+        let r = run(
+            &mut s,
+            vec![cmp("a", TARGET_EXISTS, OP_EQUAL, "", 1)],
+            vec![TxnStep::Set { key: "b".into(), value: "x".into(), ttl_ms: 0 }],
+            4,
+        );
+        assert!(!succeeded(&r));
+        assert_eq!(get(&s, "b", 0, 5), Err(ErrorCode::NotFound));
+        // A write step that fails (a release by another owner is refused) undoes the others.
+        let acquire =
+            WriteOp::LockAcquire { resource: "r".into(), owner: "me".into(), lease_ms: 1000 };
+        apply(&mut s, &acquire, &ctx(6)).unwrap();
+        let then = vec![
+            TxnStep::Set { key: "c".into(), value: "x".into(), ttl_ms: 0 },
+            TxnStep::LockRelease { resource: "r".into(), owner: "you".into() },
+        ];
+        let r = apply(&mut s, &WriteOp::Txn { compare: vec![], then, otherwise: vec![] }, &ctx(7));
+        assert!(r.is_err(), "{r:?}");
+        assert_eq!(get(&s, "c", 0, 8), Err(ErrorCode::NotFound));
+    }
+}

@@ -342,6 +342,200 @@ impl<'a> ::flatbuffers::Verifiable for SetCondition {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for SetCondition {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_COMPARE_TARGET: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_COMPARE_TARGET: u8 = 4;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_COMPARE_TARGET: [CompareTarget; 5] = [
+  CompareTarget::Value,
+  CompareTarget::Revision,
+  CompareTarget::Exists,
+  CompareTarget::LockOwner,
+  CompareTarget::FencingToken,
+];
+
+/// What a transaction's compare looks at.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct CompareTarget(pub u8);
+#[allow(non_upper_case_globals)]
+impl CompareTarget {
+  /// The key's value (a missing key equals nothing and differs from everything).
+  pub const Value: Self = Self(0);
+  /// The key's revision (0: missing).
+  pub const Revision: Self = Self(1);
+  /// Whether the key exists: compared with `number` 1 (exists) or 0.
+  pub const Exists: Self = Self(2);
+  /// The lock's holder (empty: free), compared with `value`.
+  pub const LockOwner: Self = Self(3);
+  /// The lock's fencing token (the last one granted; 0: never granted).
+  pub const FencingToken: Self = Self(4);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 4;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Value,
+    Self::Revision,
+    Self::Exists,
+    Self::LockOwner,
+    Self::FencingToken,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Value => Some("Value"),
+      Self::Revision => Some("Revision"),
+      Self::Exists => Some("Exists"),
+      Self::LockOwner => Some("LockOwner"),
+      Self::FencingToken => Some("FencingToken"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for CompareTarget {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for CompareTarget {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for CompareTarget {
+    type Output = CompareTarget;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for CompareTarget {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for CompareTarget {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for CompareTarget {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_COMPARE_OP: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_COMPARE_OP: u8 = 3;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_COMPARE_OP: [CompareOp; 4] = [
+  CompareOp::Equal,
+  CompareOp::NotEqual,
+  CompareOp::Less,
+  CompareOp::Greater,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct CompareOp(pub u8);
+#[allow(non_upper_case_globals)]
+impl CompareOp {
+  pub const Equal: Self = Self(0);
+  pub const NotEqual: Self = Self(1);
+  pub const Less: Self = Self(2);
+  pub const Greater: Self = Self(3);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 3;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Equal,
+    Self::NotEqual,
+    Self::Less,
+    Self::Greater,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Equal => Some("Equal"),
+      Self::NotEqual => Some("NotEqual"),
+      Self::Less => Some("Less"),
+      Self::Greater => Some("Greater"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for CompareOp {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for CompareOp {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for CompareOp {
+    type Output = CompareOp;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for CompareOp {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for CompareOp {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for CompareOp {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_MEMBER_ACTION: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MAX_MEMBER_ACTION: u8 = 6;
@@ -547,10 +741,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for StatusScope {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 17;
+pub const ENUM_MAX_OP: u8 = 18;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 18] = [
+pub const ENUM_VALUES_OP: [Op; 19] = [
   Op::NONE,
   Op::KvSet,
   Op::KvGet,
@@ -569,6 +763,7 @@ pub const ENUM_VALUES_OP: [Op; 18] = [
   Op::Split,
   Op::Membership,
   Op::MoveReplica,
+  Op::Txn,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -594,9 +789,10 @@ impl Op {
   pub const Split: Self = Self(15);
   pub const Membership: Self = Self(16);
   pub const MoveReplica: Self = Self(17);
+  pub const Txn: Self = Self(18);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 17;
+  pub const ENUM_MAX: u8 = 18;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::KvSet,
@@ -616,6 +812,7 @@ impl Op {
     Self::Split,
     Self::Membership,
     Self::MoveReplica,
+    Self::Txn,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -638,6 +835,7 @@ impl Op {
       Self::Split => Some("Split"),
       Self::Membership => Some("Membership"),
       Self::MoveReplica => Some("MoveReplica"),
+      Self::Txn => Some("Txn"),
       _ => None,
     }
   }
@@ -794,10 +992,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ReplicaRole {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 15;
+pub const ENUM_MAX_REPLY: u8 = 16;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 16] = [
+pub const ENUM_VALUES_REPLY: [Reply; 17] = [
   Reply::NONE,
   Reply::KvSetResult,
   Reply::KvGetResult,
@@ -814,6 +1012,7 @@ pub const ENUM_VALUES_REPLY: [Reply; 16] = [
   Reply::SplitResult,
   Reply::MembershipResult,
   Reply::MoveReplicaResult,
+  Reply::TxnResult,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -837,9 +1036,10 @@ impl Reply {
   pub const SplitResult: Self = Self(13);
   pub const MembershipResult: Self = Self(14);
   pub const MoveReplicaResult: Self = Self(15);
+  pub const TxnResult: Self = Self(16);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 15;
+  pub const ENUM_MAX: u8 = 16;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::KvSetResult,
@@ -857,6 +1057,7 @@ impl Reply {
     Self::SplitResult,
     Self::MembershipResult,
     Self::MoveReplicaResult,
+    Self::TxnResult,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -877,6 +1078,7 @@ impl Reply {
       Self::SplitResult => Some("SplitResult"),
       Self::MembershipResult => Some("MembershipResult"),
       Self::MoveReplicaResult => Some("MoveReplicaResult"),
+      Self::TxnResult => Some("TxnResult"),
       _ => None,
     }
   }
@@ -2853,6 +3055,403 @@ impl ::core::fmt::Debug for Split<'_> {
       ds.finish()
   }
 }
+pub enum CompareOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One condition of a transaction: `target(key) op value|number`.
+pub struct Compare<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Compare<'a> {
+  type Inner = Compare<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Compare<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TARGET: ::flatbuffers::VOffsetT = 6;
+  pub const VT_OP: ::flatbuffers::VOffsetT = 8;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_NUMBER: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Compare { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CompareArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Compare<'bldr>> {
+    let mut builder = CompareBuilder::new(_fbb);
+    builder.add_number(args.number);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_op(args.op);
+    builder.add_target(args.target);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Compare::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn target(&self) -> CompareTarget {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<CompareTarget>(Compare::VT_TARGET, Some(CompareTarget::Value)).unwrap()}
+  }
+  #[inline]
+  pub fn op(&self) -> CompareOp {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<CompareOp>(Compare::VT_OP, Some(CompareOp::Equal)).unwrap()}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Compare::VT_VALUE, None)}
+  }
+  #[inline]
+  pub fn number(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Compare::VT_NUMBER, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Compare<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<CompareTarget>("target", Self::VT_TARGET, false)?
+     .visit_field::<CompareOp>("op", Self::VT_OP, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .visit_field::<u64>("number", Self::VT_NUMBER, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CompareArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub target: CompareTarget,
+    pub op: CompareOp,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub number: u64,
+}
+impl<'a> Default for CompareArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CompareArgs {
+      key: None,
+      target: CompareTarget::Value,
+      op: CompareOp::Equal,
+      value: None,
+      number: 0,
+    }
+  }
+}
+
+pub struct CompareBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CompareBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Compare::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_target(&mut self, target: CompareTarget) {
+    self.fbb_.push_slot::<CompareTarget>(Compare::VT_TARGET, target, CompareTarget::Value);
+  }
+  #[inline]
+  pub fn add_op(&mut self, op: CompareOp) {
+    self.fbb_.push_slot::<CompareOp>(Compare::VT_OP, op, CompareOp::Equal);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Compare::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_number(&mut self, number: u64) {
+    self.fbb_.push_slot::<u64>(Compare::VT_NUMBER, number, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CompareBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CompareBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Compare<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Compare<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Compare");
+      ds.field("key", &self.key());
+      ds.field("target", &self.target());
+      ds.field("op", &self.op());
+      ds.field("value", &self.value());
+      ds.field("number", &self.number());
+      ds.finish()
+  }
+}
+pub enum NestedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A request or response carried inside another (a transaction's steps and their results):
+/// one encoded `Request` or `Response` without its length prefix. Never nests further.
+pub struct Nested<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Nested<'a> {
+  type Inner = Nested<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Nested<'a> {
+  pub const VT_FRAME: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Nested { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args NestedArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Nested<'bldr>> {
+    let mut builder = NestedBuilder::new(_fbb);
+    if let Some(x) = args.frame { builder.add_frame(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn frame(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Nested::VT_FRAME, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Nested<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("frame", Self::VT_FRAME, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct NestedArgs<'a> {
+    pub frame: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for NestedArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    NestedArgs {
+      frame: None,
+    }
+  }
+}
+
+pub struct NestedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NestedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_frame(&mut self, frame: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Nested::VT_FRAME, frame);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NestedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    NestedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Nested<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Nested<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Nested");
+      ds.field("frame", &self.frame());
+      ds.finish()
+  }
+}
+pub enum TxnOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Compare / then / else, as etcd's Txn: if every compare holds, the `then` steps run, else the
+/// `otherwise` steps, all as one atomic, serializable step of one partition (every key in it).
+/// Steps: get, exists, lock get (reads) and set (with a TTL), delete, lock acquire and release,
+/// sequence next (writes), all persistent; a step that fails leaves nothing of the others.
+pub struct Txn<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Txn<'a> {
+  type Inner = Txn<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Txn<'a> {
+  pub const VT_COMPARE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_THEN: ::flatbuffers::VOffsetT = 6;
+  pub const VT_OTHERWISE: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Txn { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TxnArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Txn<'bldr>> {
+    let mut builder = TxnBuilder::new(_fbb);
+    if let Some(x) = args.otherwise { builder.add_otherwise(x); }
+    if let Some(x) = args.then { builder.add_then(x); }
+    if let Some(x) = args.compare { builder.add_compare(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn compare(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Compare<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Compare>>>>(Txn::VT_COMPARE, None)}
+  }
+  #[inline]
+  pub fn then(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Nested<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Nested>>>>(Txn::VT_THEN, None)}
+  }
+  #[inline]
+  pub fn otherwise(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Nested<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Nested>>>>(Txn::VT_OTHERWISE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Txn<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Compare>>>>("compare", Self::VT_COMPARE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Nested>>>>("then", Self::VT_THEN, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Nested>>>>("otherwise", Self::VT_OTHERWISE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TxnArgs<'a> {
+    pub compare: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Compare<'a>>>>>,
+    pub then: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Nested<'a>>>>>,
+    pub otherwise: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Nested<'a>>>>>,
+}
+impl<'a> Default for TxnArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TxnArgs {
+      compare: None,
+      then: None,
+      otherwise: None,
+    }
+  }
+}
+
+pub struct TxnBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_compare(&mut self, compare: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Compare<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Txn::VT_COMPARE, compare);
+  }
+  #[inline]
+  pub fn add_then(&mut self, then: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Nested<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Txn::VT_THEN, then);
+  }
+  #[inline]
+  pub fn add_otherwise(&mut self, otherwise: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Nested<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Txn::VT_OTHERWISE, otherwise);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TxnBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Txn<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Txn<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Txn");
+      ds.field("compare", &self.compare());
+      ds.field("then", &self.then());
+      ds.field("otherwise", &self.otherwise());
+      ds.finish()
+  }
+}
 pub enum MembershipOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3644,6 +4243,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_txn(&self) -> Option<Txn<'a>> {
+    if self.op_type() == Op::Txn {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Txn::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -3673,6 +4287,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Op::Split => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Split>>("Op::Split", pos),
           Op::Membership => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Membership>>("Op::Membership", pos),
           Op::MoveReplica => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MoveReplica>>("Op::MoveReplica", pos),
+          Op::Txn => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Txn>>("Op::Txn", pos),
           _ => Ok(()),
         }
      })?
@@ -3855,6 +4470,13 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Op::MoveReplica => {
           if let Some(x) = self.op_as_move_replica() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Txn => {
+          if let Some(x) = self.op_as_txn() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -7110,6 +7732,120 @@ impl ::core::fmt::Debug for MoveReplicaResult<'_> {
       ds.finish()
   }
 }
+pub enum TxnResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Whether every compare held, and each step's answer in order (an encoded `Response`).
+pub struct TxnResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TxnResult<'a> {
+  type Inner = TxnResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TxnResult<'a> {
+  pub const VT_SUCCEEDED: ::flatbuffers::VOffsetT = 4;
+  pub const VT_RESULTS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TxnResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TxnResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TxnResult<'bldr>> {
+    let mut builder = TxnResultBuilder::new(_fbb);
+    if let Some(x) = args.results { builder.add_results(x); }
+    builder.add_succeeded(args.succeeded);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn succeeded(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(TxnResult::VT_SUCCEEDED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn results(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Nested<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Nested>>>>(TxnResult::VT_RESULTS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TxnResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<bool>("succeeded", Self::VT_SUCCEEDED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Nested>>>>("results", Self::VT_RESULTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TxnResultArgs<'a> {
+    pub succeeded: bool,
+    pub results: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Nested<'a>>>>>,
+}
+impl<'a> Default for TxnResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TxnResultArgs {
+      succeeded: false,
+      results: None,
+    }
+  }
+}
+
+pub struct TxnResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_succeeded(&mut self, succeeded: bool) {
+    self.fbb_.push_slot::<bool>(TxnResult::VT_SUCCEEDED, succeeded, false);
+  }
+  #[inline]
+  pub fn add_results(&mut self, results: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Nested<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnResult::VT_RESULTS, results);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TxnResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TxnResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TxnResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TxnResult");
+      ds.field("succeeded", &self.succeeded());
+      ds.field("results", &self.results());
+      ds.finish()
+  }
+}
 pub enum ResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -7413,6 +8149,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_txn_result(&self) -> Option<TxnResult<'a>> {
+    if self.result_type() == Reply::TxnResult {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { TxnResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -7440,6 +8191,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           Reply::SplitResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SplitResult>>("Reply::SplitResult", pos),
           Reply::MembershipResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MembershipResult>>("Reply::MembershipResult", pos),
           Reply::MoveReplicaResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MoveReplicaResult>>("Reply::MoveReplicaResult", pos),
+          Reply::TxnResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TxnResult>>("Reply::TxnResult", pos),
           _ => Ok(()),
         }
      })?
@@ -7615,6 +8367,13 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         Reply::MoveReplicaResult => {
           if let Some(x) = self.result_as_move_replica_result() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::TxnResult => {
+          if let Some(x) = self.result_as_txn_result() {
             ds.field("result", &x)
           } else {
             ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")

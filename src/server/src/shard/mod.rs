@@ -557,6 +557,27 @@ impl Shard {
                 format!("node {}'s disk is full: no writes until space is freed", self.node_id),
             ));
         }
+        if let WriteOp::Txn { .. } = &wop {
+            // One partition holds every key of a transaction (one entry applies it all).
+            self.with_partition(partition, |p| {
+                match wop.keys().iter().find(|k| !p.info.contains(k)) {
+                    None => Ok(()),
+                    Some(k) => Err(WireError::new(
+                        ErrorCode::Invalid,
+                        format!(
+                            "a transaction runs in one partition, and key {:?} lies outside \
+                             partition {} [{:?}, {:?}) of its first key: keep a transaction's \
+                             keys under one prefix (transactions across partitions are not \
+                             built yet)",
+                            String::from_utf8_lossy(k),
+                            p.info.id,
+                            String::from_utf8_lossy(&p.info.start),
+                            String::from_utf8_lossy(&p.info.end)
+                        ),
+                    )),
+                }
+            })?;
+        }
         self.propose_wait(partition, self.command(wop), deadline).await
     }
 

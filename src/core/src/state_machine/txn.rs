@@ -1,0 +1,125 @@
+//! Compare / then / else in one partition: every compare is checked against the state the
+//! entry applies to, then one branch's steps run in order, each seeing the writes of the steps
+//! before it, all in one apply (so one Raft entry: atomic, and serializable with every other
+//! write of the partition).
+//!
+//! Owns: what a compare means for each target, and the all-or-nothing rule (a write step that
+//! fails discards every write of the transaction; a read step that finds nothing is an answer,
+//! not a failure). Must never: write outside the transaction's own buffer before it succeeded.
+
+use kahuna_protocol::{Reply, WireError};
+
+use super::{kv, locks, sequences, ApplyCtx};
+use crate::command::{TxnCompare, TxnStep};
+use crate::store::{Txn, WriteBuffer};
+
+/// What a compare looks at (the wire's `CompareTarget`, as stored in the log).
+pub const TARGET_VALUE: u8 = 0;
+pub const TARGET_REVISION: u8 = 1;
+pub const TARGET_EXISTS: u8 = 2;
+pub const TARGET_LOCK_OWNER: u8 = 3;
+pub const TARGET_FENCING_TOKEN: u8 = 4;
+/// How it compares (the wire's `CompareOp`).
+pub const OP_EQUAL: u8 = 0;
+pub const OP_NOT_EQUAL: u8 = 1;
+pub const OP_LESS: u8 = 2;
+pub const OP_GREATER: u8 = 3;
+
+fn holds_order(ord: std::cmp::Ordering, op: u8) -> bool {
+    use std::cmp::Ordering::*;
+    match op {
+        OP_EQUAL => ord == Equal,
+        OP_NOT_EQUAL => ord != Equal,
+        OP_LESS => ord == Less,
+        _ => ord == Greater,
+    }
+}
+
+/// Whether `c` holds in `store` at `now_ms`.
+fn check<T: Txn>(store: &T, c: &TxnCompare, now_ms: u64) -> Result<bool, WireError> {
+    Ok(match c.target {
+        TARGET_VALUE => match kv::get(store, &c.key, 0, now_ms) {
+            Ok(Reply::KvGet(it)) => holds_order(it.value.as_slice().cmp(&c.value), c.op),
+            // A missing key equals nothing and differs from everything.
+            _ => c.op == OP_NOT_EQUAL,
+        },
+        TARGET_REVISION => {
+            let rev = match kv::exists(store, &c.key, now_ms)? {
+                Reply::KvExists { revision, .. } => revision,
+                _ => 0,
+            };
+            holds_order(rev.cmp(&c.number), c.op)
+        }
+        TARGET_EXISTS => {
+            let exists =
+                matches!(kv::exists(store, &c.key, now_ms)?, Reply::KvExists { exists: true, .. });
+            holds_order((exists as u64).cmp(&((c.number != 0) as u64)), c.op)
+        }
+        TARGET_LOCK_OWNER | TARGET_FENCING_TOKEN => {
+            let Reply::Lock(l) = locks::get(store, &c.key, now_ms)? else { return Ok(false) };
+            if c.target == TARGET_LOCK_OWNER {
+                let owner = l.owner.unwrap_or_default();
+                holds_order(owner.as_slice().cmp(&c.value), c.op)
+            } else {
+                holds_order(l.fencing_token.cmp(&c.number), c.op)
+            }
+        }
+        _ => false,
+    })
+}
+
+/// Runs one step on `store` (the single-key operations themselves: never a transaction, so
+/// the nesting of buffers stops here).
+fn step<T: Txn>(store: &mut T, s: &TxnStep, ctx: &ApplyCtx) -> Result<Reply, WireError> {
+    let none = crate::command::Cond::None;
+    match s {
+        TxnStep::Get { key } => kv::get(store, key, 0, ctx.now_ms),
+        TxnStep::Exists { key } => kv::exists(store, key, ctx.now_ms),
+        TxnStep::LockGet { resource } => locks::get(store, resource, ctx.now_ms),
+        TxnStep::Set { key, value, ttl_ms } => kv::set(store, key, value, *ttl_ms, &none, ctx),
+        TxnStep::Delete { key } => kv::delete(store, key, 0, ctx),
+        TxnStep::LockAcquire { resource, owner, lease_ms } => {
+            locks::acquire(store, resource, owner, *lease_ms, ctx)
+        }
+        TxnStep::LockRelease { resource, owner } => locks::release(store, resource, owner, 0, ctx),
+        TxnStep::SeqNext { name, count } => sequences::next(store, name, *count),
+    }
+}
+
+/// Applies a transaction: its answer is whether the compares held and each step's result.
+pub(super) fn run<T: Txn>(
+    txn: &mut T,
+    compare: &[TxnCompare],
+    then: &[TxnStep],
+    otherwise: &[TxnStep],
+    ctx: &ApplyCtx,
+) -> Result<Reply, WireError> {
+    let mut succeeded = true;
+    for c in compare {
+        if !check(txn, c, ctx.now_ms)? {
+            succeeded = false;
+            break;
+        }
+    }
+    let steps = if succeeded { then } else { otherwise };
+    let mut results = Vec::with_capacity(steps.len());
+    let writes = {
+        let mut own = WriteBuffer::new(&*txn);
+        for s in steps {
+            let r = step(&mut own, s, ctx);
+            if r.is_err() && s.writes() {
+                // All or nothing: the writes before this one go too.
+                return r;
+            }
+            results.push(r);
+        }
+        own.into_writes()
+    };
+    for (k, v) in writes {
+        match v {
+            Some(v) => txn.put(k, v),
+            None => txn.delete(k),
+        }
+    }
+    Ok(Reply::Txn { succeeded, results })
+}
