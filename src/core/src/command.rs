@@ -52,6 +52,19 @@ impl TxnStep {
         }
     }
 
+    /// What the step writes, as (kind, name): kv keys, lock resources and sequence names are
+    /// apart. `None` for a read.
+    pub fn written(&self) -> Option<(u8, &[u8])> {
+        match self {
+            TxnStep::Set { key, .. } | TxnStep::Delete { key } => Some((crate::keys::KV, key)),
+            TxnStep::LockAcquire { resource, .. } | TxnStep::LockRelease { resource, .. } => {
+                Some((crate::keys::LOCK, resource))
+            }
+            TxnStep::SeqNext { name, .. } => Some((crate::keys::SEQ, name)),
+            _ => None,
+        }
+    }
+
     /// Whether the step changes state (its failure undoes the transaction).
     pub fn writes(&self) -> bool {
         !matches!(self, TxnStep::Get { .. } | TxnStep::Exists { .. } | TxnStep::LockGet { .. })
@@ -145,18 +158,19 @@ pub enum WriteOp {
         new_id: u64,
         epoch: u64,
     },
-    /// Compare / then / else (see `state_machine::txn`): every key in this partition.
-    Txn {
-        compare: Vec<TxnCompare>,
-        then: Vec<TxnStep>,
-        otherwise: Vec<TxnStep>,
-    },
     /// Puts voter `node` first in the partition's placement order (see
     /// [`crate::PartitionInfo::prefer`]): its leadership preference, which the leader
     /// rebalancer then follows. The balancer's way of spreading leaders by load.
     Lead {
         node: u64,
         epoch: u64,
+    },
+    /// Compare / then / else (see `state_machine::txn`): every key in this partition.
+    /// (Variants are only ever appended: the tag of each is its place in this list.)
+    Txn {
+        compare: Vec<TxnCompare>,
+        then: Vec<TxnStep>,
+        otherwise: Vec<TxnStep>,
     },
 }
 

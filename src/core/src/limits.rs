@@ -212,6 +212,20 @@ impl Limits {
                         ));
                     }
                 }
+                for branch in [then, otherwise] {
+                    let mut written = std::collections::BTreeSet::new();
+                    for step in branch.iter().filter_map(crate::command::TxnStep::from_op) {
+                        if let Some(w) = step.written() {
+                            if !written.insert((w.0, w.1.to_vec())) {
+                                return Err(invalid(format!(
+                                    "a transaction's branch writes {:?} twice: each key, lock \
+                                     and sequence at most once per branch",
+                                    String::from_utf8_lossy(w.1)
+                                )));
+                            }
+                        }
+                    }
+                }
                 for op in then.iter().chain(otherwise) {
                     if crate::command::TxnStep::from_op(op).is_none() {
                         return Err(invalid(format!(
@@ -313,6 +327,33 @@ mod tests {
         assert!(l.validate_from_peer(&ids(2)).is_err());
         let other = Op::SeqNext { name: b"\0kahuna/other".to_vec(), count: 1 };
         assert!(l.validate_from_peer(&other).is_err());
+        // A transaction: steps it may run, each key written at most once per branch.
+        let set = |k: &str| Op::KvSet {
+            key: k.into(),
+            value: b"v".to_vec(),
+            durability: Persistent,
+            ttl_ms: 0,
+            condition: SetCondition::None,
+        };
+        let txn = |then: Vec<Op>| Op::Txn { compare: vec![], then, otherwise: vec![] };
+        assert!(l.validate(&txn(vec![set("a"), set("b")])).is_ok());
+        assert!(l.validate(&txn(vec![set("a"), set("a")])).is_err());
+        let lock = Op::LockAcquire {
+            resource: b"a".to_vec(),
+            owner: b"o".to_vec(),
+            lease_ms: 10,
+            durability: Persistent,
+        };
+        assert!(l.validate(&txn(vec![set("a"), lock])).is_ok(), "locks and keys are apart");
+        assert!(l.validate(&txn(vec![])).is_err());
+        let cas = Op::KvSet {
+            key: b"a".to_vec(),
+            value: vec![],
+            durability: Persistent,
+            ttl_ms: 0,
+            condition: SetCondition::IfRevision(3),
+        };
+        assert!(l.validate(&txn(vec![cas])).is_err(), "conditions go in compares");
         // A peer may read and write member records (a client may not); nothing else reserved.
         let record = crate::membership::member_key(3);
         let set = |key: Vec<u8>, ttl_ms| Op::KvSet {

@@ -551,5 +551,27 @@ mod transactions {
         let r = apply(&mut s, &WriteOp::Txn { compare: vec![], then, otherwise: vec![] }, &ctx(7));
         assert!(r.is_err(), "{r:?}");
         assert_eq!(get(&s, "c", 0, 8), Err(ErrorCode::NotFound));
+        // A lock held by another owner is not granted: the transaction leaves nothing either.
+        let then = vec![
+            TxnStep::Set { key: "c".into(), value: "x".into(), ttl_ms: 0 },
+            TxnStep::LockAcquire { resource: "r".into(), owner: "you".into(), lease_ms: 10 },
+        ];
+        let r = apply(&mut s, &WriteOp::Txn { compare: vec![], then, otherwise: vec![] }, &ctx(9));
+        assert_eq!(r.unwrap_err().code, ErrorCode::Conflict);
+        assert_eq!(get(&s, "c", 0, 10), Err(ErrorCode::NotFound));
+        // Answers bigger than a frame: refused before anything is applied.
+        let big = "v".repeat(900 << 10);
+        for k in ["b1", "b2", "b3"] {
+            set(&mut s, k, &big, 0, Cond::None, 11).unwrap();
+        }
+        let then = vec![
+            TxnStep::Set { key: "c".into(), value: "x".into(), ttl_ms: 0 },
+            TxnStep::Get { key: "b1".into() },
+            TxnStep::Get { key: "b2".into() },
+            TxnStep::Get { key: "b3".into() },
+        ];
+        let r = apply(&mut s, &WriteOp::Txn { compare: vec![], then, otherwise: vec![] }, &ctx(12));
+        assert_eq!(r.unwrap_err().code, ErrorCode::TooLarge);
+        assert_eq!(get(&s, "c", 0, 13), Err(ErrorCode::NotFound));
     }
 }

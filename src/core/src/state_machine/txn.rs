@@ -4,10 +4,19 @@
 //! write of the partition).
 //!
 //! Owns: what a compare means for each target, and the all-or-nothing rule (a write step that
-//! fails discards every write of the transaction; a read step that finds nothing is an answer,
-//! not a failure). Must never: write outside the transaction's own buffer before it succeeded.
+//! fails, a lock that is not granted included, discards every write of the transaction; a read
+//! step that finds nothing is an answer, not a failure). Must never: write outside the
+//! transaction's own buffer before it succeeded.
+//!
+//! A `lock_owner` compare sees a lease as held until it expires; an acquire also waits out the
+//! clock offset after a leader change (see `locks`): a compare may call a lock free a little
+//! before an acquire would get it.
 
-use kahuna_protocol::{Reply, WireError};
+use kahuna_protocol::{ErrorCode, Reply, WireError};
+
+/// The most bytes a transaction's answers may carry (values read): below the smallest frame a
+/// client or peer link takes, so a committed transaction's answer always reaches its caller.
+pub const MAX_RESULT_BYTES: usize = 2 << 20;
 
 use super::{kv, locks, sequences, ApplyCtx};
 use crate::command::{TxnCompare, TxnStep};
@@ -79,7 +88,17 @@ fn step<T: Txn>(store: &mut T, s: &TxnStep, ctx: &ApplyCtx) -> Result<Reply, Wir
         TxnStep::Set { key, value, ttl_ms } => kv::set(store, key, value, *ttl_ms, &none, ctx),
         TxnStep::Delete { key } => kv::delete(store, key, 0, ctx),
         TxnStep::LockAcquire { resource, owner, lease_ms } => {
-            locks::acquire(store, resource, owner, *lease_ms, ctx)
+            match locks::acquire(store, resource, owner, *lease_ms, ctx)? {
+                // Not granted: a failed step, so the transaction leaves nothing.
+                Reply::Lock(l) if !l.acquired => Err(WireError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "lock {:?} is held by another owner: the transaction was not applied",
+                        String::from_utf8_lossy(resource)
+                    ),
+                )),
+                granted => Ok(granted),
+            }
         }
         TxnStep::LockRelease { resource, owner } => locks::release(store, resource, owner, 0, ctx),
         TxnStep::SeqNext { name, count } => sequences::next(store, name, *count),
@@ -105,11 +124,24 @@ pub(super) fn run<T: Txn>(
     let mut results = Vec::with_capacity(steps.len());
     let writes = {
         let mut own = WriteBuffer::new(&*txn);
+        let mut bytes = 0usize;
         for s in steps {
             let r = step(&mut own, s, ctx);
             if r.is_err() && s.writes() {
                 // All or nothing: the writes before this one go too.
                 return r;
+            }
+            if let Ok(Reply::KvGet(it)) = &r {
+                bytes += it.key.len() + it.value.len();
+                if bytes > MAX_RESULT_BYTES {
+                    return Err(WireError::new(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "the transaction would answer more than {MAX_RESULT_BYTES} bytes of \
+                             values: it was not applied; read fewer or smaller keys"
+                        ),
+                    ));
+                }
             }
             results.push(r);
         }

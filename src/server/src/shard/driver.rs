@@ -719,12 +719,20 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
                 let result = match LogCommand::decode(&e.data) {
                     Ok(mut cmd) => {
                         shard.observe_hlc(cmd.hlc);
+                        let txn_ttl = |steps: &[kahuna_core::command::TxnStep]| {
+                            use kahuna_core::command::TxnStep::*;
+                            steps
+                                .iter()
+                                .any(|s| matches!(s, Set { ttl_ms: 1.., .. } | Delete { .. }))
+                        };
                         if matches!(
                             cmd.op,
                             WriteOp::KvSet { ttl_ms: 1.., .. }
                                 | WriteOp::KvExtend { .. }
                                 | WriteOp::KvDelete { .. }
-                        ) {
+                        ) || matches!(&cmd.op, WriteOp::Txn { then, otherwise, .. }
+                            if txn_ttl(then) || txn_ttl(otherwise))
+                        {
                             p.ttl_keys = true; // something for the collector, soon
                         }
                         let ctx = ApplyCtx::persistent(&cmd, e.term, &p.info.start);

@@ -294,7 +294,12 @@ impl Shard {
     /// A lease (lock grant or extension) is timed by this node's clock: refused while that
     /// clock is off from most of its peers'.
     fn check_lease_clock(&self, op: &Op) -> Result<(), WireError> {
-        if !matches!(op, Op::LockAcquire { .. } | Op::LockExtend { .. }) {
+        let leases = |o: &Op| matches!(o, Op::LockAcquire { .. } | Op::LockExtend { .. });
+        let times_a_lease = match op {
+            Op::Txn { then, otherwise, .. } => then.iter().chain(otherwise).any(leases),
+            other => leases(other),
+        };
+        if !times_a_lease {
             return Ok(());
         }
         let v = self.clock_verdict();
