@@ -270,6 +270,45 @@ fn replica_moves_while_nodes_are_drained_and_killed() {
 }
 
 #[test]
+fn bank_transactions_across_partitions_of_the_network_and_kills() {
+    // The bank (tests/harness/bank.rs) beside the usual workload: transfers as compare/then
+    // transactions while the accounts' leader is cut off from the others, then killed -9.
+    let opts = ClusterOpts { proxied: true, ..Default::default() };
+    let bank = std::cell::RefCell::new(None);
+    scenario_then(
+        "bank transactions under partitions and kill -9",
+        opts,
+        |c, _, d| {
+            *bank.borrow_mut() = Some(kahuna_tests::bank::Bank::start(&c.endpoints(), seed()));
+            let end = Instant::now() + d;
+            let mut n = 0u64;
+            while Instant::now() < end {
+                let key = String::from_utf8(kahuna_tests::bank::account(0)).unwrap();
+                let leader = leader_of(c, &key).unwrap_or(1);
+                if n.is_multiple_of(2) {
+                    c.isolate(leader);
+                    std::thread::sleep(Duration::from_millis(1500));
+                    c.heal();
+                } else {
+                    c.node_mut(leader).kill9();
+                    std::thread::sleep(Duration::from_millis(800));
+                    c.node_mut(leader).relaunch();
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+            n
+        },
+        |_| {
+            let v = bank.borrow_mut().take().expect("the bank ran").finish();
+            eprintln!("bank: {v:?}");
+            assert!(v.problems.is_empty(), "{:#?}", v.problems);
+            assert!(v.applied > 10, "too few transfers went through: {v:?}");
+        },
+    );
+}
+
+#[test]
 fn kill9_of_leaders_and_followers_in_a_loop() {
     scenario("kill -9 loop", ClusterOpts::default(), |c, _, d| {
         let end = Instant::now() + d;

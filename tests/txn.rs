@@ -3,59 +3,12 @@
 //! transaction summing to the same total; write skew refused; the CLI form; keys of two
 //! partitions refused with a clear error.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kahuna_client::blocking::Client;
-use kahuna_client::{
-    ClientOptions, Compare, CompareOp, CompareTarget, Durability, ErrorCode, Op, Reply,
-    SetCondition,
-};
+use kahuna_client::{Durability, ErrorCode, Op, Reply, SetCondition};
+use kahuna_tests::bank::{get, revision_is, set, Bank};
 use kahuna_tests::{leader_of, start_cluster_with, watchdog, ClusterOpts};
-
-const ACCOUNTS: usize = 8;
-const START: u64 = 100;
-
-fn account(i: usize) -> Vec<u8> {
-    format!("bank/acct/{i:02}").into_bytes()
-}
-
-fn get(key: Vec<u8>) -> Op {
-    Op::KvGet { key, durability: Durability::Persistent, revision: 0 }
-}
-
-fn set(key: Vec<u8>, v: u64) -> Op {
-    Op::KvSet {
-        key,
-        value: v.to_string().into_bytes(),
-        durability: Durability::Persistent,
-        ttl_ms: 0,
-        condition: SetCondition::None,
-    }
-}
-
-fn revision_is(key: Vec<u8>, number: u64) -> Compare {
-    Compare { key, target: CompareTarget::Revision, op: CompareOp::Equal, value: vec![], number }
-}
-
-/// Every account's balance and revision, read in one transaction (one consistent state).
-fn read_all(c: &Client) -> Result<Vec<(u64, u64)>, kahuna_client::Error> {
-    let (_, results) = c.txn(vec![], (0..ACCOUNTS).map(|i| get(account(i))).collect(), vec![])?;
-    Ok(results
-        .into_iter()
-        .map(|r| match r {
-            Ok(Reply::KvGet(it)) => {
-                (String::from_utf8(it.value).unwrap().parse().unwrap(), it.revision)
-            }
-            other => panic!("an account is missing: {other:?}"),
-        })
-        .collect())
-}
-
-/// What became of one transfer: `Some(true)` applied, `Some(false)` not, `None` unknown.
-type Outcome = (usize, usize, u64, Option<bool>);
 
 #[test]
 fn bank_transfers_keep_the_total_across_a_leader_kill() {
@@ -64,115 +17,17 @@ fn bank_transfers_keep_the_total_across_a_leader_kill() {
     let mut c = start_cluster_with(ClusterOpts { shards: 1, extra: &flags, ..Default::default() });
     let out = c.node(1).cli(&["--timeout-ms", "30000", "cluster", "wait"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let opts = ClientOptions { timeout: Duration::from_secs(5), ..Default::default() };
-    let admin = Client::connect(&c.endpoints(), opts.clone()).unwrap();
-    let (ok, _) =
-        admin.txn(vec![], (0..ACCOUNTS).map(|i| set(account(i), START)).collect(), vec![]).unwrap();
-    assert!(ok);
-    let total = START * ACCOUNTS as u64;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
-    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
-    let mut threads = Vec::new();
-    for t in 0..4u64 {
-        let (stop, outcomes) = (stop.clone(), outcomes.clone());
-        let ep = c.node(1 + t % 3).endpoint();
-        let opts = opts.clone();
-        threads.push(std::thread::spawn(move || {
-            let cl = Client::connect(&[ep], opts).unwrap();
-            let mut rng = t * 7919 + 1;
-            while !stop.load(Ordering::Relaxed) {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let (a, b) = ((rng % 8) as usize, ((rng >> 8) % 8) as usize);
-                let Ok(all) = read_all(&cl) else { continue };
-                if a == b || all[a].0 == 0 {
-                    continue;
-                }
-                let amount = 1 + (rng >> 16) % all[a].0.min(20);
-                let compare =
-                    vec![revision_is(account(a), all[a].1), revision_is(account(b), all[b].1)];
-                let then =
-                    vec![set(account(a), all[a].0 - amount), set(account(b), all[b].0 + amount)];
-                let outcome = match cl.txn(compare, then, vec![]) {
-                    Ok((applied, _)) => Some(applied),
-                    Err(e) if e.code == ErrorCode::Timeout => None,
-                    Err(_) => Some(false),
-                };
-                outcomes.lock().unwrap().push((a, b, amount, outcome));
-            }
-        }));
-    }
-    for t in 0..2u64 {
-        let (stop, violations) = (stop.clone(), violations.clone());
-        let ep = c.node(1 + (t + 1) % 3).endpoint();
-        let opts = opts.clone();
-        threads.push(std::thread::spawn(move || {
-            let cl = Client::connect(&[ep], opts).unwrap();
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(all) = read_all(&cl) {
-                    let sum: u64 = all.iter().map(|(v, _)| v).sum();
-                    if sum != total {
-                        violations.lock().unwrap().push(format!("a read saw {all:?}: sum {sum}"));
-                    }
-                }
-            }
-        }));
-    }
+    let bank = Bank::start(&c.endpoints(), 5);
     std::thread::sleep(Duration::from_secs(3));
-    let leader = leader_of(c.node(1), &account(0));
+    let leader = leader_of(c.node(1), &kahuna_tests::bank::account(0));
     c.node_mut(leader).kill9();
     std::thread::sleep(Duration::from_secs(2));
     c.node_mut(leader).restart();
     std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
-    let violations = violations.lock().unwrap().clone();
-    assert!(violations.is_empty(), "{violations:#?}");
-    let outcomes = outcomes.lock().unwrap().clone();
-    let applied = outcomes.iter().filter(|o| o.3 == Some(true)).count();
-    let unknown = outcomes.iter().filter(|o| o.3.is_none()).count();
-    println!("{} transfers: {applied} applied, {unknown} unknown", outcomes.len());
-    assert!(applied > 20, "too few transfers went through: {applied}");
-    // The final balances: the acknowledged transfers exactly, each unknown one either way.
-    let fin = read_all(&admin).unwrap();
-    assert_eq!(fin.iter().map(|(v, _)| v).sum::<u64>(), total);
-    let mut low: BTreeMap<usize, i64> = (0..ACCOUNTS).map(|i| (i, START as i64)).collect();
-    let mut high = low.clone();
-    for (a, b, amount, o) in &outcomes {
-        let amount = *amount as i64;
-        match o {
-            Some(true) => {
-                for m in [&mut low, &mut high] {
-                    *m.get_mut(a).unwrap() -= amount;
-                    *m.get_mut(b).unwrap() += amount;
-                }
-            }
-            None => {
-                *low.get_mut(a).unwrap() -= amount;
-                *high.get_mut(b).unwrap() += amount;
-            }
-            Some(false) => {}
-        }
-    }
-    for (i, (v, _)) in fin.iter().enumerate() {
-        let v = *v as i64;
-        assert!(
-            low[&i] <= v && v <= high[&i],
-            "account {i}: {v} outside [{}, {}]",
-            low[&i],
-            high[&i]
-        );
-    }
-    if unknown == 0 {
-        for (i, (v, _)) in fin.iter().enumerate() {
-            assert_eq!(*v as i64, low[&i], "account {i}");
-        }
-    }
+    let v = bank.finish();
+    println!("{v:?}");
+    assert!(v.problems.is_empty(), "{:#?}", v.problems);
+    assert!(v.applied > 20 && v.reads > 20, "too little went through: {v:?}");
 }
 
 #[test]

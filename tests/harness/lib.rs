@@ -4,6 +4,7 @@
 //! Every test calls [`watchdog`] first: if the test overruns its bound, the watchdog kills every
 //! server it started and fails the run, so nothing is left behind and nothing hangs CI.
 
+pub mod bank;
 pub mod history;
 pub mod proxy;
 pub mod workload;

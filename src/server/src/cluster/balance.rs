@@ -103,15 +103,7 @@ async fn leaders_by_load(shard: &Rc<Shard>, members: &[rules::Member], deadline:
         MAX_LEAD_MOVES,
     );
     for mv in moves {
-        let Some(start) = map.get(mv.partition).map(|p| p.start.clone()) else { continue };
-        let op = Op::MoveReplica {
-            key: start,
-            partition: mv.partition,
-            epoch: mv.epoch,
-            add: 0,
-            remove: 0,
-            lead: mv.to,
-        };
+        let Some(op) = move_op(&map, mv.partition, mv.epoch, (0, 0, mv.to)) else { continue };
         match shard.execute_checked(op, deadline).await.0 {
             Ok(_) => {
                 tracing::info!(
@@ -125,6 +117,18 @@ async fn leaders_by_load(shard: &Rc<Shard>, members: &[rules::Member], deadline:
             Err(e) => tracing::debug!("leadership of partition {} for load: {e}", mv.partition),
         }
     }
+}
+
+/// The request that makes a move's next step (`(add, remove, lead)`) on `partition`'s leader,
+/// routed by the partition's start key.
+fn move_op(
+    map: &kahuna_core::PartitionMap,
+    partition: u64,
+    epoch: u64,
+    (add, remove, lead): (u64, u64, u64),
+) -> Option<Op> {
+    let key = map.get(partition)?.start.clone();
+    Some(Op::MoveReplica { key, partition, epoch, add, remove, lead })
 }
 
 /// From the tick, once a second: a round, if this shard leads the meta range.
@@ -196,14 +200,8 @@ async fn round(shard: &Rc<Shard>) {
     let moves = plan(map.partitions(), &members, policy, &prior, &seen);
     let mut done = Vec::with_capacity(moves.len());
     for mv in moves {
-        let Some(start) = map.get(mv.partition).map(|p| p.start.clone()) else { continue };
-        let op = Op::MoveReplica {
-            key: start,
-            partition: mv.partition,
-            epoch: mv.epoch,
-            add: mv.add,
-            remove: mv.remove,
-            lead: 0,
+        let Some(op) = move_op(&map, mv.partition, mv.epoch, (mv.add, mv.remove, 0)) else {
+            continue;
         };
         let step = match shard.execute_checked(op, deadline).await.0 {
             Ok(Reply::MoveReplica { step, .. }) => step,

@@ -34,6 +34,22 @@ fn conflict(e: impl std::fmt::Display) -> WireError {
     WireError::new(ErrorCode::Conflict, e.to_string())
 }
 
+fn not_here(partition: u64) -> WireError {
+    WireError::new(ErrorCode::Moved, format!("partition {partition} is not here"))
+}
+
+/// A step planned for partition `want` at `epoch` runs only on its leader, at that epoch.
+fn leads_at(p: &Partition, want: u64, epoch: u64) -> Result<(), WireError> {
+    p.ensure_leader()?;
+    if p.info.id != want || p.info.epoch != epoch {
+        return Err(conflict(format!(
+            "partition {} is at epoch {}; the step was planned for partition {want} at {epoch}",
+            p.info.id, p.info.epoch
+        )));
+    }
+    Ok(())
+}
+
 impl Shard {
     /// One step of `mv` on `partition`, which this shard leads: the step taken, and the
     /// partition's epoch after it.
@@ -46,16 +62,8 @@ impl Shard {
         let me = self.node_id;
         let proposal = {
             let mut parts = self.parts.borrow_mut();
-            let p = parts.get_mut(&partition).ok_or_else(|| {
-                WireError::new(ErrorCode::Moved, format!("partition {partition} is not here"))
-            })?;
-            p.ensure_leader()?;
-            if partition != mv.partition || p.info.epoch != mv.epoch {
-                return Err(conflict(format!(
-                    "partition {} is at epoch {}, the move was planned for partition {} at {}",
-                    partition, p.info.epoch, mv.partition, mv.epoch
-                )));
-            }
+            let p = parts.get_mut(&partition).ok_or_else(|| not_here(partition))?;
+            leads_at(p, mv.partition, mv.epoch)?;
             let committed = p.node.raft.raft_log.committed;
             let prs = p.node.raft.prs();
             let caught_up = |n: u64| {
@@ -119,16 +127,8 @@ impl Shard {
     ) -> Result<Reply, WireError> {
         let epoch = {
             let parts = self.parts.borrow();
-            let p = parts.get(&partition).ok_or_else(|| {
-                WireError::new(ErrorCode::Moved, format!("partition {partition} is not here"))
-            })?;
-            p.ensure_leader()?;
-            if partition != mv.partition || p.info.epoch != mv.epoch {
-                return Err(conflict(format!(
-                    "partition {partition} is at epoch {}, not {}",
-                    p.info.epoch, mv.epoch
-                )));
-            }
+            let p = parts.get(&partition).ok_or_else(|| not_here(partition))?;
+            leads_at(p, mv.partition, mv.epoch)?;
             if p.info.replicas.first() == Some(&mv.to) {
                 return Ok(Reply::MoveReplica { step: "done".into(), epoch: p.info.epoch });
             }
