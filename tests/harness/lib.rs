@@ -47,10 +47,31 @@ fn kill(pid: u32) {
     }
 }
 
-/// Fails the test run and kills every server if the test is still running after `limit`.
+thread_local! {
+    /// The running test's token: dropped when its thread ends (or replaced when the same thread
+    /// runs the next test), which stands its watchdog down.
+    static TEST_ALIVE: std::cell::RefCell<Option<std::sync::Arc<()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Fails the test run and kills every server if the test is still running after `limit`. A
+/// test that ended (its thread gone, or its thread running the next test) is not timed any
+/// more: several tests share one process, and the first one's limit is not theirs.
 pub fn watchdog(limit: Duration) {
+    let token = std::sync::Arc::new(());
+    let alive = std::sync::Arc::downgrade(&token);
+    TEST_ALIVE.with(|t| *t.borrow_mut() = Some(token));
     std::thread::spawn(move || {
-        std::thread::sleep(limit);
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if alive.upgrade().is_none() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if alive.upgrade().is_none() {
+            return;
+        }
         eprintln!("watchdog: test exceeded {limit:?}; killing servers");
         for pid in PIDS.lock().unwrap().iter() {
             kill(*pid);
