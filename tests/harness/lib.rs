@@ -156,7 +156,9 @@ impl Server {
             } else {
                 vec!["--metrics-listen", "off"]
             })
-            .env("RUST_LOG", "info,raft=warn")
+            // Lock decisions at debug: a failed lock check can be traced to the apply that
+            // granted each token.
+            .env("RUST_LOG", "info,raft=warn,kahuna::locks=debug")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)

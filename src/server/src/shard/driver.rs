@@ -753,6 +753,28 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
                                 Err(moved) => Err(moved),
                             },
                         };
+                        if let (
+                            WriteOp::LockAcquire { resource, owner, lease_ms },
+                            Ok(Reply::Lock(l)),
+                        ) = (&cmd.op, &result)
+                        {
+                            // Every replica says how it decided each acquire (lock exclusion
+                            // is audited from these when a fault test fails).
+                            tracing::debug!(
+                                target: "kahuna::locks",
+                                "partition {pid}: entry {}/{} at hlc_ms {} ({} ms lease): {:?} \
+                                 for {:?} -> acquired {} token {} expires {}",
+                                e.index,
+                                e.term,
+                                ctx.now_ms,
+                                lease_ms,
+                                String::from_utf8_lossy(resource),
+                                String::from_utf8_lossy(owner),
+                                l.acquired,
+                                l.fencing_token,
+                                l.expires_at_ms
+                            );
+                        }
                         if let (WriteOp::KvCollect { .. }, Ok(Reply::KvDelete { revision, .. })) =
                             (&cmd.op, &result)
                         {
