@@ -221,10 +221,11 @@ pub async fn handle(shard: &Rc<Shard>, op: Op, deadline: Instant) -> Result<Repl
     list(shard, false, deadline).await
 }
 
-/// The members, how many replicas the map places on each, whether the balancer runs, and the
-/// partitions moving; with `with_map`, the map itself (a joining node starts from it).
+/// The members, how many replicas the map places on each, and whether the balancer runs; with
+/// `with_map`, the map itself (a joining node starts from it).
 async fn list(shard: &Rc<Shard>, with_map: bool, deadline: Instant) -> Result<Reply, WireError> {
-    let records = read_records(shard, deadline).await?;
+    // What a client is told is read linearizably: never older than a change it saw answered.
+    let records = read_records_fresh(shard, deadline).await?;
     let balance = balance_on(shard, deadline).await?;
     let map = shard.map();
     let held = |id: u64| map.partitions().iter().filter(|p| p.holds(id)).count() as u32;

@@ -117,8 +117,15 @@ pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
             tell_map(&shard, changed, true);
         }
         // Release WAL segments whose effects a finished flush made durable in RocksDB.
-        if let Some(applied) = flushed.borrow_mut().take() {
+        if let Some(mut applied) = flushed.borrow_mut().take() {
             flushing = false;
+            // A partition counted as gone when the flush began may have been adopted here again
+            // since: its new entries are not in what the flush made durable, so none of its
+            // segments go this time.
+            {
+                let parts = shard.parts.borrow();
+                applied.retain(|pid, a| *a != u64::MAX || !parts.contains_key(pid));
+            }
             match wal.release(&applied) {
                 Ok(n) if n > 0 => tracing::debug!("shard {}: released {n} WAL segments", shard.id),
                 Ok(_) => {}
