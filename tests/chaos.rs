@@ -272,18 +272,21 @@ fn replica_moves_while_nodes_are_drained_and_killed() {
 #[test]
 fn bank_transactions_across_partitions_of_the_network_and_kills() {
     // The bank (tests/harness/bank.rs) beside the usual workload: transfers as compare/then
-    // transactions while the accounts' leader is cut off from the others, then killed -9.
+    // transactions across partitions (two-phase) while a leader of the accounts is cut off
+    // from the others, then killed -9.
     let opts = ClusterOpts { proxied: true, ..Default::default() };
     let bank = std::cell::RefCell::new(None);
     scenario_then(
         "bank transactions under partitions and kill -9",
         opts,
         |c, _, d| {
-            *bank.borrow_mut() = Some(kahuna_tests::bank::Bank::start(&c.endpoints(), seed()));
+            let layout = kahuna_tests::bank::Layout::Spread;
+            *bank.borrow_mut() =
+                Some(kahuna_tests::bank::Bank::start(&c.endpoints(), seed(), layout));
             let end = Instant::now() + d;
             let mut n = 0u64;
             while Instant::now() < end {
-                let key = String::from_utf8(kahuna_tests::bank::account(0)).unwrap();
+                let key = String::from_utf8(layout.account(n as usize % 2)).unwrap();
                 let leader = leader_of(c, &key).unwrap_or(1);
                 if n.is_multiple_of(2) {
                     c.isolate(leader);

@@ -1,37 +1,191 @@
-//! Transactions (compare / then / else, one partition): a bank of accounts under concurrent
-//! transfers through every node while the partition's leader is killed -9, every read-all
-//! transaction summing to the same total; write skew refused; the CLI form; keys of two
-//! partitions refused with a clear error.
+//! Transactions: a bank of accounts under concurrent transfers through every node while
+//! leaders are killed -9, in one partition (one Raft entry) and spread over four (two-phase,
+//! with intents and a record), every read-all transaction summing to the same total; the
+//! cycle (FoundationDB's test: a ring of keys whose links transactions swap stays one ring);
+//! a coordinator killed between prepare and commit and between commit and resolve; write skew
+//! refused; the CLI form.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kahuna_client::blocking::Client;
 use kahuna_client::{Durability, ErrorCode, Op, Reply, SetCondition};
-use kahuna_tests::bank::{get, revision_is, set, Bank};
-use kahuna_tests::{leader_of, start_cluster_with, watchdog, ClusterOpts};
+use kahuna_tests::bank::{get, revision_is, set, Bank, Layout};
+use kahuna_tests::{assert_replicas_equal, leader_of, start_cluster_with, watchdog, ClusterOpts};
+
+const FLAGS: [&str; 6] = ["--partitions", "4", "--split-load-qps", "0", "--split-size-mb", "0"];
+
+fn bank_through_kills(layout: Layout, victims: &[usize]) {
+    let mut c = start_cluster_with(ClusterOpts { shards: 1, extra: &FLAGS, ..Default::default() });
+    let out = c.node(1).cli(&["--timeout-ms", "30000", "cluster", "wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bank = Bank::start(&c.endpoints(), 5, layout);
+    std::thread::sleep(Duration::from_secs(3));
+    for a in victims {
+        let leader = leader_of(c.node(1), &layout.account(*a));
+        c.node_mut(leader).kill9();
+        std::thread::sleep(Duration::from_secs(2));
+        c.node_mut(leader).restart();
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let v = bank.finish();
+    println!("{layout:?}: {v:?}");
+    assert!(v.problems.is_empty(), "{:#?}", v.problems);
+    assert!(v.applied > 20 && v.reads > 20, "too little went through: {v:?}");
+    assert_replicas_equal(c.node(1), 3);
+}
 
 #[test]
 fn bank_transfers_keep_the_total_across_a_leader_kill() {
     watchdog(Duration::from_secs(240));
-    let flags = ["--partitions", "4", "--split-load-qps", "0", "--split-size-mb", "0"];
-    let mut c = start_cluster_with(ClusterOpts { shards: 1, extra: &flags, ..Default::default() });
-    let out = c.node(1).cli(&["--timeout-ms", "30000", "cluster", "wait"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let bank = Bank::start(&c.endpoints(), 5);
-    std::thread::sleep(Duration::from_secs(3));
-    let leader = leader_of(c.node(1), &kahuna_tests::bank::account(0));
-    c.node_mut(leader).kill9();
-    std::thread::sleep(Duration::from_secs(2));
-    c.node_mut(leader).restart();
-    std::thread::sleep(Duration::from_secs(3));
-    let v = bank.finish();
-    println!("{v:?}");
-    assert!(v.problems.is_empty(), "{:#?}", v.problems);
-    assert!(v.applied > 20 && v.reads > 20, "too little went through: {v:?}");
+    bank_through_kills(Layout::OnePartition, &[0]);
 }
 
 #[test]
-fn write_skew_is_refused_and_the_cli_and_partition_rules_hold() {
+fn bank_transfers_across_partitions_keep_the_total_through_leader_kills() {
+    watchdog(Duration::from_secs(300));
+    bank_through_kills(Layout::Spread, &[0, 1]);
+}
+
+/// The ring: key i holds the index of the key after it. A transaction reads three links
+/// a → b → c → d and swaps b and c (a → c → b → d), comparing the revisions it read.
+fn ring_key(i: usize) -> Vec<u8> {
+    format!("{}ring/{i:02}", ["1", "A", "X", "z"][i % 4]).into_bytes()
+}
+
+/// Walks the ring from key 0: every key once, back to 0 (the checker).
+fn ring_intact(next: &[usize]) -> Result<(), String> {
+    let mut seen = vec![false; next.len()];
+    let mut at = 0;
+    for _ in 0..next.len() {
+        if at >= next.len() || seen[at] {
+            return Err(format!("the ring is broken at {at}: {next:?}"));
+        }
+        seen[at] = true;
+        at = next[at];
+    }
+    if at != 0 {
+        return Err(format!("the ring does not close: {next:?}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn the_ring_checker_catches_a_broken_ring() {
+    assert!(ring_intact(&[1, 2, 3, 0]).is_ok());
+    assert!(ring_intact(&[2, 0, 1, 3]).is_err(), "two rings");
+    // A swap applied halfway (a → c written, c → b not): what a non-atomic transaction leaves.
+    assert!(ring_intact(&[2, 2, 3, 0]).is_err());
+}
+
+fn read_ring(c: &Client, n: usize) -> Result<Vec<(usize, u64)>, kahuna_client::Error> {
+    let (_, r) = c.txn(vec![], (0..n).map(|i| get(ring_key(i))).collect(), vec![])?;
+    r.into_iter()
+        .map(|r| match r {
+            Ok(Reply::KvGet(it)) => {
+                Ok((String::from_utf8_lossy(&it.value).parse().unwrap_or(usize::MAX), it.revision))
+            }
+            other => Err(kahuna_client::Error::new(ErrorCode::Internal, format!("{other:?}"))),
+        })
+        .collect()
+}
+
+#[test]
+fn the_cycle_stays_one_ring_under_swaps_across_partitions_and_a_kill() {
+    watchdog(Duration::from_secs(240));
+    const N: usize = 12;
+    let mut c = start_cluster_with(ClusterOpts { shards: 1, extra: &FLAGS, ..Default::default() });
+    let admin = c.node(1).client();
+    let open = (0..N).map(|i| set(ring_key(i), ((i + 1) % N) as u64)).collect();
+    assert!(admin.txn(vec![], open, vec![]).unwrap().0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for t in 0..3u64 {
+        let ep = c.endpoints()[t as usize % 3].clone();
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            let opts = kahuna_client::ClientOptions {
+                timeout: Duration::from_secs(5),
+                ..Default::default()
+            };
+            let cl = Client::connect(&[ep], opts).unwrap();
+            let (mut swapped, mut rng) = (0u64, t * 7919 + 13);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let Ok(ring) = read_ring(&cl, N) else { continue };
+                let a = (rng >> 33) as usize % N;
+                let b = ring[a].0 % N;
+                let cc = ring[b].0 % N;
+                let d = ring[cc].0 % N;
+                let compare =
+                    [a, b, cc].iter().map(|k| revision_is(ring_key(*k), ring[*k].1)).collect();
+                let then = vec![
+                    set(ring_key(a), cc as u64),
+                    set(ring_key(cc), b as u64),
+                    set(ring_key(b), d as u64),
+                ];
+                if let Ok((true, _)) = cl.txn(compare, then, vec![]) {
+                    swapped += 1;
+                }
+            }
+            swapped
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let leader = leader_of(c.node(1), &ring_key(1));
+    c.node_mut(leader).kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    c.node_mut(leader).restart();
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swapped: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let ring = (0..40)
+        .find_map(|_| {
+            read_ring(&admin, N).ok().or_else(|| {
+                std::thread::sleep(Duration::from_millis(500));
+                None
+            })
+        })
+        .expect("the final read");
+    let next: Vec<usize> = ring.iter().map(|(n, _)| *n).collect();
+    println!("swaps {swapped}, ring {next:?}");
+    ring_intact(&next).unwrap();
+    assert!(swapped > 20, "too few swaps went through: {swapped}");
+    assert_replicas_equal(c.node(1), 3);
+}
+
+#[test]
+fn a_coordinator_killed_mid_transaction_blocks_nothing_past_the_deadline() {
+    watchdog(Duration::from_secs(240));
+    let mut c = start_cluster_with(ClusterOpts { shards: 1, extra: &FLAGS, ..Default::default() });
+    let (x, y) = (b"1coord/x".to_vec(), b"zcoord/y".to_vec());
+    let other = c.node(2).client();
+    for (round, point, committed) in
+        [(1u64, "txn_crash_after_prepare", false), (2, "txn_crash_after_commit", true)]
+    {
+        other.txn(vec![], vec![set(x.clone(), 0), set(y.clone(), 0)], vec![]).unwrap();
+        c.node(1).arm(&format!("{point}=return"));
+        let coordinator = c.node(1).client();
+        let r = coordinator.txn(vec![], vec![set(x.clone(), round), set(y.clone(), round)], vec![]);
+        assert!(r.is_err(), "the coordinator died before answering: {r:?}");
+        println!("{point}: the client saw {r:?}");
+        // It aborted (by a signal: no exit code).
+        c.node_mut(1).wait_exit(Duration::from_secs(10));
+        assert!(!c.node(1).child_running(), "{point}: the coordinator stopped");
+        // Another node meets the intents: it waits for the record's deadline at most, then
+        // finishes the transaction as the record says; both keys agree.
+        let t = Instant::now();
+        let got = kahuna_tests::bank::read_pair(&other, &x, &y);
+        let waited = t.elapsed();
+        let want = if committed { round } else { 0 };
+        assert_eq!(got, (want, want), "{point}: nothing partial, the record's outcome");
+        assert!(waited < Duration::from_secs(9), "{point}: blocked {waited:?}");
+        println!("{point}: read after {waited:?}: {got:?}");
+        c.node_mut(1).restart();
+    }
+    assert_replicas_equal(c.node(1), 3);
+}
+#[test]
+fn write_skew_is_refused_in_one_partition_and_across_and_the_cli_works() {
     watchdog(Duration::from_secs(120));
     let s = kahuna_tests::Server::start(&["--shards", "1", "--partitions", "4"]);
     let c = s.client();
@@ -61,12 +215,17 @@ fn write_skew_is_refused_and_the_cli_and_partition_rules_hold() {
     assert!(off(b"oncall/x", &seen_by_1), "the first one goes through");
     assert!(!off(b"oncall/y", &seen_by_2), "the second one read a state that changed");
 
-    // Keys in two partitions: refused, saying why.
-    let err = c
-        .txn(vec![], vec![set(b"!first".to_vec(), 1), set(b"~last".to_vec(), 1)], vec![])
-        .unwrap_err();
-    assert_eq!(err.code, ErrorCode::Invalid, "{err}");
-    assert!(err.message.contains("one partition"), "{err}");
+    // The same across partitions (two-phase): the second one still reads a state that changed.
+    let (a, b) = (b"1oncall/x".to_vec(), b"zoncall/y".to_vec());
+    c.txn(vec![], vec![set(a.clone(), 1), set(b.clone(), 1)], vec![]).unwrap();
+    let seen = kahuna_tests::bank::read_revisions(&c, &[&a, &b]);
+    let off = |key: &[u8]| {
+        let compare = vec![revision_is(a.clone(), seen[0]), revision_is(b.clone(), seen[1])];
+        c.txn(compare, vec![set(key.to_vec(), 0)], vec![]).unwrap().0
+    };
+    assert!(off(&a), "the first one goes through");
+    assert!(!off(&b), "the second one read a state that changed");
+    assert_eq!(kahuna_tests::bank::read_pair(&c, &a, &b), (0, 1));
 
     // The CLI form: JSON in, JSON out.
     let file = s.data_dir.with_extension("txn.json");

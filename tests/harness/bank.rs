@@ -1,7 +1,8 @@
-//! The bank: accounts in one partition, transfers as compare/then/else transactions (each
-//! compares the revisions it read and sets both balances), read-all transactions that must
-//! always sum to the same total, and a final audit: the balances are the acknowledged
-//! transfers exactly, each transfer whose outcome is unknown counted either way.
+//! The bank: accounts in one partition, or spread over four (a transaction across partitions,
+//! two-phase), transfers as compare/then/else transactions (each compares the revisions it
+//! read and sets both balances), read-all transactions that must always sum to the same total,
+//! and a final audit: the balances are the acknowledged transfers exactly, each transfer whose
+//! outcome is unknown counted either way.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,25 @@ pub const START: u64 = 100;
 
 pub fn account(i: usize) -> Vec<u8> {
     format!("bank/acct/{i:02}").into_bytes()
+}
+
+/// Where the accounts live: one partition (`bank/…`), or spread over the four initial
+/// partitions of `--partitions 4` (split at "8", "P", "g"), two accounts each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    OnePartition,
+    Spread,
+}
+
+impl Layout {
+    pub fn account(self, i: usize) -> Vec<u8> {
+        match self {
+            Layout::OnePartition => account(i),
+            Layout::Spread => {
+                format!("{}bank/acct/{i:02}", ["1", "A", "X", "z"][i % 4]).into_bytes()
+            }
+        }
+    }
 }
 
 pub fn get(key: Vec<u8>) -> Op {
@@ -41,8 +61,9 @@ pub fn revision_is(key: Vec<u8>, number: u64) -> Compare {
 }
 
 /// Every account's balance and revision, read in one transaction (one consistent state).
-pub fn read_all(c: &Client) -> Result<Vec<(u64, u64)>, kahuna_client::Error> {
-    let (_, results) = c.txn(vec![], (0..ACCOUNTS).map(|i| get(account(i))).collect(), vec![])?;
+pub fn read_all(c: &Client, layout: Layout) -> Result<Vec<(u64, u64)>, kahuna_client::Error> {
+    let (_, results) =
+        c.txn(vec![], (0..ACCOUNTS).map(|i| get(layout.account(i))).collect(), vec![])?;
     results
         .into_iter()
         .map(|r| match r {
@@ -66,6 +87,7 @@ pub struct Bank {
     violations: Arc<Mutex<Vec<String>>>,
     reads: Arc<Mutex<usize>>,
     endpoints: Vec<String>,
+    layout: Layout,
 }
 
 #[derive(Debug)]
@@ -84,7 +106,8 @@ fn options() -> ClientOptions {
 impl Bank {
     /// Opens the accounts (one transaction), then starts 4 transfer clients and 2 auditors,
     /// spread over `endpoints`.
-    pub fn start(endpoints: &[String], seed: u64) -> Bank {
+    pub fn start(endpoints: &[String], seed: u64, layout: Layout) -> Bank {
+        let account = move |i: usize| layout.account(i);
         let admin = Client::connect(endpoints, options()).unwrap();
         let open = (0..ACCOUNTS).map(|i| set(account(i), START)).collect();
         let (ok, _) = admin.txn(vec![], open, vec![]).expect("opening the accounts");
@@ -106,7 +129,7 @@ impl Bank {
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
                     let (a, b) = ((rng % 8) as usize, ((rng >> 8) % 8) as usize);
-                    let Ok(all) = read_all(&cl) else { continue };
+                    let Ok(all) = read_all(&cl, layout) else { continue };
                     if a == b || all[a].0 == 0 {
                         continue;
                     }
@@ -132,7 +155,7 @@ impl Bank {
             threads.push(std::thread::spawn(move || {
                 let cl = Client::connect(&[ep], options()).unwrap();
                 while !stop.load(Ordering::Relaxed) {
-                    if let Ok(all) = read_all(&cl) {
+                    if let Ok(all) = read_all(&cl, layout) {
                         *reads.lock().unwrap() += 1;
                         let sum: u64 = all.iter().map(|(v, _)| v).sum();
                         if sum != total {
@@ -145,7 +168,7 @@ impl Bank {
                 }
             }));
         }
-        Bank { stop, threads, outcomes, violations, reads, endpoints: endpoints.to_vec() }
+        Bank { stop, threads, outcomes, violations, reads, endpoints: endpoints.to_vec(), layout }
     }
 
     /// Stops the clients and audits: every read-all summed to the total, and the final balances
@@ -162,7 +185,7 @@ impl Bank {
         let unknown = outcomes.iter().filter(|o| o.3.is_none()).count();
         let admin = Client::connect(&self.endpoints, options()).unwrap();
         let fin = match (0..20).find_map(|_| {
-            read_all(&admin).ok().or_else(|| {
+            read_all(&admin, self.layout).ok().or_else(|| {
                 std::thread::sleep(Duration::from_millis(500));
                 None
             })
@@ -212,4 +235,33 @@ impl Bank {
         }
         BankVerdict { transfers: outcomes.len(), applied, unknown, reads, problems }
     }
+}
+
+/// Two keys' numeric values, read in one transaction (retried while the cluster recovers).
+pub fn read_pair(c: &Client, x: &[u8], y: &[u8]) -> (u64, u64) {
+    for _ in 0..60 {
+        if let Ok((_, r)) = c.txn(vec![], vec![get(x.to_vec()), get(y.to_vec())], vec![]) {
+            let v: Vec<u64> = r
+                .into_iter()
+                .map(|r| match r {
+                    Ok(Reply::KvGet(it)) => String::from_utf8_lossy(&it.value).parse().unwrap(),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            return (v[0], v[1]);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("the keys could not be read")
+}
+
+/// The keys' revisions, read in one transaction.
+pub fn read_revisions(c: &Client, keys: &[&[u8]]) -> Vec<u64> {
+    let (_, r) = c.txn(vec![], keys.iter().map(|k| get(k.to_vec())).collect(), vec![]).unwrap();
+    r.into_iter()
+        .map(|r| match r {
+            Ok(Reply::KvGet(it)) => it.revision,
+            other => panic!("{other:?}"),
+        })
+        .collect()
 }

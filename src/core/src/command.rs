@@ -172,6 +172,36 @@ pub enum WriteOp {
         then: Vec<TxnStep>,
         otherwise: Vec<TxnStep>,
     },
+    /// A transaction across partitions, this partition's part (see `state_machine::intents`):
+    /// checks its compares, runs both branches' steps over the current state and holds every
+    /// name it touches with an intent carrying the writes each branch would make. On the
+    /// part that holds `primary`, `record` names every key of the whole transaction and the
+    /// transaction's record is created with them.
+    TxnPrepare {
+        txn: Vec<u8>,
+        primary: Vec<u8>,
+        deadline_ms: u64,
+        record: Vec<Vec<u8>>,
+        compare: Vec<TxnCompare>,
+        then: Vec<TxnStep>,
+        otherwise: Vec<TxnStep>,
+    },
+    /// Commits, aborts, asks about or forgets the transaction's record at `primary` (the
+    /// `DECIDE_*` actions of `state_machine::intents`).
+    TxnDecide {
+        txn: Vec<u8>,
+        primary: Vec<u8>,
+        deadline_ms: u64,
+        action: u8,
+    },
+    /// Resolves the transaction's intents on `names` as its record decided (`outcome`, a
+    /// `records::TXN_*` state): the staged writes of the committed branch are applied, and the
+    /// intents go.
+    TxnResolve {
+        txn: Vec<u8>,
+        names: Vec<Vec<u8>>,
+        outcome: u8,
+    },
 }
 
 impl WriteOp {
@@ -187,11 +217,35 @@ impl WriteOp {
             WriteOp::SeqNext { name, .. } => vec![name],
             WriteOp::KvCollect { keys, .. } => keys.iter().map(|k| k.as_slice()).collect(),
             WriteOp::Split { .. } | WriteOp::Lead { .. } => vec![],
-            WriteOp::Txn { compare, then, otherwise } => compare
+            WriteOp::Txn { compare, then, otherwise }
+            | WriteOp::TxnPrepare { compare, then, otherwise, .. } => compare
                 .iter()
                 .map(|c| c.key.as_slice())
                 .chain(then.iter().chain(otherwise).map(|s| s.key()))
                 .collect(),
+            WriteOp::TxnDecide { primary, .. } => vec![primary],
+            WriteOp::TxnResolve { names, .. } => names.iter().map(|k| k.as_slice()).collect(),
+        }
+    }
+
+    /// The bytes an [`Op::Internal`] carries for this step of a transaction across partitions.
+    pub fn encode_internal(&self) -> Vec<u8> {
+        rkyv::to_bytes::<rancor::Error>(self).expect("serialising a WriteOp").into_vec()
+    }
+
+    /// The step an [`Op::Internal`] carries: only the steps of a transaction across partitions
+    /// travel this way; anything else (or garbage: the payload is a peer's word) is an error.
+    pub fn decode_internal(payload: &[u8]) -> Result<WriteOp, CorruptRecord> {
+        let op = rkyv::from_bytes::<WriteOp, rancor::Error>(payload)
+            .map_err(|e| CorruptRecord { what: "internal step", detail: e.to_string() })?;
+        match op {
+            WriteOp::TxnPrepare { .. } | WriteOp::TxnDecide { .. } | WriteOp::TxnResolve { .. } => {
+                Ok(op)
+            }
+            _ => Err(CorruptRecord {
+                what: "internal step",
+                detail: "not a step of a transaction".into(),
+            }),
         }
     }
 }
@@ -290,6 +344,11 @@ pub fn into_write(op: Op) -> Result<WriteOp, Op> {
                 .collect();
             WriteOp::Txn { compare, then: t, otherwise: o }
         }
+        Op::Internal { key, payload } => match WriteOp::decode_internal(&payload) {
+            Ok(op) => op,
+            // Refused by the limits before; as a read it is answered with an error.
+            Err(_) => return Err(Op::Internal { key, payload }),
+        },
         read => return Err(read),
     })
 }

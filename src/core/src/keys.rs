@@ -11,7 +11,12 @@
 //!  b's' name                sequence: the last value handed out
 //!  b'r' partition start     the partition's revision floor: new keys start above it, so a key
 //!                           whose record was collected never reuses a revision (no ABA)
+//!  b'i' name                intent: a transaction across partitions holds this key, lock or
+//!                           sequence name (with the writes it will make if it commits)
+//!  b't' primary key         records of transactions across partitions whose first key this is
 //! ```
+//! Intents and records sit under the exact user key, never a longer one, so a split or a
+//! replica move takes them with the key they belong to.
 //! Bytes below `KIND_MIN` are reserved for the server's own per-partition metadata.
 
 /// User keys (and lock and sequence names) that start with this belong to Kahuna itself;
@@ -26,10 +31,22 @@ pub const HISTORY: u8 = b'h';
 pub const LOCK: u8 = b'l';
 pub const SEQ: u8 = b's';
 pub const REVISION_FLOOR: u8 = b'r';
+pub const INTENT: u8 = b'i';
+pub const TXN_RECORD: u8 = b't';
 /// Every data kind is at or above this byte; the server keeps its metadata below it.
 pub const KIND_MIN: u8 = b'a';
 /// Every kind a partition's snapshot, checksum and range operations cover.
-pub const DATA_KINDS: [u8; 5] = [KV, HISTORY, LOCK, REVISION_FLOOR, SEQ];
+pub const DATA_KINDS: [u8; 7] = [KV, HISTORY, LOCK, REVISION_FLOOR, SEQ, INTENT, TXN_RECORD];
+
+/// The user key (or lock or sequence name) a state machine's storage key belongs to: a
+/// transaction step's writes are staged per name this way.
+pub fn name_of(storage_key: &[u8]) -> &[u8] {
+    match storage_key.first() {
+        Some(&HISTORY) if storage_key.len() >= 9 => &storage_key[1..storage_key.len() - 8],
+        Some(_) => &storage_key[1..],
+        None => storage_key,
+    }
+}
 
 pub fn data_key(kind: u8, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len());
@@ -101,6 +118,19 @@ mod tests {
         assert!(b < a);
         assert_eq!(history_revision(&b, 1), Some(2));
         assert_eq!(history_revision(&b, 2), None);
+    }
+
+    #[test]
+    fn every_storage_key_names_its_user_key() {
+        for (k, name) in [
+            (data_key(KV, b"ab"), &b"ab"[..]),
+            (history_key(b"ab", 7), b"ab"),
+            (history_key(b"", 7), b""),
+            (data_key(LOCK, b"l"), b"l"),
+            (data_key(SEQ, b"s"), b"s"),
+        ] {
+            assert_eq!(name_of(&k), name, "{k:?}");
+        }
     }
 
     #[test]

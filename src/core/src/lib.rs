@@ -24,10 +24,12 @@ pub mod partition;
 pub mod peer_frame;
 pub mod quiesce;
 pub mod records;
+pub mod script;
 pub mod snapshot_format;
 pub mod split;
 pub mod state_machine;
 pub mod store;
+pub mod txn_plan;
 pub mod wal_format;
 
 pub use command::{ApplySettings, LogCommand, WriteOp};

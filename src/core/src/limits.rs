@@ -91,7 +91,89 @@ impl Limits {
                 }
                 Ok(())
             }
+            Op::Internal { key, payload } => {
+                self.key("key", key, true)?;
+                let op = crate::command::WriteOp::decode_internal(payload)
+                    .map_err(|e| invalid(e.to_string()))?;
+                self.internal(&op)
+            }
             other => self.validate(other),
+        }
+    }
+
+    /// The sizes of a step of a transaction across partitions another node sent.
+    fn internal(&self, op: &crate::command::WriteOp) -> Result<(), WireError> {
+        use crate::command::{TxnStep, WriteOp};
+        let names = |n: usize| {
+            if n > 2 * MAX_TXN_PARTS {
+                return Err(invalid(format!(
+                    "a transaction names at most {} keys",
+                    2 * MAX_TXN_PARTS
+                )));
+            }
+            Ok(())
+        };
+        let value = |what: &str, v: &[u8]| {
+            if v.len() > self.max_value_bytes {
+                return Err(too_large(what, v.len(), self.max_value_bytes));
+            }
+            Ok(())
+        };
+        match op {
+            WriteOp::TxnPrepare { txn, primary, record, compare, then, otherwise, .. } => {
+                self.key("transaction id", txn, false)?;
+                self.key("primary key", primary, true)?;
+                names(record.len())?;
+                names(compare.len() + then.len() + otherwise.len())?;
+                for k in record {
+                    self.key("key", k, true)?;
+                }
+                for c in compare {
+                    self.key("compare key", &c.key, true)?;
+                    value("compare value", &c.value)?;
+                }
+                for step in then.iter().chain(otherwise) {
+                    self.key("key", step.key(), true)?;
+                    match step {
+                        TxnStep::Set { value: v, ttl_ms, .. } => {
+                            value("value", v)?;
+                            self.ttl(*ttl_ms)?;
+                        }
+                        TxnStep::LockAcquire { owner, lease_ms, .. } => {
+                            self.owner(owner)?;
+                            self.lease(*lease_ms)?;
+                        }
+                        TxnStep::LockRelease { owner, .. } => self.owner(owner)?,
+                        TxnStep::SeqNext { count, .. }
+                            if *count == 0 || *count > self.max_seq_count =>
+                        {
+                            return Err(invalid("sequence count out of range"));
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            WriteOp::TxnDecide { txn, primary, action, .. } => {
+                self.key("transaction id", txn, false)?;
+                self.key("primary key", primary, true)?;
+                if *action > crate::state_machine::intents::DECIDE_FORGET {
+                    return Err(invalid("unknown decide action"));
+                }
+                Ok(())
+            }
+            WriteOp::TxnResolve { txn, names: n, outcome } => {
+                self.key("transaction id", txn, false)?;
+                names(n.len())?;
+                for k in n {
+                    self.key("key", k, true)?;
+                }
+                if *outcome > crate::records::TXN_ABORTED {
+                    return Err(invalid("unknown outcome"));
+                }
+                Ok(())
+            }
+            _ => Err(invalid("not a step of a transaction")),
         }
     }
 
@@ -239,6 +321,7 @@ impl Limits {
                 }
                 Ok(())
             }
+            Op::Internal { .. } => Err(invalid("internal steps come from Kahuna's nodes only")),
             Op::MoveReplica { .. } => Err(invalid(
                 "replica moves are the balancer's: use `cluster drain`, `remove-node` or `balance`"
                     .to_string(),

@@ -101,6 +101,67 @@ pub fn decode_lock(bytes: &[u8]) -> Result<LockRecord, CorruptRecord> {
         .map_err(|e| CorruptRecord { what: "lock", detail: e.to_string() })
 }
 
+/// Storage writes (`None`: a delete) one name's steps would make, in key order.
+pub type StagedWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// A transaction across partitions holds a name (key, lock or sequence): nothing else reads or
+/// writes it until the transaction's record decides, and then the writes of the branch it
+/// took (staged at prepare, against the state the intent has kept unchanged) are applied.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct IntentRecord {
+    pub txn: Vec<u8>,
+    /// Where the transaction's record lives (its first key).
+    pub primary: Vec<u8>,
+    /// HLC ms after which the transaction can no longer commit.
+    pub deadline_ms: u64,
+    /// The storage writes of this name if the `then` branch commits; `None` if that branch
+    /// failed here (it cannot commit).
+    pub then: Option<StagedWrites>,
+    pub otherwise: Option<StagedWrites>,
+}
+
+/// Where a transaction across partitions stands (see [`TxnRecord`]).
+pub const TXN_PENDING: u8 = 0;
+pub const TXN_COMMITTED_THEN: u8 = 1;
+pub const TXN_COMMITTED_ELSE: u8 = 2;
+pub const TXN_ABORTED: u8 = 3;
+
+/// The commit point of a transaction across partitions: one record in the partition of its
+/// first key. Pending until the coordinator commits it (before its deadline) or anyone aborts
+/// it (after); kept until every name it holds is resolved.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct TxnRecord {
+    pub txn: Vec<u8>,
+    pub state: u8,
+    pub deadline_ms: u64,
+    /// Every name the transaction holds, in every partition.
+    pub names: Vec<Vec<u8>>,
+}
+
+pub fn encode_intent(r: &IntentRecord) -> Vec<u8> {
+    rkyv::to_bytes::<rancor::Error>(r).expect("serialising an IntentRecord").into_vec()
+}
+
+pub fn decode_intent(bytes: &[u8]) -> Result<IntentRecord, CorruptRecord> {
+    rkyv::from_bytes::<IntentRecord, rancor::Error>(bytes)
+        .map_err(|e| CorruptRecord { what: "intent", detail: e.to_string() })
+}
+
+/// The records under one primary key (several transactions may share a first key).
+#[allow(clippy::ptr_arg)] // rkyv archives the Vec itself
+pub fn encode_txn_records(r: &Vec<TxnRecord>) -> Vec<u8> {
+    rkyv::to_bytes::<rancor::Error>(r).expect("serialising TxnRecords").into_vec()
+}
+
+pub fn decode_txn_records(bytes: &[u8]) -> Result<Vec<TxnRecord>, CorruptRecord> {
+    rkyv::from_bytes::<Vec<TxnRecord>, rancor::Error>(bytes)
+        .map_err(|e| CorruptRecord { what: "transaction record", detail: e.to_string() })
+}
+
 pub fn encode_seq(last: u64) -> Vec<u8> {
     last.to_le_bytes().to_vec()
 }
@@ -143,6 +204,21 @@ mod tests {
         };
         assert_eq!(decode_lock(&encode_lock(&l)).unwrap(), l);
         assert_eq!(decode_seq(&encode_seq(77)).unwrap(), 77);
+        let i = IntentRecord {
+            txn: b"t1".to_vec(),
+            primary: b"p".to_vec(),
+            deadline_ms: 5,
+            then: Some(vec![(b"kx".to_vec(), None)]),
+            otherwise: None,
+        };
+        assert_eq!(decode_intent(&encode_intent(&i)).unwrap(), i);
+        let t = vec![TxnRecord {
+            txn: b"t1".to_vec(),
+            state: TXN_ABORTED,
+            deadline_ms: 5,
+            names: vec![],
+        }];
+        assert_eq!(decode_txn_records(&encode_txn_records(&t)).unwrap(), t);
     }
 
     #[test]
@@ -150,5 +226,7 @@ mod tests {
         assert!(decode_kv(&[1, 2, 3]).is_err());
         assert!(decode_lock(&[0xff; 40]).is_err());
         assert!(decode_seq(&[1]).is_err());
+        assert!(decode_intent(&[7; 5]).is_err());
+        assert!(decode_txn_records(&[0xff; 9]).is_err());
     }
 }

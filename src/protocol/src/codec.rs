@@ -263,6 +263,10 @@ fn decode_request_at(buf: &[u8], nested: bool) -> Result<(u64, u32, Op), DecodeE
                 otherwise: nested_ops(o.otherwise(), id)?,
             }
         }
+        wire::Op::Internal => {
+            let o = req.op_as_internal().ok_or_else(|| missing("internal body"))?;
+            Op::Internal { key: bytes(o.key()), payload: bytes(o.payload()) }
+        }
         wire::Op::Membership => {
             let o = req.op_as_membership().ok_or_else(|| missing("membership body"))?;
             let action = match o.action() {
@@ -559,6 +563,11 @@ pub fn encode_request(
                 &wire::BackupArgs { key: Some(key), offset: *offset, index: *index },
             );
             (wire::Op::Backup, o.as_union_value())
+        }
+        Op::Internal { key, payload } => {
+            let (key, payload) = (fbb.create_vector(key), fbb.create_vector(payload));
+            let args = wire::InternalArgs { key: Some(key), payload: Some(payload) };
+            (wire::Op::Internal, wire::Internal::create(fbb, &args).as_union_value())
         }
         Op::Split { key, at } => {
             let (key, at) = (fbb.create_vector(key), fbb.create_vector(at));
@@ -999,6 +1008,14 @@ pub fn encode_response(
                         wire::TxnResultArgs { succeeded: *succeeded, results: Some(results) };
                     (wire::Reply::TxnResult, wire::TxnResult::create(fbb, &args).as_union_value())
                 }
+                Reply::Internal { payload } => {
+                    let payload = fbb.create_vector(payload);
+                    let args = wire::InternalResultArgs { payload: Some(payload) };
+                    (
+                        wire::Reply::InternalResult,
+                        wire::InternalResult::create(fbb, &args).as_union_value(),
+                    )
+                }
                 Reply::MoveReplica { step, epoch } => {
                     let step = fbb.create_string(step);
                     let args = wire::MoveReplicaResultArgs { step: Some(step), epoch: *epoch };
@@ -1172,6 +1189,10 @@ fn decode_response_at(buf: &[u8], nested: bool) -> Result<DecodedResponse, Decod
             }
             Reply::Txn { succeeded: r.succeeded(), results }
         }
+        wire::Reply::InternalResult => {
+            let r = resp.result_as_internal_result().ok_or_else(|| missing("result"))?;
+            Reply::Internal { payload: bytes(r.payload()) }
+        }
         wire::Reply::MoveReplicaResult => {
             let r = resp.result_as_move_replica_result().ok_or_else(|| missing("result"))?;
             Reply::MoveReplica { step: r.step().unwrap_or_default().to_string(), epoch: r.epoch() }
@@ -1315,6 +1336,7 @@ mod tests {
                 }],
             },
             Op::MoveReplica { key: k.clone(), partition: 3, epoch: 4, add: 0, remove: 0, lead: 2 },
+            Op::Internal { key: k.clone(), payload: vec![1, 2, 3] },
         ] {
             roundtrip_op(op);
         }
@@ -1389,6 +1411,7 @@ mod tests {
                 map: vec![1, 2, 3],
             }),
             Ok(Reply::MoveReplica { step: "promote".into(), epoch: 9 }),
+            Ok(Reply::Internal { payload: vec![3, 2, 1] }),
             Ok(Reply::Txn {
                 succeeded: true,
                 results: vec![

@@ -20,10 +20,11 @@ pub enum ErrorCode {
     Overloaded,
     Internal,
     NoSpace,
+    Locked,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::Invalid,
         ErrorCode::NotFound,
         ErrorCode::Conflict,
@@ -37,6 +38,7 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::Internal,
         ErrorCode::NoSpace,
+        ErrorCode::Locked,
     ];
 
     /// The name scripts see (`--output json`), stable across versions.
@@ -55,6 +57,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "OVERLOADED",
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::NoSpace => "NO_SPACE",
+            ErrorCode::Locked => "LOCKED",
         }
     }
 
@@ -73,6 +76,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => 11,
             ErrorCode::Internal => 12,
             ErrorCode::NoSpace => 13,
+            ErrorCode::Locked => 14,
         }
     }
 
@@ -89,6 +93,7 @@ impl ErrorCode {
                 | ErrorCode::Moved
                 | ErrorCode::Unavailable
                 | ErrorCode::Overloaded
+                | ErrorCode::Locked
         )
     }
 }
@@ -245,6 +250,12 @@ pub enum Op {
         /// Instead of a move: make this voter the preferred leader (0: none).
         lead: u64,
     },
+    /// A step of Kahuna's own protocols between nodes, routed by `key` (see the schema's
+    /// `Internal`). Never from a client.
+    Internal {
+        key: Vec<u8>,
+        payload: Vec<u8>,
+    },
 }
 
 /// One condition of a [`Op::Txn`]: `target(key) op value|number`.
@@ -328,6 +339,7 @@ impl Op {
             | Op::LockGet { resource, .. } => resource,
             Op::SeqNext { name, .. } => name,
             Op::Backup { key, .. } | Op::Split { key, .. } | Op::MoveReplica { key, .. } => key,
+            Op::Internal { key, .. } => key,
             Op::ClusterStatus { .. } => &[],
             Op::Membership { .. } => MEMBERS_PREFIX,
             Op::Txn { compare, then, otherwise } => match compare.first() {
@@ -367,7 +379,8 @@ impl Op {
             | Op::Split { .. }
             | Op::Membership { .. }
             | Op::MoveReplica { .. }
-            | Op::Txn { .. } => Durability::Persistent,
+            | Op::Txn { .. }
+            | Op::Internal { .. } => Durability::Persistent,
         }
     }
 
@@ -406,6 +419,7 @@ impl Op {
             Op::Membership { .. } => "cluster membership",
             Op::MoveReplica { .. } => "move replica",
             Op::Txn { .. } => "txn",
+            Op::Internal { .. } => "internal",
         }
     }
 }
@@ -489,6 +503,10 @@ pub enum Reply {
     Txn {
         succeeded: bool,
         results: Vec<Result<Reply, WireError>>,
+    },
+    /// The answer to an [`Op::Internal`] step.
+    Internal {
+        payload: Vec<u8>,
     },
 }
 

@@ -10,6 +10,7 @@
 //! 3. the reply goes back to the client only after the writes are durable (persistent) or
 //!    applied (ephemeral).
 
+pub mod intents;
 mod kv;
 mod locks;
 
@@ -91,8 +92,41 @@ pub(crate) fn deadline(now_ms: u64, span_ms: u64) -> u64 {
     }
 }
 
-/// Applies one write. Writes go into `txn`; a failed condition writes nothing.
+/// Applies one write. Writes go into `txn`; a failed condition writes nothing, and so does a
+/// write to a name a transaction across partitions holds (LOCKED).
 pub fn apply<T: Txn>(txn: &mut T, op: &WriteOp, ctx: &ApplyCtx) -> Result<Reply, WireError> {
+    match op {
+        WriteOp::TxnPrepare { txn: id, primary, deadline_ms, record, compare, then, otherwise } => {
+            return intents::prepare(
+                txn,
+                id,
+                primary,
+                *deadline_ms,
+                record,
+                compare,
+                then,
+                otherwise,
+                ctx,
+            )
+        }
+        WriteOp::TxnDecide { txn: id, primary, deadline_ms, action } => {
+            return intents::decide(txn, id, primary, *deadline_ms, *action, ctx)
+        }
+        WriteOp::TxnResolve { txn: id, names, outcome } => {
+            return intents::resolve(txn, id, names, *outcome)
+        }
+        WriteOp::KvCollect { keys, grace_ms } => {
+            // A key a transaction holds is kept: its intent may bring it back.
+            let free: Vec<Vec<u8>> = keys
+                .iter()
+                .filter(|k| intents::check_free(txn, &[k.as_slice()]).is_ok())
+                .cloned()
+                .collect();
+            return kv::collect(txn, &free, *grace_ms, ctx);
+        }
+        WriteOp::Split { .. } | WriteOp::Lead { .. } => {}
+        other => intents::check_free(txn, &other.keys())?,
+    }
     match op {
         WriteOp::KvSet { key, value, ttl_ms, cond } => kv::set(txn, key, value, *ttl_ms, cond, ctx),
         WriteOp::KvDelete { key, expected_revision } => {
@@ -109,7 +143,6 @@ pub fn apply<T: Txn>(txn: &mut T, op: &WriteOp, ctx: &ApplyCtx) -> Result<Reply,
             locks::release(txn, resource, owner, *fencing_token, ctx)
         }
         WriteOp::SeqNext { name, count } => sequences::next(txn, name, *count),
-        WriteOp::KvCollect { keys, grace_ms } => kv::collect(txn, keys, *grace_ms, ctx),
         WriteOp::Split { at, new_id, epoch } => {
             kv::split_floor(txn, at, ctx)?;
             Ok(Reply::Split { left: 0, right: *new_id, at: at.clone(), epoch: epoch + 1 })
@@ -119,6 +152,10 @@ pub fn apply<T: Txn>(txn: &mut T, op: &WriteOp, ctx: &ApplyCtx) -> Result<Reply,
         WriteOp::Lead { epoch, .. } => {
             Ok(Reply::MoveReplica { step: "lead".to_string(), epoch: epoch + 1 })
         }
+        WriteOp::KvCollect { .. }
+        | WriteOp::TxnPrepare { .. }
+        | WriteOp::TxnDecide { .. }
+        | WriteOp::TxnResolve { .. } => unreachable!("applied above"),
     }
 }
 
@@ -130,6 +167,13 @@ pub fn read<S: Scan>(
     bounds: Bounds<'_>,
     limits: &Limits,
 ) -> Result<Reply, WireError> {
+    match op {
+        Op::KvGet { key, .. }
+        | Op::KvExists { key, .. }
+        | Op::KvHistory { key, .. }
+        | Op::LockGet { resource: key, .. } => intents::check_free(store, &[key.as_slice()])?,
+        _ => {}
+    }
     match op {
         Op::KvGet { key, revision, .. } => kv::get(store, key, *revision, now_ms),
         Op::KvExists { key, .. } => kv::exists(store, key, now_ms),

@@ -575,3 +575,151 @@ mod transactions {
         assert_eq!(get(&s, "c", 0, 13), Err(ErrorCode::NotFound));
     }
 }
+
+/// Transactions across partitions, one partition's share: prepare holds names, decide is the
+/// commit point, resolve applies the staged writes; nothing else touches a held name.
+mod across {
+    use super::*;
+    use crate::command::{TxnCompare, TxnStep};
+    use crate::records::{TXN_ABORTED, TXN_COMMITTED_ELSE, TXN_COMMITTED_THEN, TXN_PENDING};
+    use crate::state_machine::intents::*;
+
+    fn prepare(
+        s: &mut MemStore,
+        id: &str,
+        record: &[&str],
+        then: Vec<TxnStep>,
+        now: u64,
+    ) -> Result<Reply, ErrorCode> {
+        let op = WriteOp::TxnPrepare {
+            txn: id.into(),
+            primary: b"a".to_vec(),
+            deadline_ms: 100,
+            record: record.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            compare: vec![TxnCompare {
+                key: b"a".to_vec(),
+                target: 2,
+                op: 0,
+                value: vec![],
+                number: 1,
+            }],
+            then,
+            otherwise: vec![TxnStep::Get { key: b"a".to_vec() }],
+        };
+        apply(s, &op, &ctx(now)).map_err(|e| e.code)
+    }
+    fn decide(s: &mut MemStore, id: &str, action: u8, now: u64) -> u8 {
+        let op =
+            WriteOp::TxnDecide { txn: id.into(), primary: b"a".to_vec(), deadline_ms: 100, action };
+        state_of(&apply(s, &op, &ctx(now)).unwrap()).unwrap()
+    }
+    fn resolve(s: &mut MemStore, id: &str, outcome: u8, now: u64) {
+        let names = vec![b"a".to_vec(), b"b".to_vec()];
+        apply(s, &WriteOp::TxnResolve { txn: id.into(), names, outcome }, &ctx(now)).unwrap();
+    }
+    fn put_b() -> Vec<TxnStep> {
+        vec![TxnStep::Set { key: b"b".to_vec(), value: b"new".to_vec(), ttl_ms: 0 }]
+    }
+
+    #[test]
+    fn the_decide_rule_table() {
+        // (record state, action, past the deadline) -> state after
+        let cases = [
+            (None, DECIDE_STATUS, false, TXN_PENDING),
+            (None, DECIDE_STATUS, true, TXN_ABORTED),
+            (None, DECIDE_COMMIT_THEN, false, TXN_ABORTED),
+            (Some(TXN_PENDING), DECIDE_COMMIT_THEN, false, TXN_COMMITTED_THEN),
+            (Some(TXN_PENDING), DECIDE_COMMIT_ELSE, false, TXN_COMMITTED_ELSE),
+            (Some(TXN_PENDING), DECIDE_COMMIT_THEN, true, TXN_ABORTED),
+            (Some(TXN_PENDING), DECIDE_STATUS, false, TXN_PENDING),
+            (Some(TXN_PENDING), DECIDE_STATUS, true, TXN_ABORTED),
+            (Some(TXN_PENDING), DECIDE_ABORT, false, TXN_ABORTED),
+            (Some(TXN_PENDING), DECIDE_FORGET, false, TXN_PENDING),
+            (Some(TXN_COMMITTED_THEN), DECIDE_STATUS, true, TXN_COMMITTED_THEN),
+            (Some(TXN_COMMITTED_THEN), DECIDE_ABORT, false, TXN_COMMITTED_THEN),
+            (Some(TXN_COMMITTED_THEN), DECIDE_COMMIT_THEN, true, TXN_COMMITTED_THEN),
+            (Some(TXN_ABORTED), DECIDE_COMMIT_THEN, false, TXN_ABORTED),
+        ];
+        for (state, action, past, want) in cases {
+            let now = if past { 100 } else { 99 };
+            assert_eq!(decided(state, 100, action, now), want, "{state:?} {action} past={past}");
+        }
+    }
+
+    #[test]
+    fn a_held_name_blocks_everyone_else_until_resolved() {
+        let mut s = MemStore::default();
+        set(&mut s, "a", "1", 0, Cond::None, 1).unwrap();
+        set(&mut s, "b", "old", 0, Cond::None, 1).unwrap();
+        let r = prepare(&mut s, "t1", &["a", "b"], put_b(), 10).unwrap();
+        // Compares held; then's result (the set's revision, staged), then else's (the get).
+        let Reply::Txn { succeeded: true, results } = r else { panic!("{r:?}") };
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[0], Ok(Reply::KvSet { revision: 2 }));
+        // Nothing else reads or writes a held name, a scan over it included.
+        assert_eq!(get(&s, "b", 0, 11), Err(ErrorCode::Locked));
+        assert_eq!(get(&s, "a", 0, 11), Err(ErrorCode::Locked));
+        assert_eq!(set(&mut s, "b", "x", 0, Cond::None, 11), Err(ErrorCode::Locked));
+        let scan =
+            Op::KvScan { prefix: vec![], durability: Persistent, start_after: None, limit: 0 };
+        let r = read(&s, &scan, 11, Bounds::ALL, &Limits::default());
+        assert_eq!(r.map_err(|e| e.code).err(), Some(ErrorCode::Locked));
+        // Another transaction cannot prepare over it.
+        assert_eq!(prepare(&mut s, "t2", &["a"], put_b(), 12), Err(ErrorCode::Locked));
+        // The collector keeps a held key.
+        let collect = WriteOp::KvCollect { keys: vec![b"b".to_vec()], grace_ms: 0 };
+        let in_partition = ApplyCtx { partition_start: Some(vec![]), ..ctx(13) };
+        assert!(apply(&mut s, &collect, &in_partition).is_ok());
+        // Committed: the staged write lands; the record stays until forgotten.
+        assert_eq!(decide(&mut s, "t1", DECIDE_COMMIT_THEN, 20), TXN_COMMITTED_THEN);
+        assert_eq!(get(&s, "b", 0, 21), Err(ErrorCode::Locked), "still held until resolved");
+        resolve(&mut s, "t1", TXN_COMMITTED_THEN, 22);
+        assert_eq!(get(&s, "b", 0, 23), Ok(("new".into(), 2)));
+        assert_eq!(get(&s, "b", 1, 23), Ok(("old".into(), 1)), "history kept too");
+        // Resolving again changes nothing; the record goes when forgotten.
+        resolve(&mut s, "t1", TXN_COMMITTED_THEN, 24);
+        assert_eq!(get(&s, "b", 0, 25), Ok(("new".into(), 2)));
+        assert_eq!(decide(&mut s, "t1", DECIDE_FORGET, 26), TXN_COMMITTED_THEN);
+        assert!(s.is_empty() || record(&s, b"a", b"t1").unwrap().is_none());
+        // Gone and past the deadline: aborted, so a late duplicate intent is dropped.
+        assert_eq!(decide(&mut s, "t1", DECIDE_STATUS, 100), TXN_ABORTED);
+    }
+
+    #[test]
+    fn an_abandoned_transaction_is_aborted_after_its_deadline_only() {
+        let mut s = MemStore::default();
+        set(&mut s, "a", "1", 0, Cond::None, 1).unwrap();
+        prepare(&mut s, "t1", &["a", "b"], put_b(), 10).unwrap();
+        // Its coordinator died: before the deadline the record stays pending.
+        assert_eq!(decide(&mut s, "t1", DECIDE_STATUS, 99), TXN_PENDING);
+        assert_eq!(decide(&mut s, "t1", DECIDE_STATUS, 100), TXN_ABORTED);
+        // Its commit, late, cannot win any more.
+        assert_eq!(decide(&mut s, "t1", DECIDE_COMMIT_THEN, 101), TXN_ABORTED);
+        resolve(&mut s, "t1", TXN_ABORTED, 102);
+        assert_eq!(get(&s, "b", 0, 103), Err(ErrorCode::NotFound), "nothing of it applied");
+        assert_eq!(set(&mut s, "b", "x", 0, Cond::None, 104), Ok(1));
+        // A prepare after the deadline writes nothing.
+        assert_eq!(prepare(&mut s, "t3", &["a"], put_b(), 100), Err(ErrorCode::Conflict));
+        assert_eq!(get(&s, "a", 0, 105), Ok(("1".into(), 1)));
+    }
+
+    #[test]
+    fn a_failed_step_stages_nothing_for_its_branch() {
+        let mut s = MemStore::default();
+        set(&mut s, "a", "1", 0, Cond::None, 1).unwrap();
+        let other =
+            WriteOp::LockAcquire { resource: b"b".to_vec(), owner: b"o".to_vec(), lease_ms: 1000 };
+        apply(&mut s, &other, &ctx(2)).unwrap();
+        let then = vec![TxnStep::LockAcquire {
+            resource: b"b".to_vec(),
+            owner: b"me".to_vec(),
+            lease_ms: 10,
+        }];
+        let r = prepare(&mut s, "t1", &["a", "b"], then, 10).unwrap();
+        let Reply::Txn { results, .. } = r else { panic!() };
+        assert_eq!(results[0].as_ref().map_err(|e| e.code).err(), Some(ErrorCode::Conflict));
+        let intent = intent_at(&s, b"b").unwrap().unwrap();
+        assert_eq!(intent.then, None, "the failed branch cannot be applied");
+        assert_eq!(intent.otherwise, Some(vec![]), "the else branch touches nothing of b");
+    }
+}

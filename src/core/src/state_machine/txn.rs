@@ -105,33 +105,44 @@ fn step<T: Txn>(store: &mut T, s: &TxnStep, ctx: &ApplyCtx) -> Result<Reply, Wir
     }
 }
 
-/// Applies a transaction: its answer is whether the compares held and each step's result.
-pub(super) fn run<T: Txn>(
-    txn: &mut T,
+/// What one branch's steps did over a state: each step's answer, the first failed write
+/// step's error (the branch then applies nothing), and the writes it would make.
+pub(super) struct Branch {
+    pub results: Vec<Result<Reply, WireError>>,
+    pub failed: Option<WireError>,
+    pub writes: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+/// Whether every compare holds in `store` at `now_ms`.
+pub(super) fn holds<T: Txn>(
+    store: &T,
     compare: &[TxnCompare],
-    then: &[TxnStep],
-    otherwise: &[TxnStep],
-    ctx: &ApplyCtx,
-) -> Result<Reply, WireError> {
-    let mut succeeded = true;
+    now_ms: u64,
+) -> Result<bool, WireError> {
     for c in compare {
-        if !check(txn, c, ctx.now_ms)? {
-            succeeded = false;
-            break;
+        if !check(store, c, now_ms)? {
+            return Ok(false);
         }
     }
-    let steps = if succeeded { then } else { otherwise };
+    Ok(true)
+}
+
+/// Runs `steps` in order over `store` into a buffer of their own (each sees the ones before);
+/// `store` itself is not changed. TOO_LARGE when the answers would pass [`MAX_RESULT_BYTES`].
+pub(super) fn branch<T: Txn>(
+    store: &T,
+    steps: &[TxnStep],
+    ctx: &ApplyCtx,
+) -> Result<Branch, WireError> {
     let mut results = Vec::with_capacity(steps.len());
-    let writes = {
-        let mut own = WriteBuffer::new(&*txn);
-        let mut bytes = 0usize;
-        for s in steps {
-            let r = step(&mut own, s, ctx);
-            if r.is_err() && s.writes() {
-                // All or nothing: the writes before this one go too.
-                return r;
-            }
-            if let Ok(Reply::KvGet(it)) = &r {
+    let mut failed = None;
+    let mut own = WriteBuffer::new(store);
+    let mut bytes = 0usize;
+    for s in steps {
+        let r = step(&mut own, s, ctx);
+        match &r {
+            Err(e) if s.writes() && failed.is_none() => failed = Some(e.clone()),
+            Ok(Reply::KvGet(it)) => {
                 bytes += it.key.len() + it.value.len();
                 if bytes > MAX_RESULT_BYTES {
                     return Err(WireError::new(
@@ -143,15 +154,32 @@ pub(super) fn run<T: Txn>(
                     ));
                 }
             }
-            results.push(r);
+            _ => {}
         }
-        own.into_writes()
-    };
-    for (k, v) in writes {
+        results.push(r);
+    }
+    Ok(Branch { results, failed, writes: own.into_writes() })
+}
+
+/// Applies a transaction: its answer is whether the compares held and each step's result.
+pub(super) fn run<T: Txn>(
+    txn: &mut T,
+    compare: &[TxnCompare],
+    then: &[TxnStep],
+    otherwise: &[TxnStep],
+    ctx: &ApplyCtx,
+) -> Result<Reply, WireError> {
+    let succeeded = holds(txn, compare, ctx.now_ms)?;
+    let b = branch(txn, if succeeded { then } else { otherwise }, ctx)?;
+    if let Some(e) = b.failed {
+        // All or nothing: the writes before the failed step go too.
+        return Err(e);
+    }
+    for (k, v) in b.writes {
         match v {
             Some(v) => txn.put(k, v),
             None => txn.delete(k),
         }
     }
-    Ok(Reply::Txn { succeeded, results })
+    Ok(Reply::Txn { succeeded, results: b.results })
 }

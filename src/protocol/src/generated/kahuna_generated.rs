@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 13;
+pub const ENUM_MAX_ERROR_CODE: u16 = 14;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 15] = [
   ErrorCode::Ok,
   ErrorCode::Invalid,
   ErrorCode::NotFound,
@@ -31,6 +31,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
   ErrorCode::Overloaded,
   ErrorCode::Internal,
   ErrorCode::NoSpace,
+  ErrorCode::Locked,
 ];
 
 /// Stable error codes. `Ok` is never sent inside an `Error`.
@@ -67,9 +68,13 @@ impl ErrorCode {
   /// The node's disk is full: it takes no writes until space is freed (reads go on). The write
   /// was not applied.
   pub const NoSpace: Self = Self(13);
+  /// A key, lock or sequence the request names is held by a transaction across partitions
+  /// that has not finished (the server waited for it until the deadline). Nothing was applied;
+  /// retry.
+  pub const Locked: Self = Self(14);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 13;
+  pub const ENUM_MAX: u16 = 14;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Ok,
     Self::Invalid,
@@ -85,6 +90,7 @@ impl ErrorCode {
     Self::Overloaded,
     Self::Internal,
     Self::NoSpace,
+    Self::Locked,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -103,6 +109,7 @@ impl ErrorCode {
       Self::Overloaded => Some("Overloaded"),
       Self::Internal => Some("Internal"),
       Self::NoSpace => Some("NoSpace"),
+      Self::Locked => Some("Locked"),
       _ => None,
     }
   }
@@ -741,10 +748,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for StatusScope {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 18;
+pub const ENUM_MAX_OP: u8 = 19;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 19] = [
+pub const ENUM_VALUES_OP: [Op; 20] = [
   Op::NONE,
   Op::KvSet,
   Op::KvGet,
@@ -764,6 +771,7 @@ pub const ENUM_VALUES_OP: [Op; 19] = [
   Op::Membership,
   Op::MoveReplica,
   Op::Txn,
+  Op::Internal,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -790,9 +798,10 @@ impl Op {
   pub const Membership: Self = Self(16);
   pub const MoveReplica: Self = Self(17);
   pub const Txn: Self = Self(18);
+  pub const Internal: Self = Self(19);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 18;
+  pub const ENUM_MAX: u8 = 19;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::KvSet,
@@ -813,6 +822,7 @@ impl Op {
     Self::Membership,
     Self::MoveReplica,
     Self::Txn,
+    Self::Internal,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -836,6 +846,7 @@ impl Op {
       Self::Membership => Some("Membership"),
       Self::MoveReplica => Some("MoveReplica"),
       Self::Txn => Some("Txn"),
+      Self::Internal => Some("Internal"),
       _ => None,
     }
   }
@@ -992,10 +1003,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ReplicaRole {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 16;
+pub const ENUM_MAX_REPLY: u8 = 17;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 17] = [
+pub const ENUM_VALUES_REPLY: [Reply; 18] = [
   Reply::NONE,
   Reply::KvSetResult,
   Reply::KvGetResult,
@@ -1013,6 +1024,7 @@ pub const ENUM_VALUES_REPLY: [Reply; 17] = [
   Reply::MembershipResult,
   Reply::MoveReplicaResult,
   Reply::TxnResult,
+  Reply::InternalResult,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -1037,9 +1049,10 @@ impl Reply {
   pub const MembershipResult: Self = Self(14);
   pub const MoveReplicaResult: Self = Self(15);
   pub const TxnResult: Self = Self(16);
+  pub const InternalResult: Self = Self(17);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 16;
+  pub const ENUM_MAX: u8 = 17;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::KvSetResult,
@@ -1058,6 +1071,7 @@ impl Reply {
     Self::MembershipResult,
     Self::MoveReplicaResult,
     Self::TxnResult,
+    Self::InternalResult,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -1079,6 +1093,7 @@ impl Reply {
       Self::MembershipResult => Some("MembershipResult"),
       Self::MoveReplicaResult => Some("MoveReplicaResult"),
       Self::TxnResult => Some("TxnResult"),
+      Self::InternalResult => Some("InternalResult"),
       _ => None,
     }
   }
@@ -3920,6 +3935,122 @@ impl ::core::fmt::Debug for ClusterStatus<'_> {
       ds.finish()
   }
 }
+pub enum InternalOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A step of Kahuna's own protocols between nodes (a transaction across partitions: prepare,
+/// decide, resolve), routed by `key` like any request; `payload` is the step as the Raft log
+/// stores it. Refused from clients.
+pub struct Internal<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Internal<'a> {
+  type Inner = Internal<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Internal<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Internal { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args InternalArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Internal<'bldr>> {
+    let mut builder = InternalBuilder::new(_fbb);
+    if let Some(x) = args.payload { builder.add_payload(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Internal::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn payload(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Internal::VT_PAYLOAD, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Internal<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct InternalArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for InternalArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    InternalArgs {
+      key: None,
+      payload: None,
+    }
+  }
+}
+
+pub struct InternalBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> InternalBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Internal::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Internal::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> InternalBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    InternalBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Internal<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Internal<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Internal");
+      ds.field("key", &self.key());
+      ds.field("payload", &self.payload());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4258,6 +4389,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_internal(&self) -> Option<Internal<'a>> {
+    if self.op_type() == Op::Internal {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Internal::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -4288,6 +4434,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Op::Membership => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Membership>>("Op::Membership", pos),
           Op::MoveReplica => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MoveReplica>>("Op::MoveReplica", pos),
           Op::Txn => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Txn>>("Op::Txn", pos),
+          Op::Internal => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Internal>>("Op::Internal", pos),
           _ => Ok(()),
         }
      })?
@@ -4477,6 +4624,13 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Op::Txn => {
           if let Some(x) = self.op_as_txn() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Internal => {
+          if let Some(x) = self.op_as_internal() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -7846,6 +8000,103 @@ impl ::core::fmt::Debug for TxnResult<'_> {
       ds.finish()
   }
 }
+pub enum InternalResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The answer to an `Internal` step (its own encoding).
+pub struct InternalResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for InternalResult<'a> {
+  type Inner = InternalResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> InternalResult<'a> {
+  pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    InternalResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args InternalResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<InternalResult<'bldr>> {
+    let mut builder = InternalResultBuilder::new(_fbb);
+    if let Some(x) = args.payload { builder.add_payload(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn payload(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(InternalResult::VT_PAYLOAD, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for InternalResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct InternalResultArgs<'a> {
+    pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for InternalResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    InternalResultArgs {
+      payload: None,
+    }
+  }
+}
+
+pub struct InternalResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> InternalResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(InternalResult::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> InternalResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    InternalResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<InternalResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for InternalResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("InternalResult");
+      ds.field("payload", &self.payload());
+      ds.finish()
+  }
+}
 pub enum ResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -8164,6 +8415,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_internal_result(&self) -> Option<InternalResult<'a>> {
+    if self.result_type() == Reply::InternalResult {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { InternalResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -8192,6 +8458,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           Reply::MembershipResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MembershipResult>>("Reply::MembershipResult", pos),
           Reply::MoveReplicaResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MoveReplicaResult>>("Reply::MoveReplicaResult", pos),
           Reply::TxnResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TxnResult>>("Reply::TxnResult", pos),
+          Reply::InternalResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InternalResult>>("Reply::InternalResult", pos),
           _ => Ok(()),
         }
      })?
@@ -8374,6 +8641,13 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         Reply::TxnResult => {
           if let Some(x) = self.result_as_txn_result() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::InternalResult => {
+          if let Some(x) = self.result_as_internal_result() {
             ds.field("result", &x)
           } else {
             ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")

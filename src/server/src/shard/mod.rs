@@ -21,6 +21,7 @@ pub mod quiesce;
 pub mod route;
 pub mod split;
 mod status;
+pub mod txn;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -297,7 +298,7 @@ impl Shard {
         let leases = |o: &Op| matches!(o, Op::LockAcquire { .. } | Op::LockExtend { .. });
         let times_a_lease = match op {
             Op::Txn { then, otherwise, .. } => then.iter().chain(otherwise).any(leases),
-            other => leases(other),
+            other => leases(other) || txn::prepares_a_lease(other),
         };
         if !times_a_lease {
             return Ok(());
@@ -563,21 +564,18 @@ impl Shard {
             ));
         }
         if let WriteOp::Txn { .. } = &wop {
-            // One partition holds every key of a transaction (one entry applies it all).
+            // One entry applies a transaction in one partition: one routed here by a map that
+            // did not know of a split yet goes back to be run across partitions.
             self.with_partition(partition, |p| {
                 match wop.keys().iter().find(|k| !p.info.contains(k)) {
                     None => Ok(()),
                     Some(k) => Err(WireError::new(
-                        ErrorCode::Invalid,
+                        ErrorCode::Moved,
                         format!(
-                            "a transaction runs in one partition, and key {:?} lies outside \
-                             partition {} [{:?}, {:?}) of its first key: keep a transaction's \
-                             keys under one prefix (transactions across partitions are not \
-                             built yet)",
+                            "key {:?} is no longer in partition {} (it split); nothing was \
+                             applied, retry",
                             String::from_utf8_lossy(k),
-                            p.info.id,
-                            String::from_utf8_lossy(&p.info.start),
-                            String::from_utf8_lossy(&p.info.end)
+                            p.info.id
                         ),
                     )),
                 }

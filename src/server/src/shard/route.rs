@@ -104,6 +104,9 @@ impl Shard {
                 let answer = Box::pin(crate::cluster::membership::handle(self, op, deadline)).await;
                 return (answer, self.node_id);
             }
+            Op::Txn { .. } if self.spans_partitions(&op) => {
+                return Box::pin(self.txn_across(op, deadline)).await;
+            }
             _ => {}
         }
         let (id, shard) = {
@@ -304,10 +307,31 @@ impl Shard {
         if let Err(e) = self.check_lease_clock(&op) {
             return (Err(e), hint);
         }
+        // A transaction across partitions may hold a name the request touches: a write waits
+        // here (it is proposed only once the name is free), a read when it meets one.
+        let wait = self.waits_for_intents(&op, deadline);
+        if let (Some(until), false) = (wait, op.is_read()) {
+            if let Err(e) = self.wait_for_intents(partition, &op, until).await {
+                return (Err(e), hint);
+            }
+        }
         let result = match (op.durability(), op.is_read()) {
             (Durability::Ephemeral, true) => self.ephemeral_read(partition, &op),
             (Durability::Ephemeral, false) => self.ephemeral_write(partition, op),
-            (Durability::Persistent, true) => self.persistent_read(partition, &op, deadline).await,
+            (Durability::Persistent, true) => loop {
+                let r = self.persistent_read(partition, &op, deadline).await;
+                match (&r, wait) {
+                    (Err(e), Some(until))
+                        if e.code == ErrorCode::Locked && std::time::Instant::now() < until =>
+                    {
+                        if let Err(e) = self.wait_for_intents(partition, &op, until).await {
+                            break Err(e);
+                        }
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
+                    _ => break r,
+                }
+            },
             (Durability::Persistent, false) => self.persistent_write(partition, op, deadline).await,
         };
         let hint = match &result {

@@ -1,0 +1,321 @@
+//! Transactions across partitions: the state each partition keeps for them, and the rules that
+//! make them atomic whatever crashes (two-phase commit with one commit point).
+//!
+//! ```text
+//!  prepare (every partition, in parallel)     decide (the record's partition)     resolve
+//!  compares + both branches' steps run  ───▶  Pending ─▶ Committed(branch)  ───▶  staged writes
+//!  over the state; every name touched         (before the deadline)               applied, intents
+//!  gets an intent with the writes each         Pending ─▶ Aborted                  dropped
+//!  branch would make; the record (first        (anyone, after the deadline)
+//!  key's partition) starts Pending
+//! ```
+//! Owns: intents (`keys::INTENT`), records (`keys::TXN_RECORD`), what an intent blocks, and
+//! the decide rules. The commit point is one entry of one Raft log: the record's partition
+//! orders the coordinator's commit and any other node's abort, and the deadline (checked
+//! against each entry's own HLC stamp) makes them exclusive: a commit applies only before it, an
+//! abort of a pending record only after it. So a coordinator that dies at any point leaves a
+//! transaction that anyone who meets its intents can finish: committed records are applied,
+//! the rest are aborted once the deadline passed.
+//!
+//! A record that is gone (forgotten once every intent was resolved) or never written (the
+//! first key's prepare never applied) reads as pending before the deadline and aborted after:
+//! a prepare applies only before the deadline, so no record can appear later.
+//!
+//! Must never: let a name with an intent be read or written by anything but its transaction's
+//! resolve; commit after the deadline; abort a pending record before it.
+
+use kahuna_protocol::{ErrorCode, Reply, WireError};
+
+use super::txn::{branch, holds};
+use super::{corrupt, ApplyCtx};
+use crate::command::{TxnCompare, TxnStep};
+use crate::keys::{self, data_key};
+use crate::records::{
+    decode_intent, decode_txn_records, encode_intent, encode_txn_records, IntentRecord, TxnRecord,
+    TXN_ABORTED, TXN_COMMITTED_ELSE, TXN_COMMITTED_THEN, TXN_PENDING,
+};
+use crate::store::{Get, Scan, Txn};
+
+/// Ask where the record stands, aborting it if its deadline has passed (what a reader blocked
+/// by an intent sends).
+pub const DECIDE_STATUS: u8 = 0;
+/// The coordinator commits the `then` branch (all prepares succeeded and the compares held).
+pub const DECIDE_COMMIT_THEN: u8 = 1;
+/// The coordinator commits the `else` branch.
+pub const DECIDE_COMMIT_ELSE: u8 = 2;
+/// The coordinator gives up (a prepare failed).
+pub const DECIDE_ABORT: u8 = 3;
+/// Every intent is resolved: drop the decided record.
+pub const DECIDE_FORGET: u8 = 4;
+
+/// Records of transactions sharing one first key, at most: past it a prepare is refused
+/// (CONFLICT) until some are forgotten.
+pub const MAX_RECORDS_PER_KEY: usize = 64;
+
+/// The answer of a decide: the record's state after it.
+pub fn state_reply(state: u8) -> Reply {
+    Reply::Internal { payload: vec![state] }
+}
+
+/// The state a decide's answer carries, if it is one.
+pub fn state_of(reply: &Reply) -> Option<u8> {
+    match reply {
+        Reply::Internal { payload } if payload.len() == 1 && payload[0] <= TXN_ABORTED => {
+            Some(payload[0])
+        }
+        _ => None,
+    }
+}
+
+/// The error a request meets on a name a transaction holds (nothing was applied).
+pub fn locked(name: &[u8]) -> WireError {
+    WireError::new(
+        ErrorCode::Locked,
+        format!(
+            "{:?} is held by a transaction in progress; nothing was applied, retry",
+            String::from_utf8_lossy(name)
+        ),
+    )
+}
+
+/// The intent on `name`, if a transaction holds it.
+pub fn intent_at<G: Get + ?Sized>(
+    store: &G,
+    name: &[u8],
+) -> Result<Option<IntentRecord>, WireError> {
+    store.get(&data_key(keys::INTENT, name)).map(|b| decode_intent(&b)).transpose().map_err(corrupt)
+}
+
+/// LOCKED if a transaction holds any of `names`.
+pub fn check_free<G: Get + ?Sized>(store: &G, names: &[&[u8]]) -> Result<(), WireError> {
+    match names.iter().find(|n| store.get(&data_key(keys::INTENT, n)).is_some()) {
+        Some(n) => Err(locked(n)),
+        None => Ok(()),
+    }
+}
+
+/// LOCKED if a transaction holds any name in the user range `[lo, hi)` (`hi` None: to the end).
+pub fn check_range_free<S: Scan + ?Sized>(
+    store: &S,
+    lo: &[u8],
+    hi: Option<&[u8]>,
+) -> Result<(), WireError> {
+    let (l, h) = keys::kind_range(keys::INTENT, lo, hi.unwrap_or_default());
+    let mut held = None;
+    store.scan(&l, &h, &mut |k, _| {
+        held = Some(k[1..].to_vec());
+        false
+    });
+    match held {
+        Some(n) => Err(locked(&n)),
+        None => Ok(()),
+    }
+}
+
+/// The intents on names in the user range `[lo, hi)` (`hi` None: to the end), at most `max`.
+pub fn held_in_range<S: Scan + ?Sized>(
+    store: &S,
+    lo: &[u8],
+    hi: Option<&[u8]>,
+    max: usize,
+) -> Result<Vec<(Vec<u8>, IntentRecord)>, WireError> {
+    let (l, h) = keys::kind_range(keys::INTENT, lo, hi.unwrap_or_default());
+    let mut out = Vec::new();
+    let mut bad = None;
+    store.scan(&l, &h, &mut |k, v| {
+        match decode_intent(v) {
+            Ok(i) => out.push((k[1..].to_vec(), i)),
+            Err(e) => {
+                bad = Some(corrupt(e));
+                return false;
+            }
+        }
+        out.len() < max
+    });
+    match bad {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+fn records<G: Get + ?Sized>(store: &G, primary: &[u8]) -> Result<Vec<TxnRecord>, WireError> {
+    match store.get(&data_key(keys::TXN_RECORD, primary)) {
+        None => Ok(Vec::new()),
+        Some(b) => decode_txn_records(&b).map_err(corrupt),
+    }
+}
+
+#[allow(clippy::ptr_arg)] // rkyv archives the Vec itself
+fn put_records<T: Txn>(txn: &mut T, primary: &[u8], recs: &Vec<TxnRecord>) {
+    let key = data_key(keys::TXN_RECORD, primary);
+    if recs.is_empty() {
+        txn.delete(key);
+    } else {
+        txn.put(key, encode_txn_records(recs));
+    }
+}
+
+/// A transaction's record as the partition of `primary` holds it, if it does.
+pub fn record<G: Get + ?Sized>(
+    store: &G,
+    primary: &[u8],
+    id: &[u8],
+) -> Result<Option<TxnRecord>, WireError> {
+    Ok(records(store, primary)?.into_iter().find(|r| r.txn == id))
+}
+
+/// The prepare of one partition's part (see the module doc).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn prepare<T: Txn>(
+    txn: &mut T,
+    id: &[u8],
+    primary: &[u8],
+    deadline_ms: u64,
+    record_names: &[Vec<u8>],
+    compare: &[TxnCompare],
+    then: &[TxnStep],
+    otherwise: &[TxnStep],
+    ctx: &ApplyCtx,
+) -> Result<Reply, WireError> {
+    if ctx.now_ms >= deadline_ms {
+        return Err(WireError::new(
+            ErrorCode::Conflict,
+            "the transaction's deadline passed before this part was prepared; nothing was applied",
+        ));
+    }
+    let mut names: Vec<&[u8]> = compare
+        .iter()
+        .map(|c| c.key.as_slice())
+        .chain(then.iter().chain(otherwise).map(|s| s.key()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    check_free(txn, &names)?;
+    let mut recs = Vec::new();
+    if !record_names.is_empty() {
+        recs = records(txn, primary)?;
+        if recs.iter().any(|r| r.txn == id) {
+            return Err(WireError::new(ErrorCode::Internal, "a transaction prepared twice"));
+        }
+        if recs.len() >= MAX_RECORDS_PER_KEY {
+            return Err(WireError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "{MAX_RECORDS_PER_KEY} transactions starting at this key are still being \
+                     finished; nothing was applied, retry"
+                ),
+            ));
+        }
+    }
+    let held = holds(txn, compare, ctx.now_ms)?;
+    let t = branch(txn, then, ctx)?;
+    let e = branch(txn, otherwise, ctx)?;
+    // Each name's staged writes: every storage key a step writes belongs to one name.
+    let staged = |b: &super::txn::Branch, name: &[u8]| {
+        b.failed.is_none().then(|| {
+            b.writes
+                .iter()
+                .filter(|(k, _)| keys::name_of(k) == name)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Vec<_>>()
+        })
+    };
+    for name in &names {
+        let intent = IntentRecord {
+            txn: id.to_vec(),
+            primary: primary.to_vec(),
+            deadline_ms,
+            then: staged(&t, name),
+            otherwise: staged(&e, name),
+        };
+        txn.put(data_key(keys::INTENT, name), encode_intent(&intent));
+    }
+    if !record_names.is_empty() {
+        recs.push(TxnRecord {
+            txn: id.to_vec(),
+            state: TXN_PENDING,
+            deadline_ms,
+            names: record_names.to_vec(),
+        });
+        put_records(txn, primary, &recs);
+    }
+    let mut results = t.results;
+    results.extend(e.results);
+    Ok(Reply::Txn { succeeded: held, results })
+}
+
+/// The pure decide rule: the record's state after `action` at `now_ms` (`None`: no record).
+pub fn decided(state: Option<u8>, deadline_ms: u64, action: u8, now_ms: u64) -> u8 {
+    let past = now_ms >= deadline_ms;
+    match (state, action) {
+        // No record: a prepare can no longer write one after the deadline (gone or never
+        // there: aborted); before it, the first key's prepare may still come.
+        (None, DECIDE_STATUS) if !past => TXN_PENDING,
+        (None, _) => TXN_ABORTED,
+        (Some(TXN_PENDING), DECIDE_COMMIT_THEN) if !past => TXN_COMMITTED_THEN,
+        (Some(TXN_PENDING), DECIDE_COMMIT_ELSE) if !past => TXN_COMMITTED_ELSE,
+        (Some(TXN_PENDING), DECIDE_STATUS | DECIDE_FORGET) if !past => TXN_PENDING,
+        (Some(TXN_PENDING), _) => TXN_ABORTED,
+        (Some(s), _) => s,
+    }
+}
+
+/// Applies a decide at the record (see [`decided`]); a forget drops a decided record.
+pub(super) fn decide<T: Txn>(
+    txn: &mut T,
+    id: &[u8],
+    primary: &[u8],
+    deadline_ms: u64,
+    action: u8,
+    ctx: &ApplyCtx,
+) -> Result<Reply, WireError> {
+    let mut recs = records(txn, primary)?;
+    let pos = recs.iter().position(|r| r.txn == id);
+    let (before, deadline) = match pos {
+        Some(i) => (Some(recs[i].state), recs[i].deadline_ms),
+        None => (None, deadline_ms),
+    };
+    let after = decided(before, deadline, action, ctx.now_ms);
+    if let Some(i) = pos {
+        if action == DECIDE_FORGET && after != TXN_PENDING {
+            recs.remove(i);
+            put_records(txn, primary, &recs);
+        } else if before != Some(after) {
+            recs[i].state = after;
+            put_records(txn, primary, &recs);
+        }
+    }
+    Ok(state_reply(after))
+}
+
+/// Resolves the transaction's intents on `names` as `outcome` (see the module doc); names the
+/// transaction no longer holds (resolved before, or held by another) are left alone.
+pub(super) fn resolve<T: Txn>(
+    txn: &mut T,
+    id: &[u8],
+    names: &[Vec<u8>],
+    outcome: u8,
+) -> Result<Reply, WireError> {
+    if outcome == TXN_PENDING {
+        return Err(WireError::new(ErrorCode::Invalid, "a pending transaction is not resolved"));
+    }
+    for name in names {
+        let Some(intent) = intent_at(txn, name)? else { continue };
+        if intent.txn != id {
+            continue;
+        }
+        let writes = match outcome {
+            TXN_COMMITTED_THEN => intent.then,
+            TXN_COMMITTED_ELSE => intent.otherwise,
+            _ => None,
+        };
+        for (k, v) in writes.into_iter().flatten() {
+            match v {
+                Some(v) => txn.put(k, v),
+                None => txn.delete(k),
+            }
+        }
+        txn.delete(data_key(keys::INTENT, name));
+    }
+    Ok(state_reply(outcome))
+}

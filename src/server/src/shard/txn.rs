@@ -1,0 +1,429 @@
+//! Transactions across partitions, the moving parts: the coordinator (the shard a transaction
+//! reached), and what any request does when it meets a transaction's intent.
+//!
+//! ```text
+//!  execute_checked(Txn over several partitions) ─▶ txn_across
+//!    1. prepare every part at once (Internal TxnPrepare, routed like any request by its key)
+//!    2. judge the answers (core::txn_plan::judge): commit a branch, or abort
+//!    3. decide at the record (the first key's partition): the commit point
+//!    4. resolve every name (TxnResolve, regrouped by the map each round), answer, forget
+//!  execute_hops(any request on a held name) ─▶ wait_for_intents: wait, ask the record, resolve
+//! ```
+//! The rules that make this safe live in `kahuna_core::state_machine::intents`; this module
+//! only sends steps and waits. Internal steps that decide or resolve are idempotent and are
+//! sent again after a failure; a prepare is never sent twice (the coordinator aborts instead).
+//!
+//! Must never: answer a commit the record did not take, or wait on a held name past the
+//! request's deadline.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use kahuna_core::command::TxnStep;
+use kahuna_core::records::{IntentRecord, TXN_ABORTED, TXN_PENDING};
+use kahuna_core::state_machine::intents::{self, state_of, DECIDE_ABORT, DECIDE_FORGET};
+use kahuna_core::txn_plan::{self, Verdict};
+use kahuna_core::WriteOp;
+use kahuna_protocol::{Durability, ErrorCode, Op, Reply, WireError};
+
+use super::{Answer, Shard};
+use crate::clock::Clock;
+
+/// How long after its prepare a transaction may still commit; past it, anyone who meets its
+/// intents aborts it. Also the longest a crashed coordinator's transaction blocks its keys.
+pub const TXN_DEADLINE_MS: u64 = 5_000;
+/// How long a prepare waits for another transaction's intent on its names before it gives up
+/// (the coordinator then aborts, and the client retries with backoff): short, so two
+/// transactions that each hold what the other wants do not wait for each other's deadline.
+const PREPARE_WAIT: Duration = Duration::from_millis(100);
+/// A request blocked by an intent asks the record where it stands this long after it started
+/// waiting, and again at this interval (a live coordinator usually resolves it first).
+const ASK_EVERY: Duration = Duration::from_millis(200);
+/// When a blocked request first asks the record.
+const FIRST_ASK: Duration = Duration::from_millis(50);
+/// One attempt of an idempotent step (decide, resolve): a leader that died costs this, not the
+/// caller's whole deadline.
+const ATTEMPT: Duration = Duration::from_millis(1_000);
+/// Intents one blocked request looks at per round.
+const MAX_HELD: usize = 16;
+
+/// Whether an idempotent step may be sent again after this error.
+fn again(code: ErrorCode) -> bool {
+    code.is_retryable() || code == ErrorCode::Timeout
+}
+
+impl Shard {
+    /// A step of a transaction across partitions, sent like any request to the partition that
+    /// holds `key`.
+    async fn internal(
+        self: &Rc<Self>,
+        key: Vec<u8>,
+        op: WriteOp,
+        deadline: Instant,
+    ) -> Result<Reply, WireError> {
+        let payload = op.encode_internal();
+        Box::pin(self.execute_checked(Op::Internal { key, payload }, deadline)).await.0
+    }
+
+    /// Sends an idempotent step until it is answered or `deadline` passes.
+    async fn internal_until(
+        self: &Rc<Self>,
+        key: &[u8],
+        op: &WriteOp,
+        deadline: Instant,
+    ) -> Result<Reply, WireError> {
+        loop {
+            let attempt = deadline.min(Instant::now() + ATTEMPT);
+            match self.internal(key.to_vec(), op.clone(), attempt).await {
+                Err(e)
+                    if again(e.code) && Instant::now() + Duration::from_millis(20) < deadline =>
+                {
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether a transaction names keys of more than one partition (in this shard's map).
+    pub(super) fn spans_partitions(&self, op: &Op) -> bool {
+        let Op::Txn { compare, then, otherwise } = op else { return false };
+        let map = self.map.borrow();
+        let first = map.locate(op.routing_key()).id;
+        compare
+            .iter()
+            .map(|c| c.key.as_slice())
+            .chain(then.iter().chain(otherwise).map(|o| o.routing_key()))
+            .any(|k| map.locate(k).id != first)
+    }
+
+    /// A unique id: this node, this shard, and its HLC (which never repeats on a shard).
+    fn txn_id(&self) -> Vec<u8> {
+        let hlc = self.hlc.borrow_mut().now(self.clock.now_ms()).0;
+        let mut id = Vec::with_capacity(18);
+        id.extend_from_slice(&self.node_id.to_be_bytes());
+        id.extend_from_slice(&(self.id as u16).to_be_bytes());
+        id.extend_from_slice(&hlc.to_be_bytes());
+        id
+    }
+
+    /// Runs a compare / then / else whose keys lie in several partitions (see the module doc).
+    pub(super) async fn txn_across(self: &Rc<Self>, op: Op, deadline: Instant) -> Answer {
+        let Ok(WriteOp::Txn { compare, then, otherwise }) = kahuna_core::command::into_write(op)
+        else {
+            let e = WireError::new(ErrorCode::Invalid, "not a transaction the server can run");
+            return (Err(e), 0);
+        };
+        let parts = {
+            let map = self.map();
+            txn_plan::plan(&compare, &then, &otherwise, &|k| map.locate(k).id)
+        };
+        let id = self.txn_id();
+        let primary = txn_plan::primary(&compare, &then, &otherwise).to_vec();
+        let names = txn_plan::names(&compare, &then, &otherwise);
+        let deadline_ms = self.now_ms() + TXN_DEADLINE_MS;
+
+        // 1. Prepare every part at once; the primary's part writes the record.
+        let tasks: Vec<_> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let step = WriteOp::TxnPrepare {
+                    txn: id.clone(),
+                    primary: primary.clone(),
+                    deadline_ms,
+                    record: if i == 0 { names.clone() } else { Vec::new() },
+                    compare: p.compare.clone(),
+                    then: p.then.clone(),
+                    otherwise: p.otherwise.clone(),
+                };
+                let (me, key) = (self.clone(), p.first_key().to_vec());
+                glommio::spawn_local(async move { me.internal(key, step, deadline).await })
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(tasks.len());
+        let mut failed: Option<WireError> = None;
+        for t in tasks {
+            match t.await {
+                Ok(Reply::Txn { succeeded, results }) => answers.push((succeeded, results)),
+                Ok(other) => {
+                    let e = WireError::new(ErrorCode::Internal, format!("prepare got {other:?}"));
+                    failed.get_or_insert(e);
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        // 2. Judge.
+        let verdict = match failed {
+            Some(e) => Verdict::Abort(e),
+            None => txn_plan::judge(&parts, answers, then.len(), otherwise.len()),
+        };
+        let (succeeded, results) = match verdict {
+            Verdict::Abort(e) => {
+                self.finish(&id, &primary, deadline_ms, &names, TXN_ABORTED, deadline).await;
+                return (Err(not_applied(e)), 0);
+            }
+            Verdict::Commit { succeeded, results } => (succeeded, results),
+        };
+        if crate::faults::fired("txn_crash_after_prepare").is_some() {
+            std::process::abort(); // the coordinator dies holding prepared intents
+        }
+        // 3. The commit point.
+        let action =
+            if succeeded { intents::DECIDE_COMMIT_THEN } else { intents::DECIDE_COMMIT_ELSE };
+        let decide =
+            WriteOp::TxnDecide { txn: id.clone(), primary: primary.clone(), deadline_ms, action };
+        let state = match self.internal_until(&primary, &decide, deadline).await {
+            Ok(r) => state_of(&r),
+            Err(e) => {
+                let msg = format!(
+                    "the transaction's commit was not confirmed ({e}); its outcome is unknown"
+                );
+                return (Err(WireError::new(ErrorCode::Timeout, msg)), 0);
+            }
+        };
+        match state {
+            Some(s) if s != TXN_PENDING && s != TXN_ABORTED => {
+                if crate::faults::fired("txn_crash_after_commit").is_some() {
+                    std::process::abort(); // committed, nothing resolved
+                }
+                // 4. Resolve, answer; the record goes once every name is resolved.
+                self.finish(&id, &primary, deadline_ms, &names, s, deadline).await;
+                (Ok(Reply::Txn { succeeded, results }), 0)
+            }
+            Some(TXN_ABORTED) => {
+                self.finish(&id, &primary, deadline_ms, &names, TXN_ABORTED, deadline).await;
+                let e = WireError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the transaction did not commit within {TXN_DEADLINE_MS} ms of its \
+                         prepare and was aborted; nothing was applied, retry"
+                    ),
+                );
+                (Err(e), 0)
+            }
+            _ => {
+                let e = WireError::new(ErrorCode::Internal, "the record answered a commit oddly");
+                (Err(e), 0)
+            }
+        }
+    }
+
+    /// Resolves every name as `outcome` (an abort marks the record first), then forgets the
+    /// record if every name was resolved; what is left, readers resolve when they meet it.
+    async fn finish(
+        self: &Rc<Self>,
+        id: &[u8],
+        primary: &[u8],
+        deadline_ms: u64,
+        names: &[Vec<u8>],
+        outcome: u8,
+        deadline: Instant,
+    ) {
+        let record = |action| WriteOp::TxnDecide {
+            txn: id.to_vec(),
+            primary: primary.to_vec(),
+            deadline_ms,
+            action,
+        };
+        if outcome == TXN_ABORTED
+            && self.internal_until(primary, &record(DECIDE_ABORT), deadline).await.is_err()
+        {
+            return; // still pending: readers abort it after its deadline
+        }
+        if self.resolve_names(id, names, outcome, deadline).await {
+            let (me, primary, forget) = (self.clone(), primary.to_vec(), record(DECIDE_FORGET));
+            let until = Instant::now() + Duration::from_millis(TXN_DEADLINE_MS);
+            glommio::spawn_local(async move {
+                let _ = me.internal_until(&primary, &forget, until).await;
+            })
+            .detach();
+        }
+    }
+
+    /// Resolves the transaction's intents on `names`, each in the partition that holds it now
+    /// (regrouped every round: a partition may split meanwhile); true once all are.
+    async fn resolve_names(
+        self: &Rc<Self>,
+        id: &[u8],
+        names: &[Vec<u8>],
+        outcome: u8,
+        deadline: Instant,
+    ) -> bool {
+        let mut left: Vec<Vec<u8>> = names.to_vec();
+        while !left.is_empty() {
+            let groups: Vec<Vec<Vec<u8>>> = {
+                let map = self.map();
+                let mut g: std::collections::BTreeMap<u64, Vec<Vec<u8>>> = Default::default();
+                for n in left.drain(..) {
+                    g.entry(map.locate(&n).id).or_default().push(n);
+                }
+                g.into_values().collect()
+            };
+            let attempt = deadline.min(Instant::now() + ATTEMPT);
+            let tasks: Vec<_> = groups
+                .into_iter()
+                .map(|g| {
+                    let step = WriteOp::TxnResolve { txn: id.to_vec(), names: g.clone(), outcome };
+                    let me = self.clone();
+                    glommio::spawn_local(async move {
+                        let r = me.internal(g[0].clone(), step, attempt).await;
+                        (g, r)
+                    })
+                })
+                .collect();
+            for t in tasks {
+                let (g, r) = t.await;
+                if r.is_err() {
+                    left.extend(g);
+                }
+            }
+            if left.is_empty() {
+                return true;
+            }
+            if Instant::now() + Duration::from_millis(20) >= deadline {
+                return false;
+            }
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// The intents on the names `op` touches in `partition`, from this replica's applied state
+    /// (at most [`MAX_HELD`]).
+    fn held(&self, partition: u64, op: &Op) -> Result<Vec<(Vec<u8>, IntentRecord)>, WireError> {
+        let mut out = Vec::new();
+        let names: Vec<Vec<u8>> = match op {
+            Op::Txn { compare, then, otherwise } => compare
+                .iter()
+                .map(|c| c.key.clone())
+                .chain(then.iter().chain(otherwise).map(|o| o.routing_key().to_vec()))
+                .collect(),
+            Op::Internal { payload, .. } => match WriteOp::decode_internal(payload) {
+                Ok(WriteOp::TxnPrepare { compare, then, otherwise, .. }) => {
+                    txn_plan::names(&compare, &then, &otherwise)
+                }
+                _ => Vec::new(),
+            },
+            Op::KvScan { prefix, .. } => {
+                let parts = self.parts.borrow();
+                let Some(p) = parts.get(&partition) else { return Ok(out) };
+                let lo = prefix.clone().max(p.info.start.clone());
+                let hi = match (kahuna_core::keys::prefix_end(prefix), p.info.end.is_empty()) {
+                    (Some(e), false) => Some(e.min(p.info.end.clone())),
+                    (Some(e), true) => Some(e),
+                    (None, false) => Some(p.info.end.clone()),
+                    (None, true) => None,
+                };
+                return intents::held_in_range(&self.db, &lo, hi.as_deref(), MAX_HELD);
+            }
+            other => vec![other.routing_key().to_vec()],
+        };
+        for n in names {
+            if let Some(i) = intents::intent_at(&self.db, &n)? {
+                out.push((n, i));
+                if out.len() == MAX_HELD {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `op` must wait for intents before it runs (persistent key, lock and sequence
+    /// requests, and prepares), and until when.
+    pub(super) fn waits_for_intents(&self, op: &Op, deadline: Instant) -> Option<Instant> {
+        if op.durability() != Durability::Persistent || super::route::background(op) {
+            return None;
+        }
+        match op {
+            Op::ClusterStatus { .. }
+            | Op::Backup { .. }
+            | Op::Split { .. }
+            | Op::Membership { .. }
+            | Op::MoveReplica { .. } => None,
+            Op::Internal { payload, .. } => match WriteOp::decode_internal(payload) {
+                Ok(WriteOp::TxnPrepare { .. }) => Some(deadline.min(Instant::now() + PREPARE_WAIT)),
+                _ => None,
+            },
+            _ => Some(deadline),
+        }
+    }
+
+    /// Waits until no transaction holds a name `op` touches in `partition`, finishing the
+    /// transactions whose coordinator is gone on the way; LOCKED (nothing applied) at `until`.
+    pub(super) async fn wait_for_intents(
+        self: &Rc<Self>,
+        partition: u64,
+        op: &Op,
+        until: Instant,
+    ) -> Result<(), WireError> {
+        // The first ask comes early (a prepare waits only briefly), the next ones at an interval.
+        let mut asked =
+            Instant::now().checked_sub(ASK_EVERY - FIRST_ASK).unwrap_or_else(Instant::now);
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let held = self.held(partition, op)?;
+            let Some((first, _)) = held.first() else { return Ok(()) };
+            if Instant::now() >= until {
+                return Err(intents::locked(first));
+            }
+            let now_ms = self.now_ms();
+            let ask = asked.elapsed() >= ASK_EVERY;
+            for (name, intent) in held {
+                if ask || now_ms >= intent.deadline_ms {
+                    self.settle(name, intent, until).await;
+                }
+            }
+            if ask {
+                asked = Instant::now();
+            }
+            glommio::timer::sleep(pause.min(until.saturating_duration_since(Instant::now()))).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Asks the record of the transaction holding `name` where it stands (aborting it if its
+    /// deadline passed) and, once decided, resolves the name.
+    async fn settle(self: &Rc<Self>, name: Vec<u8>, intent: IntentRecord, until: Instant) {
+        let attempt = until.min(Instant::now() + ATTEMPT);
+        let status = WriteOp::TxnDecide {
+            txn: intent.txn.clone(),
+            primary: intent.primary.clone(),
+            deadline_ms: intent.deadline_ms,
+            action: intents::DECIDE_STATUS,
+        };
+        let Ok(r) = self.internal(intent.primary.clone(), status, attempt).await else { return };
+        let Some(state) = state_of(&r).filter(|s| *s != TXN_PENDING) else { return };
+        let step =
+            WriteOp::TxnResolve { txn: intent.txn, names: vec![name.clone()], outcome: state };
+        let _ = self.internal(name, step, attempt).await;
+    }
+}
+
+/// A transaction that was aborted applied nothing: an error that left its outcome unknown
+/// (a prepare that did not answer) becomes a retryable one.
+fn not_applied(e: WireError) -> WireError {
+    if e.code == ErrorCode::Timeout {
+        WireError::new(
+            ErrorCode::Unavailable,
+            format!("a part of the transaction did not answer ({e}); it was aborted and nothing was applied, retry"),
+        )
+    } else {
+        e
+    }
+}
+
+/// Whether a step of a transaction times a lease (a lock acquire): such a prepare obeys the
+/// lease clock rule like a plain acquire.
+pub(super) fn prepares_a_lease(op: &Op) -> bool {
+    let Op::Internal { payload, .. } = op else { return false };
+    match WriteOp::decode_internal(payload) {
+        Ok(WriteOp::TxnPrepare { then, otherwise, .. }) => {
+            then.iter().chain(&otherwise).any(|s| matches!(s, TxnStep::LockAcquire { .. }))
+        }
+        _ => false,
+    }
+}
