@@ -240,7 +240,11 @@ impl Bank {
 /// Two keys' numeric values, read in one transaction (retried while the cluster recovers).
 pub fn read_pair(c: &Client, x: &[u8], y: &[u8]) -> (u64, u64) {
     for _ in 0..60 {
-        if let Ok((_, r)) = c.txn(vec![], vec![get(x.to_vec()), get(y.to_vec())], vec![]) {
+        let got = c.txn(vec![], vec![get(x.to_vec()), get(y.to_vec())], vec![]);
+        if let Err(e) = &got {
+            eprintln!("reading the pair: {e}");
+        }
+        if let Ok((_, r)) = got {
             let v: Vec<u64> = r
                 .into_iter()
                 .map(|r| match r {

@@ -344,10 +344,10 @@ pub fn into_write(op: Op) -> Result<WriteOp, Op> {
                 .collect();
             WriteOp::Txn { compare, then: t, otherwise: o }
         }
-        Op::Internal { key, payload } => match WriteOp::decode_internal(&payload) {
+        Op::Internal { key, payload, read: false } => match WriteOp::decode_internal(&payload) {
             Ok(op) => op,
             // Refused by the limits before; as a read it is answered with an error.
-            Err(_) => return Err(Op::Internal { key, payload }),
+            Err(_) => return Err(Op::Internal { key, payload, read: false }),
         },
         read => return Err(read),
     })

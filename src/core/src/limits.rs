@@ -91,18 +91,21 @@ impl Limits {
                 }
                 Ok(())
             }
-            Op::Internal { key, payload } => {
+            Op::Internal { key, payload, read } => {
                 self.key("key", key, true)?;
                 let op = crate::command::WriteOp::decode_internal(payload)
                     .map_err(|e| invalid(e.to_string()))?;
-                self.internal(&op)
+                if *read && !matches!(op, crate::command::WriteOp::TxnPrepare { .. }) {
+                    return Err(invalid("only a transaction's part is read"));
+                }
+                self.internal(&op, *read)
             }
             other => self.validate(other),
         }
     }
 
     /// The sizes of a step of a transaction across partitions another node sent.
-    fn internal(&self, op: &crate::command::WriteOp) -> Result<(), WireError> {
+    fn internal(&self, op: &crate::command::WriteOp, read: bool) -> Result<(), WireError> {
         use crate::command::{TxnStep, WriteOp};
         let names = |n: usize| {
             if n > 2 * MAX_TXN_PARTS {
@@ -121,7 +124,8 @@ impl Limits {
         };
         match op {
             WriteOp::TxnPrepare { txn, primary, record, compare, then, otherwise, .. } => {
-                self.key("transaction id", txn, false)?;
+                // A part evaluated as a read belongs to no transaction id.
+                self.key("transaction id", txn, read)?;
                 self.key("primary key", primary, true)?;
                 names(record.len())?;
                 names(compare.len() + then.len() + otherwise.len())?;

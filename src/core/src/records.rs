@@ -104,22 +104,59 @@ pub fn decode_lock(bytes: &[u8]) -> Result<LockRecord, CorruptRecord> {
 /// Storage writes (`None`: a delete) one name's steps would make, in key order.
 pub type StagedWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
-/// A transaction across partitions holds a name (key, lock or sequence): nothing else reads or
-/// writes it until the transaction's record decides, and then the writes of the branch it
-/// took (staged at prepare, against the state the intent has kept unchanged) are applied.
+/// Transactions across partitions hold a name (key, lock or sequence): one that writes it
+/// holds it alone (`txn`, with the writes of the branch it takes, staged at prepare against the
+/// state the intent has kept unchanged); ones that only read it share it (`readers`). Nothing
+/// writes a held name but its writer's resolve; nothing reads one that has a writer.
 #[derive(
     Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct IntentRecord {
+    /// The writer's id; empty when only readers hold the name.
     pub txn: Vec<u8>,
-    /// Where the transaction's record lives (its first key).
+    /// Where the writer's record lives (its first key).
     pub primary: Vec<u8>,
-    /// HLC ms after which the transaction can no longer commit.
+    /// HLC ms after which the writer can no longer commit.
     pub deadline_ms: u64,
     /// The storage writes of this name if the `then` branch commits; `None` if that branch
     /// failed here (it cannot commit).
     pub then: Option<StagedWrites>,
     pub otherwise: Option<StagedWrites>,
+    /// Transactions that read the name and hold it until they finish.
+    pub readers: Vec<Holder>,
+}
+
+/// A transaction holding a name, as a waiter needs it: whose record to ask, and until when the
+/// transaction may commit.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct Holder {
+    pub txn: Vec<u8>,
+    pub primary: Vec<u8>,
+    pub deadline_ms: u64,
+}
+
+impl IntentRecord {
+    pub fn has_writer(&self) -> bool {
+        !self.txn.is_empty()
+    }
+
+    /// The transactions holding the name: the writer, and (`with_readers`) the readers.
+    pub fn holders(&self, with_readers: bool) -> Vec<Holder> {
+        let mut out = Vec::new();
+        if self.has_writer() {
+            out.push(Holder {
+                txn: self.txn.clone(),
+                primary: self.primary.clone(),
+                deadline_ms: self.deadline_ms,
+            });
+        }
+        if with_readers {
+            out.extend(self.readers.iter().cloned());
+        }
+        out
+    }
 }
 
 /// Where a transaction across partitions stands (see [`TxnRecord`]).
@@ -210,6 +247,7 @@ mod tests {
             deadline_ms: 5,
             then: Some(vec![(b"kx".to_vec(), None)]),
             otherwise: None,
+            readers: vec![Holder { txn: b"t2".to_vec(), primary: b"q".to_vec(), deadline_ms: 9 }],
         };
         assert_eq!(decode_intent(&encode_intent(&i)).unwrap(), i);
         let t = vec![TxnRecord {

@@ -265,7 +265,7 @@ fn decode_request_at(buf: &[u8], nested: bool) -> Result<(u64, u32, Op), DecodeE
         }
         wire::Op::Internal => {
             let o = req.op_as_internal().ok_or_else(|| missing("internal body"))?;
-            Op::Internal { key: bytes(o.key()), payload: bytes(o.payload()) }
+            Op::Internal { key: bytes(o.key()), payload: bytes(o.payload()), read: o.read() }
         }
         wire::Op::Membership => {
             let o = req.op_as_membership().ok_or_else(|| missing("membership body"))?;
@@ -564,9 +564,9 @@ pub fn encode_request(
             );
             (wire::Op::Backup, o.as_union_value())
         }
-        Op::Internal { key, payload } => {
+        Op::Internal { key, payload, read } => {
             let (key, payload) = (fbb.create_vector(key), fbb.create_vector(payload));
-            let args = wire::InternalArgs { key: Some(key), payload: Some(payload) };
+            let args = wire::InternalArgs { key: Some(key), payload: Some(payload), read: *read };
             (wire::Op::Internal, wire::Internal::create(fbb, &args).as_union_value())
         }
         Op::Split { key, at } => {
@@ -1336,7 +1336,7 @@ mod tests {
                 }],
             },
             Op::MoveReplica { key: k.clone(), partition: 3, epoch: 4, add: 0, remove: 0, lead: 2 },
-            Op::Internal { key: k.clone(), payload: vec![1, 2, 3] },
+            Op::Internal { key: k.clone(), payload: vec![1, 2, 3], read: true },
         ] {
             roundtrip_op(op);
         }

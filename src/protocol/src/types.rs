@@ -255,6 +255,8 @@ pub enum Op {
     Internal {
         key: Vec<u8>,
         payload: Vec<u8>,
+        /// Served as a read (see the schema).
+        read: bool,
     },
 }
 
@@ -396,6 +398,7 @@ impl Op {
                 | Op::ClusterStatus { .. }
                 | Op::Backup { .. }
                 | Op::Membership { action: MemberAction::List, .. }
+                | Op::Internal { read: true, .. }
         )
     }
 

@@ -21,8 +21,13 @@
 //! first key's prepare never applied) reads as pending before the deadline and aborted after:
 //! a prepare applies only before the deadline, so no record can appear later.
 //!
-//! Must never: let a name with an intent be read or written by anything but its transaction's
-//! resolve; commit after the deadline; abort a pending record before it.
+//! A name a transaction writes (in either branch) it holds alone; a name it only reads (a
+//! compare or a read step) it shares with other readers (strict two-phase locking: readers do
+//! not block readers). A transaction that writes nothing needs no record and no decide: its
+//! answer is its prepares', and its resolve only lets the names go.
+//!
+//! Must never: let a held name be written by anything but its writer's resolve, or read while
+//! it has a writer; commit after the deadline; abort a pending record before it.
 
 use kahuna_protocol::{ErrorCode, Reply, WireError};
 
@@ -31,8 +36,8 @@ use super::{corrupt, ApplyCtx};
 use crate::command::{TxnCompare, TxnStep};
 use crate::keys::{self, data_key};
 use crate::records::{
-    decode_intent, decode_txn_records, encode_intent, encode_txn_records, IntentRecord, TxnRecord,
-    TXN_ABORTED, TXN_COMMITTED_ELSE, TXN_COMMITTED_THEN, TXN_PENDING,
+    decode_intent, decode_txn_records, encode_intent, encode_txn_records, Holder, IntentRecord,
+    TxnRecord, TXN_ABORTED, TXN_COMMITTED_ELSE, TXN_COMMITTED_THEN, TXN_PENDING,
 };
 use crate::store::{Get, Scan, Txn};
 
@@ -47,6 +52,9 @@ pub const DECIDE_COMMIT_ELSE: u8 = 2;
 pub const DECIDE_ABORT: u8 = 3;
 /// Every intent is resolved: drop the decided record.
 pub const DECIDE_FORGET: u8 = 4;
+
+/// Readers sharing one name, at most: past it a reading prepare is refused (LOCKED).
+pub const MAX_READERS: usize = 64;
 
 /// Records of transactions sharing one first key, at most: past it a prepare is refused
 /// (CONFLICT) until some are forgotten.
@@ -86,7 +94,7 @@ pub fn intent_at<G: Get + ?Sized>(
     store.get(&data_key(keys::INTENT, name)).map(|b| decode_intent(&b)).transpose().map_err(corrupt)
 }
 
-/// LOCKED if a transaction holds any of `names`.
+/// LOCKED if a transaction holds any of `names` (what a write checks).
 pub fn check_free<G: Get + ?Sized>(store: &G, names: &[&[u8]]) -> Result<(), WireError> {
     match names.iter().find(|n| store.get(&data_key(keys::INTENT, n)).is_some()) {
         Some(n) => Err(locked(n)),
@@ -94,20 +102,55 @@ pub fn check_free<G: Get + ?Sized>(store: &G, names: &[&[u8]]) -> Result<(), Wir
     }
 }
 
-/// LOCKED if a transaction holds any name in the user range `[lo, hi)` (`hi` None: to the end).
-pub fn check_range_free<S: Scan + ?Sized>(
+/// LOCKED if a transaction writing any of `names` holds it (what a read checks).
+pub fn check_readable<G: Get + ?Sized>(store: &G, names: &[&[u8]]) -> Result<(), WireError> {
+    for n in names {
+        if intent_at(store, n)?.is_some_and(|i| i.has_writer()) {
+            return Err(locked(n));
+        }
+    }
+    Ok(())
+}
+
+/// What a one-partition transaction checks: the names it writes free, the ones it only reads
+/// without a writer.
+pub fn check_txn<G: Get + ?Sized>(
+    store: &G,
+    compare: &[TxnCompare],
+    then: &[TxnStep],
+    otherwise: &[TxnStep],
+) -> Result<(), WireError> {
+    let written = written_names(then, otherwise);
+    let read = compare.iter().map(|c| c.key.as_slice());
+    for n in read.chain(then.iter().chain(otherwise).map(|s| s.key())) {
+        if written.contains(&n) {
+            check_free(store, &[n])?;
+        } else {
+            check_readable(store, &[n])?;
+        }
+    }
+    Ok(())
+}
+
+/// The names a transaction's steps write, in either branch.
+pub fn written_names<'a>(then: &'a [TxnStep], otherwise: &'a [TxnStep]) -> Vec<&'a [u8]> {
+    let mut w: Vec<&[u8]> =
+        then.iter().chain(otherwise).filter(|s| s.writes()).map(|s| s.key()).collect();
+    w.sort_unstable();
+    w.dedup();
+    w
+}
+
+/// LOCKED if a transaction writing any name in the user range `[lo, hi)` (`hi` None: to the
+/// end) holds it (what a scan checks).
+pub fn check_range_readable<S: Scan + ?Sized>(
     store: &S,
     lo: &[u8],
     hi: Option<&[u8]>,
 ) -> Result<(), WireError> {
-    let (l, h) = keys::kind_range(keys::INTENT, lo, hi.unwrap_or_default());
-    let mut held = None;
-    store.scan(&l, &h, &mut |k, _| {
-        held = Some(k[1..].to_vec());
-        false
-    });
-    match held {
-        Some(n) => Err(locked(&n)),
+    let held = held_in_range(store, lo, hi, usize::MAX)?;
+    match held.into_iter().find(|(_, i)| i.has_writer()) {
+        Some((n, _)) => Err(locked(&n)),
         None => Ok(()),
     }
 }
@@ -190,7 +233,22 @@ pub(super) fn prepare<T: Txn>(
         .collect();
     names.sort_unstable();
     names.dedup();
-    check_free(txn, &names)?;
+    let written = written_names(then, otherwise);
+    let me = Holder { txn: id.to_vec(), primary: primary.to_vec(), deadline_ms };
+    let mut shared = Vec::new();
+    for name in &names {
+        let held = intent_at(txn, name)?;
+        match held {
+            Some(_) if written.contains(name) => return Err(locked(name)),
+            Some(i) if i.has_writer() || i.readers.len() >= MAX_READERS => {
+                return Err(locked(name))
+            }
+            Some(i) if i.readers.iter().any(|r| r.txn == id) => {
+                return Err(WireError::new(ErrorCode::Internal, "a transaction prepared twice"))
+            }
+            _ => shared.push(held.unwrap_or_default()),
+        }
+    }
     let mut recs = Vec::new();
     if !record_names.is_empty() {
         recs = records(txn, primary)?;
@@ -220,14 +278,19 @@ pub(super) fn prepare<T: Txn>(
                 .collect::<Vec<_>>()
         })
     };
-    for name in &names {
-        let intent = IntentRecord {
-            txn: id.to_vec(),
-            primary: primary.to_vec(),
-            deadline_ms,
-            then: staged(&t, name),
-            otherwise: staged(&e, name),
-        };
+    for (name, mut intent) in names.iter().zip(shared) {
+        if written.contains(name) {
+            intent = IntentRecord {
+                txn: id.to_vec(),
+                primary: primary.to_vec(),
+                deadline_ms,
+                then: staged(&t, name),
+                otherwise: staged(&e, name),
+                readers: Vec::new(),
+            };
+        } else {
+            intent.readers.push(me.clone());
+        }
         txn.put(data_key(keys::INTENT, name), encode_intent(&intent));
     }
     if !record_names.is_empty() {
@@ -242,6 +305,77 @@ pub(super) fn prepare<T: Txn>(
     let mut results = t.results;
     results.extend(e.results);
     Ok(Reply::Txn { succeeded: held, results })
+}
+
+/// A part of a transaction that writes nothing, evaluated without holding anything: whether
+/// its compares hold, both branches' results (as a prepare answers), and last a fingerprint of
+/// every name's state (`Reply::Internal`). The coordinator evaluates every part twice and
+/// takes the answer only if no fingerprint changed in between: each name then kept its state
+/// from its first evaluation to its second, so all held together at the moment the first
+/// round ended (no intents, so readers never block writers). LOCKED while a writer holds a
+/// name.
+pub fn evaluate<S: Scan + ?Sized>(
+    store: &S,
+    compare: &[TxnCompare],
+    then: &[TxnStep],
+    otherwise: &[TxnStep],
+    now_ms: u64,
+) -> Result<Reply, WireError> {
+    let names = crate::txn_plan::names(compare, then, otherwise);
+    let refs: Vec<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
+    check_readable(store, &refs)?;
+    if then.iter().chain(otherwise).any(|s| s.writes()) {
+        return Err(WireError::new(ErrorCode::Invalid, "an evaluated part writes nothing"));
+    }
+    let view = crate::store::WriteBuffer::new(store);
+    let ctx = ApplyCtx {
+        now_ms,
+        term: 0,
+        token_floor: 0,
+        keep_released_locks: true,
+        settings: Default::default(),
+        partition_start: None,
+    };
+    let held = holds(&view, compare, now_ms)?;
+    let mut results = branch(&view, then, &ctx)?.results;
+    results.extend(branch(&view, otherwise, &ctx)?.results);
+    results.push(Ok(Reply::Internal { payload: fingerprint(store, &names, now_ms)? }));
+    Ok(Reply::Txn { succeeded: held, results })
+}
+
+/// What changes whenever a name's key, lock or sequence changes: the key's revision (which
+/// only grows, deletes included) and liveness, the lock's token (which grows with every grant),
+/// hold, expiry and liveness, the sequence's last value.
+fn fingerprint<G: Get + ?Sized>(
+    store: &G,
+    names: &[Vec<u8>],
+    now_ms: u64,
+) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::with_capacity(names.len() * 40);
+    for n in names {
+        match store.get(&data_key(keys::KV, n)) {
+            Some(b) => {
+                let r = crate::records::decode_kv(&b).map_err(corrupt)?;
+                out.extend_from_slice(&r.revision.to_le_bytes());
+                out.push(r.deleted as u8 | (r.is_live(now_ms) as u8) << 1);
+            }
+            None => out.extend_from_slice(&[0xff; 9]),
+        }
+        match store.get(&data_key(keys::LOCK, n)) {
+            Some(b) => {
+                let l = crate::records::decode_lock(&b).map_err(corrupt)?;
+                out.extend_from_slice(&l.fencing_token.to_le_bytes());
+                out.extend_from_slice(&l.expires_at_ms.to_le_bytes());
+                out.push(l.held as u8 | (l.is_held(now_ms) as u8) << 1);
+            }
+            None => out.extend_from_slice(&[0xff; 17]),
+        }
+        match store.get(&data_key(keys::SEQ, n)) {
+            Some(b) => out.extend_from_slice(&b),
+            None => out.extend_from_slice(&[0xff; 8]),
+        }
+    }
+    Ok(out)
 }
 
 /// The pure decide rule: the record's state after `action` at `now_ms` (`None`: no record).
@@ -300,22 +434,31 @@ pub(super) fn resolve<T: Txn>(
         return Err(WireError::new(ErrorCode::Invalid, "a pending transaction is not resolved"));
     }
     for name in names {
-        let Some(intent) = intent_at(txn, name)? else { continue };
-        if intent.txn != id {
-            continue;
-        }
-        let writes = match outcome {
-            TXN_COMMITTED_THEN => intent.then,
-            TXN_COMMITTED_ELSE => intent.otherwise,
-            _ => None,
-        };
-        for (k, v) in writes.into_iter().flatten() {
-            match v {
-                Some(v) => txn.put(k, v),
-                None => txn.delete(k),
+        let Some(mut intent) = intent_at(txn, name)? else { continue };
+        let readers = intent.readers.len();
+        intent.readers.retain(|r| r.txn != id);
+        if intent.txn == id {
+            let writes = match outcome {
+                TXN_COMMITTED_THEN => intent.then.take(),
+                TXN_COMMITTED_ELSE => intent.otherwise.take(),
+                _ => None,
+            };
+            for (k, v) in writes.into_iter().flatten() {
+                match v {
+                    Some(v) => txn.put(k, v),
+                    None => txn.delete(k),
+                }
             }
+            let readers = std::mem::take(&mut intent.readers);
+            intent = IntentRecord { readers, ..Default::default() };
+        } else if readers == intent.readers.len() {
+            continue; // not this transaction's
         }
-        txn.delete(data_key(keys::INTENT, name));
+        if intent.has_writer() || !intent.readers.is_empty() {
+            txn.put(data_key(keys::INTENT, name), encode_intent(&intent));
+        } else {
+            txn.delete(data_key(keys::INTENT, name));
+        }
     }
     Ok(state_reply(outcome))
 }

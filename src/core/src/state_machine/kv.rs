@@ -270,8 +270,8 @@ pub(super) fn scan<S: Scan>(
         (None, false) => Some(bounds.end.to_vec()),
         (None, true) => None,
     };
-    // A key a transaction across partitions holds may be about to change: the page waits.
-    super::intents::check_range_free(store, &lo, hi.as_deref())?;
+    // A key a transaction across partitions writes may be about to change: the page waits.
+    super::intents::check_range_readable(store, &lo, hi.as_deref())?;
     let lo_key = data_key(keys::KV, &lo);
     let hi_key = match &hi {
         Some(h) => data_key(keys::KV, h),

@@ -125,6 +125,9 @@ pub fn apply<T: Txn>(txn: &mut T, op: &WriteOp, ctx: &ApplyCtx) -> Result<Reply,
             return kv::collect(txn, &free, *grace_ms, ctx);
         }
         WriteOp::Split { .. } | WriteOp::Lead { .. } => {}
+        WriteOp::Txn { compare, then, otherwise } => {
+            intents::check_txn(txn, compare, then, otherwise)?
+        }
         other => intents::check_free(txn, &other.keys())?,
     }
     match op {
@@ -171,7 +174,7 @@ pub fn read<S: Scan>(
         Op::KvGet { key, .. }
         | Op::KvExists { key, .. }
         | Op::KvHistory { key, .. }
-        | Op::LockGet { resource: key, .. } => intents::check_free(store, &[key.as_slice()])?,
+        | Op::LockGet { resource: key, .. } => intents::check_readable(store, &[key.as_slice()])?,
         _ => {}
     }
     match op {
@@ -182,6 +185,14 @@ pub fn read<S: Scan>(
         }
         Op::KvHistory { key, limit, .. } => kv::history(store, key, *limit, limits),
         Op::LockGet { resource, .. } => locks::get(store, resource, now_ms),
+        Op::Internal { payload, read: true, .. } => {
+            match crate::command::WriteOp::decode_internal(payload) {
+                Ok(WriteOp::TxnPrepare { compare, then, otherwise, .. }) => {
+                    intents::evaluate(store, &compare, &then, &otherwise, now_ms)
+                }
+                _ => Err(WireError::new(ErrorCode::Invalid, "not a transaction's part")),
+            }
+        }
         other => {
             Err(WireError::new(ErrorCode::Internal, format!("{} is not a read", other.name())))
         }

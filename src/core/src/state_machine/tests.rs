@@ -658,14 +658,21 @@ mod across {
         assert_eq!(results[0], Ok(Reply::KvSet { revision: 2 }));
         // Nothing else reads or writes a held name, a scan over it included.
         assert_eq!(get(&s, "b", 0, 11), Err(ErrorCode::Locked));
-        assert_eq!(get(&s, "a", 0, 11), Err(ErrorCode::Locked));
+        // `a` is only read (compare, else's get): shared. Reads go on, writes wait.
+        assert_eq!(get(&s, "a", 0, 11), Ok(("1".into(), 1)));
+        assert_eq!(set(&mut s, "a", "x", 0, Cond::None, 11), Err(ErrorCode::Locked));
         assert_eq!(set(&mut s, "b", "x", 0, Cond::None, 11), Err(ErrorCode::Locked));
         let scan =
             Op::KvScan { prefix: vec![], durability: Persistent, start_after: None, limit: 0 };
         let r = read(&s, &scan, 11, Bounds::ALL, &Limits::default());
         assert_eq!(r.map_err(|e| e.code).err(), Some(ErrorCode::Locked));
-        // Another transaction cannot prepare over it.
+        // Another transaction cannot prepare over what t1 writes, but may share what it reads.
         assert_eq!(prepare(&mut s, "t2", &["a"], put_b(), 12), Err(ErrorCode::Locked));
+        let reads_a = vec![TxnStep::Get { key: b"a".to_vec() }];
+        assert!(prepare(&mut s, "t3", &[], reads_a, 12).is_ok());
+        assert_eq!(intent_at(&s, b"a").unwrap().unwrap().readers.len(), 2);
+        resolve(&mut s, "t3", TXN_ABORTED, 12);
+        assert_eq!(intent_at(&s, b"a").unwrap().unwrap().readers.len(), 1, "t3 let go");
         // The collector keeps a held key.
         let collect = WriteOp::KvCollect { keys: vec![b"b".to_vec()], grace_ms: 0 };
         let in_partition = ApplyCtx { partition_start: Some(vec![]), ..ctx(13) };
@@ -680,7 +687,8 @@ mod across {
         resolve(&mut s, "t1", TXN_COMMITTED_THEN, 24);
         assert_eq!(get(&s, "b", 0, 25), Ok(("new".into(), 2)));
         assert_eq!(decide(&mut s, "t1", DECIDE_FORGET, 26), TXN_COMMITTED_THEN);
-        assert!(s.is_empty() || record(&s, b"a", b"t1").unwrap().is_none());
+        assert!(record(&s, b"a", b"t1").unwrap().is_none());
+        assert!(intent_at(&s, b"a").unwrap().is_none() && intent_at(&s, b"b").unwrap().is_none());
         // Gone and past the deadline: aborted, so a late duplicate intent is dropped.
         assert_eq!(decide(&mut s, "t1", DECIDE_STATUS, 100), TXN_ABORTED);
     }

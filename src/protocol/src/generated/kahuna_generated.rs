@@ -3956,6 +3956,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Internal<'a> {
 impl<'a> Internal<'a> {
   pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
   pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 6;
+  pub const VT_READ: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3969,6 +3970,7 @@ impl<'a> Internal<'a> {
     let mut builder = InternalBuilder::new(_fbb);
     if let Some(x) = args.payload { builder.add_payload(x); }
     if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_read(args.read);
     builder.finish()
   }
 
@@ -3987,6 +3989,15 @@ impl<'a> Internal<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Internal::VT_PAYLOAD, None)}
   }
+  /// A read (served after a read barrier, never logged): a part of a transaction that writes
+  /// nothing, evaluated.
+  #[inline]
+  pub fn read(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Internal::VT_READ, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Internal<'_> {
@@ -3997,6 +4008,7 @@ impl ::flatbuffers::Verifiable for Internal<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .visit_field::<bool>("read", Self::VT_READ, false)?
      .finish();
     Ok(())
   }
@@ -4004,6 +4016,7 @@ impl ::flatbuffers::Verifiable for Internal<'_> {
 pub struct InternalArgs<'a> {
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub read: bool,
 }
 impl<'a> Default for InternalArgs<'a> {
   #[inline]
@@ -4011,6 +4024,7 @@ impl<'a> Default for InternalArgs<'a> {
     InternalArgs {
       key: None,
       payload: None,
+      read: false,
     }
   }
 }
@@ -4027,6 +4041,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> InternalBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Internal::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn add_read(&mut self, read: bool) {
+    self.fbb_.push_slot::<bool>(Internal::VT_READ, read, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> InternalBuilder<'a, 'b, A> {
@@ -4048,6 +4066,7 @@ impl ::core::fmt::Debug for Internal<'_> {
     let mut ds = f.debug_struct("Internal");
       ds.field("key", &self.key());
       ds.field("payload", &self.payload());
+      ds.field("read", &self.read());
       ds.finish()
   }
 }

@@ -20,7 +20,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use kahuna_core::command::TxnStep;
-use kahuna_core::records::{IntentRecord, TXN_ABORTED, TXN_PENDING};
+use kahuna_core::records::{Holder, TXN_ABORTED, TXN_PENDING};
 use kahuna_core::state_machine::intents::{self, state_of, DECIDE_ABORT, DECIDE_FORGET};
 use kahuna_core::txn_plan::{self, Verdict};
 use kahuna_core::WriteOp;
@@ -62,7 +62,106 @@ impl Shard {
         deadline: Instant,
     ) -> Result<Reply, WireError> {
         let payload = op.encode_internal();
-        Box::pin(self.execute_checked(Op::Internal { key, payload }, deadline)).await.0
+        Box::pin(self.execute_checked(Op::Internal { key, payload, read: false }, deadline)).await.0
+    }
+
+    /// A part of a transaction that writes nothing, evaluated as a read where it lives (see
+    /// `intents::evaluate`).
+    async fn evaluate(
+        self: &Rc<Self>,
+        key: Vec<u8>,
+        part: WriteOp,
+        deadline: Instant,
+    ) -> Result<Reply, WireError> {
+        let payload = part.encode_internal();
+        Box::pin(self.execute_checked(Op::Internal { key, payload, read: true }, deadline)).await.0
+    }
+
+    /// A transaction across partitions that writes nothing: every part evaluated twice, in
+    /// parallel each time, and answered once no part's fingerprint changed in between (see
+    /// `intents::evaluate`); evaluated again otherwise, until the deadline. Holds nothing.
+    async fn read_across(
+        self: &Rc<Self>,
+        parts: &[txn_plan::Part],
+        then_len: usize,
+        otherwise_len: usize,
+        deadline: Instant,
+    ) -> Answer {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let checked = match self.evaluate_parts(parts, deadline).await {
+                Ok(first) => {
+                    self.evaluate_parts(parts, deadline).await.map(|second| (first, second))
+                }
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok((first, second)) => {
+                    if first.iter().zip(&second).all(|(a, b)| a.2 == b.2) {
+                        let answers = first.into_iter().map(|(h, r, _)| (h, r)).collect();
+                        return match txn_plan::judge(parts, answers, then_len, otherwise_len) {
+                            Verdict::Commit { succeeded, results } => {
+                                (Ok(Reply::Txn { succeeded, results }), 0)
+                            }
+                            Verdict::Abort(e) => (Err(e), 0),
+                        };
+                    }
+                }
+                Err(e) if e.code.is_retryable() => {}
+                Err(e) => return (Err(e), 0),
+            }
+            if Instant::now() + pause >= deadline {
+                let e = WireError::new(
+                    ErrorCode::Unavailable,
+                    "the keys kept changing while the transaction read them; retry",
+                );
+                return (Err(e), 0);
+            }
+            glommio::timer::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// One round of [`Shard::read_across`]: each part's answer and fingerprint.
+    #[allow(clippy::type_complexity)]
+    async fn evaluate_parts(
+        self: &Rc<Self>,
+        parts: &[txn_plan::Part],
+        deadline: Instant,
+    ) -> Result<
+        Vec<(bool, Vec<Result<Reply, WireError>>, Option<Result<Reply, WireError>>)>,
+        WireError,
+    > {
+        let tasks: Vec<_> = parts
+            .iter()
+            .map(|p| {
+                let step = WriteOp::TxnPrepare {
+                    txn: Vec::new(),
+                    primary: Vec::new(),
+                    deadline_ms: 0,
+                    record: Vec::new(),
+                    compare: p.compare.clone(),
+                    then: p.then.clone(),
+                    otherwise: p.otherwise.clone(),
+                };
+                let (me, key) = (self.clone(), p.first_key().to_vec());
+                glommio::spawn_local(async move { me.evaluate(key, step, deadline).await })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            match t.await? {
+                Reply::Txn { succeeded, mut results } => {
+                    let fp = results.pop();
+                    out.push((succeeded, results, fp));
+                }
+                other => {
+                    let m = format!("a part answered {other:?}");
+                    return Err(WireError::new(ErrorCode::Internal, m));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Sends an idempotent step until it is answered or `deadline` passes.
@@ -121,6 +220,10 @@ impl Shard {
         let id = self.txn_id();
         let primary = txn_plan::primary(&compare, &then, &otherwise).to_vec();
         let names = txn_plan::names(&compare, &then, &otherwise);
+        if intents::written_names(&then, &otherwise).is_empty() {
+            // Writing nothing, it needs no record, no intents and no log entry.
+            return self.read_across(&parts, then.len(), otherwise.len(), deadline).await;
+        }
         let deadline_ms = self.now_ms() + TXN_DEADLINE_MS;
 
         // 1. Prepare every part at once; the primary's part writes the record.
@@ -291,25 +394,39 @@ impl Shard {
         true
     }
 
-    /// The intents on the names `op` touches in `partition`, from this replica's applied state
-    /// (at most [`MAX_HELD`]).
-    fn held(&self, partition: u64, op: &Op) -> Result<Vec<(Vec<u8>, IntentRecord)>, WireError> {
-        let mut out = Vec::new();
-        let names: Vec<Vec<u8>> = match op {
-            Op::Txn { compare, then, otherwise } => compare
-                .iter()
-                .map(|c| c.key.clone())
-                .chain(then.iter().chain(otherwise).map(|o| o.routing_key().to_vec()))
-                .collect(),
+    /// The transactions that keep `op` from running in `partition`, from this replica's applied
+    /// state (at most [`MAX_HELD`]): the writer of every name it touches, and the readers of
+    /// every name it writes.
+    fn held(&self, partition: u64, op: &Op) -> Result<Vec<(Vec<u8>, Holder)>, WireError> {
+        // (name, whether `op` writes it)
+        let names: Vec<(Vec<u8>, bool)> = match op {
+            Op::Txn { compare, then, otherwise } => {
+                let writes = |k: &[u8]| {
+                    then.iter().chain(otherwise).any(|o| !o.is_read() && o.routing_key() == k)
+                };
+                compare
+                    .iter()
+                    .map(|c| c.key.as_slice())
+                    .chain(then.iter().chain(otherwise).map(|o| o.routing_key()))
+                    .map(|k| (k.to_vec(), writes(k)))
+                    .collect()
+            }
             Op::Internal { payload, .. } => match WriteOp::decode_internal(payload) {
                 Ok(WriteOp::TxnPrepare { compare, then, otherwise, .. }) => {
+                    let written = intents::written_names(&then, &otherwise);
                     txn_plan::names(&compare, &then, &otherwise)
+                        .into_iter()
+                        .map(|n| {
+                            let w = written.contains(&n.as_slice());
+                            (n, w)
+                        })
+                        .collect()
                 }
                 _ => Vec::new(),
             },
             Op::KvScan { prefix, .. } => {
                 let parts = self.parts.borrow();
-                let Some(p) = parts.get(&partition) else { return Ok(out) };
+                let Some(p) = parts.get(&partition) else { return Ok(Vec::new()) };
                 let lo = prefix.clone().max(p.info.start.clone());
                 let hi = match (kahuna_core::keys::prefix_end(prefix), p.info.end.is_empty()) {
                     (Some(e), false) => Some(e.min(p.info.end.clone())),
@@ -317,14 +434,21 @@ impl Shard {
                     (None, false) => Some(p.info.end.clone()),
                     (None, true) => None,
                 };
-                return intents::held_in_range(&self.db, &lo, hi.as_deref(), MAX_HELD);
+                let held = intents::held_in_range(&self.db, &lo, hi.as_deref(), usize::MAX)?;
+                return Ok(held
+                    .into_iter()
+                    .flat_map(|(n, i)| i.holders(false).into_iter().map(move |h| (n.clone(), h)))
+                    .take(MAX_HELD)
+                    .collect());
             }
-            other => vec![other.routing_key().to_vec()],
+            other => vec![(other.routing_key().to_vec(), !other.is_read())],
         };
-        for n in names {
+        let mut out = Vec::new();
+        for (n, writes) in names {
             if let Some(i) = intents::intent_at(&self.db, &n)? {
-                out.push((n, i));
-                if out.len() == MAX_HELD {
+                out.extend(i.holders(writes).into_iter().map(|h| (n.clone(), h)));
+                if out.len() >= MAX_HELD {
+                    out.truncate(MAX_HELD);
                     break;
                 }
             }
@@ -372,9 +496,9 @@ impl Shard {
             }
             let now_ms = self.now_ms();
             let ask = asked.elapsed() >= ASK_EVERY;
-            for (name, intent) in held {
-                if ask || now_ms >= intent.deadline_ms {
-                    self.settle(name, intent, until).await;
+            for (name, holder) in held {
+                if ask || now_ms >= holder.deadline_ms {
+                    self.settle(name, holder, until).await;
                 }
             }
             if ask {
@@ -385,20 +509,20 @@ impl Shard {
         }
     }
 
-    /// Asks the record of the transaction holding `name` where it stands (aborting it if its
+    /// Asks the record of a transaction holding `name` where it stands (aborting it if its
     /// deadline passed) and, once decided, resolves the name.
-    async fn settle(self: &Rc<Self>, name: Vec<u8>, intent: IntentRecord, until: Instant) {
+    async fn settle(self: &Rc<Self>, name: Vec<u8>, holder: Holder, until: Instant) {
         let attempt = until.min(Instant::now() + ATTEMPT);
         let status = WriteOp::TxnDecide {
-            txn: intent.txn.clone(),
-            primary: intent.primary.clone(),
-            deadline_ms: intent.deadline_ms,
+            txn: holder.txn.clone(),
+            primary: holder.primary.clone(),
+            deadline_ms: holder.deadline_ms,
             action: intents::DECIDE_STATUS,
         };
-        let Ok(r) = self.internal(intent.primary.clone(), status, attempt).await else { return };
+        let Ok(r) = self.internal(holder.primary, status, attempt).await else { return };
         let Some(state) = state_of(&r).filter(|s| *s != TXN_PENDING) else { return };
         let step =
-            WriteOp::TxnResolve { txn: intent.txn, names: vec![name.clone()], outcome: state };
+            WriteOp::TxnResolve { txn: holder.txn, names: vec![name.clone()], outcome: state };
         let _ = self.internal(name, step, attempt).await;
     }
 }
