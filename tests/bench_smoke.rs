@@ -43,7 +43,7 @@ fn every_workload_completes_operations_without_errors() {
     let runs: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let names: Vec<&str> = runs.iter().map(|r| r["workload"].as_str().unwrap()).collect();
-    for w in ["kv-set", "kv-get", "kv-cas", "kv-scan", "lock", "seq", "mixed"] {
+    for w in ["kv-set", "kv-get", "kv-cas", "kv-scan", "lock", "seq", "mixed", "txn", "txn-cross"] {
         assert!(names.contains(&w), "{w} missing from {names:?}");
     }
     for r in &runs {

@@ -174,6 +174,7 @@ fn suite_runs(base: &Args, suite: Suite) -> Vec<(String, Args)> {
             },
             v("seq-16", Seq, Persistent, 4, 4),
             v("txn-64", Txn, Persistent, 4, 16),
+            v("txn-cross-64", TxnCross, Persistent, 4, 16),
             v("mixed-90-64", Mixed, Persistent, 4, 16),
             {
                 // Every key under one prefix (as most applications' keys are): one partition at
@@ -194,6 +195,7 @@ fn suite_runs(base: &Args, suite: Suite) -> Vec<(String, Args)> {
             v("seq", Seq, Persistent, 1, 2),
             v("mixed", Mixed, Persistent, 1, 2),
             v("txn", Txn, Persistent, 1, 2),
+            v("txn-cross", TxnCross, Persistent, 1, 2),
         ],
     }
 }

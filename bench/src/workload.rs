@@ -23,9 +23,12 @@ pub enum Workload {
     /// --read-percent gets, the rest sets.
     Mixed,
     /// A transfer between two accounts of one partition (`KEY/a` and `KEY/b`): one
-    /// compare/then/else transaction that checks the first exists and sets both (1PC; a
-    /// transaction across partitions is not built yet).
+    /// compare/then/else transaction that checks the first exists and sets both (1PC: one
+    /// Raft entry).
     Txn,
+    /// The same transfer between `KEY/a` and an account in the other half of the key space
+    /// (another partition whenever there are two or more): two-phase, across partitions.
+    TxnCross,
 }
 
 impl Workload {
@@ -39,6 +42,7 @@ impl Workload {
             Workload::Seq => "seq",
             Workload::Mixed => "mixed",
             Workload::Txn => "txn",
+            Workload::TxnCross => "txn-cross",
         }
     }
 
@@ -117,9 +121,14 @@ pub async fn run_op<R: Rng>(c: &Client, ctx: &OpCtx, rng: &mut R) -> Result<(), 
             }
         }
         Workload::Seq => c.seq_next(b"bench-seq", ctx.seq_block).await.map(drop),
-        Workload::Txn => {
+        Workload::Txn | Workload::TxnCross => {
             use kahuna_client::{Compare, CompareOp, CompareTarget, Op, SetCondition};
-            let (a, b) = (format!("{key}/a").into_bytes(), format!("{key}/b").into_bytes());
+            let a = format!("{key}/a").into_bytes();
+            let mut b = format!("{key}/b").into_bytes();
+            if ctx.workload == Workload::TxnCross {
+                // Half the printable range away: the initial partitions cut it evenly.
+                b[0] = 0x21 + (b[0].saturating_sub(0x21) + 47) % 94;
+            }
             let compare = vec![Compare {
                 key: a.clone(),
                 target: CompareTarget::Exists,
