@@ -257,3 +257,63 @@ fn write_skew_is_refused_in_one_partition_and_across_and_the_cli_works() {
     };
     assert_eq!(c.txn(vec![], vec![bad], vec![]).unwrap_err().code, ErrorCode::Invalid);
 }
+
+#[test]
+fn scripts_run_server_side_as_one_step_with_errors_where_they_are() {
+    watchdog(Duration::from_secs(120));
+    let s = kahuna_tests::Server::start(&["--shards", "1", "--partitions", "4"]);
+    let c = s.client();
+    c.txn(vec![], vec![set(b"acct/a".to_vec(), 100), set(b"acct/b".to_vec(), 5)], vec![]).unwrap();
+    let file = s.data_dir.with_extension("move.kahuna");
+    std::fs::write(
+        &file,
+        r#"# move @amount from @from to @to
+LET from = GET @from
+LET to = GET @to
+IF from == null OR to == null THEN THROW "no such account" END
+LET amount = INT(@amount)
+LET left = INT(from.value) - amount
+IF left < 0 THEN THROW "insufficient funds" END
+SET @from STR(left) CMPREV from.revision
+SET @to STR(INT(to.value) + amount)
+RETURN left
+"#,
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let run = |amount: &str| {
+        let (a, b, m) = ("from=acct/a", "to=acct/b", format!("amount={amount}"));
+        s.cli_json(&["script", "run", path, "--param", a, "--param", b, "--param", &m])
+    };
+    let (ok, v) = run("30");
+    assert!(ok, "{v}");
+    assert_eq!(v["result"], 70, "{v}");
+    assert_eq!(kahuna_tests::bank::read_pair(&c, b"acct/a", b"acct/b"), (70, 35));
+    // A THROW leaves nothing, and says why.
+    let (ok, v) = run("500");
+    assert!(!ok, "{v}");
+    assert_eq!(v["error"]["code"], "CONFLICT", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("insufficient funds"), "{v}");
+    assert_eq!(kahuna_tests::bank::read_pair(&c, b"acct/a", b"acct/b"), (70, 35));
+    // A runtime error names its line and column.
+    let (ok, v) = run("lots");
+    assert!(!ok, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("line 5, column"), "{v}");
+    // A parse error too, before anything runs.
+    std::fs::write(&file, "LET x = 1\nIF x THEN SET \"k\"\n").unwrap();
+    let (ok, v) = s.cli_json(&["script", "run", path]);
+    assert!(!ok, "{v}");
+    assert_eq!(v["error"]["code"], "INVALID", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("line 2, column"), "{v}");
+    // Keys whose partition is unknown before the script runs, or in two partitions: refused.
+    for (source, why) in [
+        ("LET k = GET \"acct/a\"\nSET k.value \"x\"", "literal or built from @params"),
+        ("SET \"!first\" 1\nSET \"~last\" 1", "one partition"),
+    ] {
+        std::fs::write(&file, source).unwrap();
+        let (ok, v) = s.cli_json(&["script", "run", path]);
+        assert!(!ok && v["error"]["code"] == "INVALID", "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(why), "{v}");
+    }
+    let _ = std::fs::remove_file(&file);
+}

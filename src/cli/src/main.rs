@@ -63,8 +63,22 @@ enum Cmd {
     /// `{"get": "k"}`, `{"exists": "k"}`, `{"lock_get": "r"}`, `{"set": {"key": "k", "value":
     /// "v", "ttl_ms": 0}}`, `{"delete": "k"}`, `{"lock": {"resource": "r", "owner": "o",
     /// "lease_ms": 5000}}`, `{"unlock": {"resource": "r", "owner": "o"}}`, `{"seq_next":
-    /// {"name": "s", "count": 1}}`. Every key in one partition; atomic and serializable.
+    /// {"name": "s", "count": 1}}`. Keys in any partitions; atomic and serializable.
     Txn { file: String },
+    /// Scripts in Kahuna's language, run server-side as one atomic step (README "Scripts").
+    #[command(subcommand)]
+    Script(ScriptCmd),
+}
+
+#[derive(Subcommand)]
+enum ScriptCmd {
+    /// Run the script in FILE (`-`: stdin); `--param name=value` (repeatable) sets `@name` to
+    /// the string `value`. Prints `{"result": …}`, what the script returned.
+    Run {
+        file: String,
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -795,14 +809,22 @@ fn run(c: &Client, cmd: Cmd, wait_for: Duration, json_out: bool) -> Result<(Valu
             v["held"] = json!(s.acquired);
             (v, table)
         }
-        Cmd::Txn { file } => {
-            let text = if file == "-" {
-                let mut s = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
-            } else {
-                std::fs::read_to_string(&file)
+        Cmd::Script(ScriptCmd::Run { file, params }) => {
+            let source = read_input(&file)?;
+            let mut named = Vec::new();
+            for p in &params {
+                let Some((n, v)) = p.split_once('=') else {
+                    let msg = format!("--param {p:?}: expected NAME=VALUE");
+                    return Err(Error::new(kahuna_client::ErrorCode::Invalid, msg));
+                };
+                named.push((n.to_string(), v.as_bytes().to_vec()));
             }
-            .map_err(|e| Error::new(kahuna_client::ErrorCode::Invalid, format!("{file}: {e}")))?;
+            let out = c.script(&source, named)?;
+            let result: Value = serde_json::from_str(&out).unwrap_or(Value::String(out.clone()));
+            (json!({"result": result}), out)
+        }
+        Cmd::Txn { file } => {
+            let text = read_input(&file)?;
             let (compare, then, otherwise) = txn_from_json(&text)?;
             let (succeeded, results) = c.txn(compare, then, otherwise)?;
             let results: Vec<Value> = results.iter().map(result_json).collect();
@@ -1010,8 +1032,19 @@ fn is_write(cmd: &Cmd) -> bool {
             !matches!(c, ClusterCmd::Status { .. } | ClusterCmd::Wait { .. } | ClusterCmd::Members)
         }
         Cmd::Backup(_) => false,
-        Cmd::Txn { .. } => true,
+        Cmd::Txn { .. } | Cmd::Script(_) => true,
     }
+}
+
+/// The text of FILE, or of stdin for `-`.
+fn read_input(file: &str) -> Result<String, Error> {
+    if file == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
+    } else {
+        std::fs::read_to_string(file)
+    }
+    .map_err(|e| Error::new(kahuna_client::ErrorCode::Invalid, format!("{file}: {e}")))
 }
 
 /// What a failed write did: `unknown` after a `TIMEOUT` (it may have been applied: read before

@@ -97,6 +97,10 @@ impl Client {
         self.rt.block_on(self.inner.txn(compare, then, otherwise))
     }
 
+    pub fn script(&self, source: &str, params: Vec<(String, Vec<u8>)>) -> Result<String, Error> {
+        self.rt.block_on(self.inner.script(source, params))
+    }
+
     pub fn membership(
         &self,
         action: crate::MemberAction,

@@ -602,6 +602,20 @@ impl Client {
         }
     }
 
+    /// Runs a script server-side as one atomic step of one partition (`params`: `@name` →
+    /// value, each a string); answers what it returned, as JSON.
+    pub async fn script(
+        &self,
+        source: &str,
+        params: Vec<(String, Vec<u8>)>,
+    ) -> Result<String, Error> {
+        let op = Op::Script { source: source.to_string(), params, key: Vec::new() };
+        match self.call(op).await? {
+            Reply::Script { json } => Ok(json),
+            r => Err(unexpected(r)),
+        }
+    }
+
     /// Reads or changes the membership (`node` is the member a change is about): the members
     /// afterwards and whether the replica balancer runs.
     pub async fn membership(

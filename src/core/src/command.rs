@@ -202,6 +202,13 @@ pub enum WriteOp {
         names: Vec<Vec<u8>>,
         outcome: u8,
     },
+    /// A script (see [`crate::script`]) run in this partition as one step; `keys` are every
+    /// key it can touch (its key expressions are all literals or parameters).
+    Script {
+        source: String,
+        params: Vec<(String, Vec<u8>)>,
+        keys: Vec<Vec<u8>>,
+    },
 }
 
 impl WriteOp {
@@ -224,7 +231,9 @@ impl WriteOp {
                 .chain(then.iter().chain(otherwise).map(|s| s.key()))
                 .collect(),
             WriteOp::TxnDecide { primary, .. } => vec![primary],
-            WriteOp::TxnResolve { names, .. } => names.iter().map(|k| k.as_slice()).collect(),
+            WriteOp::TxnResolve { names, .. } | WriteOp::Script { keys: names, .. } => {
+                names.iter().map(|k| k.as_slice()).collect()
+            }
         }
     }
 
@@ -289,6 +298,27 @@ impl LogCommand {
     }
 }
 
+/// A script's parameters as it sees them: every one a string.
+pub fn script_params(
+    params: &[(String, Vec<u8>)],
+) -> std::collections::BTreeMap<String, crate::script::Value> {
+    params.iter().map(|(n, v)| (n.clone(), crate::script::Value::Bytes(v.clone()))).collect()
+}
+
+/// Every key a script can touch, or why it cannot run: it does not parse (the error names the
+/// line and column), or a key depends on what it reads (its partition is not known before).
+pub fn script_keys(source: &str, params: &[(String, Vec<u8>)]) -> Result<Vec<Vec<u8>>, String> {
+    let script =
+        crate::script::parse(source).map_err(|e| format!("the script does not parse: {e}"))?;
+    match script.static_keys(&script_params(params)) {
+        Some(keys) if !keys.is_empty() => Ok(keys),
+        Some(_) => Err("the script names no key".into()),
+        None => Err("every key a script names must be a literal or built from @params (its \
+             partition is found before it runs), and every @param it uses given"
+            .into()),
+    }
+}
+
 /// Splits a request into a write (to replicate or to apply to ephemeral state) or hands the
 /// read back unchanged.
 pub fn into_write(op: Op) -> Result<WriteOp, Op> {
@@ -344,6 +374,11 @@ pub fn into_write(op: Op) -> Result<WriteOp, Op> {
                 .collect();
             WriteOp::Txn { compare, then: t, otherwise: o }
         }
+        Op::Script { source, params, key } => match script_keys(&source, &params) {
+            Ok(keys) => WriteOp::Script { source, params, keys },
+            // Refused by the limits before; as a read it is answered with an error.
+            Err(_) => return Err(Op::Script { source, params, key }),
+        },
         Op::Internal { key, payload, read: false } => match WriteOp::decode_internal(&payload) {
             Ok(op) => op,
             // Refused by the limits before; as a read it is answered with an error.

@@ -326,6 +326,33 @@ impl Limits {
                 Ok(())
             }
             Op::Internal { .. } => Err(invalid("internal steps come from Kahuna's nodes only")),
+            Op::Script { source, params, key } => {
+                if source.len() > crate::script::MAX_SCRIPT_BYTES {
+                    return Err(too_large("script", source.len(), crate::script::MAX_SCRIPT_BYTES));
+                }
+                if params.len() > MAX_TXN_PARTS {
+                    return Err(invalid(format!(
+                        "a script takes at most {MAX_TXN_PARTS} parameters"
+                    )));
+                }
+                for (name, v) in params {
+                    if name.is_empty() || name.len() > 64 {
+                        return Err(invalid("a parameter name has 1 to 64 bytes"));
+                    }
+                    if v.len() > self.max_value_bytes {
+                        return Err(too_large("parameter", v.len(), self.max_value_bytes));
+                    }
+                }
+                self.key("key", key, true)?;
+                let keys = crate::command::script_keys(source, params).map_err(invalid)?;
+                if keys.len() > MAX_TXN_PARTS {
+                    return Err(invalid(format!("a script names at most {MAX_TXN_PARTS} keys")));
+                }
+                for k in &keys {
+                    self.key("key", k, false)?;
+                }
+                Ok(())
+            }
             Op::MoveReplica { .. } => Err(invalid(
                 "replica moves are the balancer's: use `cluster drain`, `remove-node` or `balance`"
                     .to_string(),

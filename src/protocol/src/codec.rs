@@ -263,6 +263,20 @@ fn decode_request_at(buf: &[u8], nested: bool) -> Result<(u64, u32, Op), DecodeE
                 otherwise: nested_ops(o.otherwise(), id)?,
             }
         }
+        wire::Op::Script => {
+            let o = req.op_as_script().ok_or_else(|| missing("script body"))?;
+            let params = o
+                .params()
+                .iter()
+                .flatten()
+                .map(|p| (p.name().unwrap_or_default().to_string(), bytes(p.value())))
+                .collect();
+            Op::Script {
+                source: o.source().unwrap_or_default().to_string(),
+                params,
+                key: bytes(o.key()),
+            }
+        }
         wire::Op::Internal => {
             let o = req.op_as_internal().ok_or_else(|| missing("internal body"))?;
             Op::Internal { key: bytes(o.key()), payload: bytes(o.payload()), read: o.read() }
@@ -563,6 +577,23 @@ pub fn encode_request(
                 &wire::BackupArgs { key: Some(key), offset: *offset, index: *index },
             );
             (wire::Op::Backup, o.as_union_value())
+        }
+        Op::Script { source, params, key } => {
+            let params: Vec<_> = params
+                .iter()
+                .map(|(n, v)| {
+                    let (name, value) = (fbb.create_string(n), fbb.create_vector(v));
+                    wire::Param::create(
+                        fbb,
+                        &wire::ParamArgs { name: Some(name), value: Some(value) },
+                    )
+                })
+                .collect();
+            let params = fbb.create_vector(&params);
+            let (source, key) = (fbb.create_string(source), fbb.create_vector(key));
+            let args =
+                wire::ScriptArgs { source: Some(source), params: Some(params), key: Some(key) };
+            (wire::Op::Script, wire::Script::create(fbb, &args).as_union_value())
         }
         Op::Internal { key, payload, read } => {
             let (key, payload) = (fbb.create_vector(key), fbb.create_vector(payload));
@@ -1008,6 +1039,14 @@ pub fn encode_response(
                         wire::TxnResultArgs { succeeded: *succeeded, results: Some(results) };
                     (wire::Reply::TxnResult, wire::TxnResult::create(fbb, &args).as_union_value())
                 }
+                Reply::Script { json } => {
+                    let json = fbb.create_string(json);
+                    let args = wire::ScriptResultArgs { json: Some(json) };
+                    (
+                        wire::Reply::ScriptResult,
+                        wire::ScriptResult::create(fbb, &args).as_union_value(),
+                    )
+                }
                 Reply::Internal { payload } => {
                     let payload = fbb.create_vector(payload);
                     let args = wire::InternalResultArgs { payload: Some(payload) };
@@ -1189,6 +1228,10 @@ fn decode_response_at(buf: &[u8], nested: bool) -> Result<DecodedResponse, Decod
             }
             Reply::Txn { succeeded: r.succeeded(), results }
         }
+        wire::Reply::ScriptResult => {
+            let r = resp.result_as_script_result().ok_or_else(|| missing("result"))?;
+            Reply::Script { json: r.json().unwrap_or_default().to_string() }
+        }
         wire::Reply::InternalResult => {
             let r = resp.result_as_internal_result().ok_or_else(|| missing("result"))?;
             Reply::Internal { payload: bytes(r.payload()) }
@@ -1337,6 +1380,11 @@ mod tests {
             },
             Op::MoveReplica { key: k.clone(), partition: 3, epoch: 4, add: 0, remove: 0, lead: 2 },
             Op::Internal { key: k.clone(), payload: vec![1, 2, 3], read: true },
+            Op::Script {
+                source: "RETURN @x".into(),
+                params: vec![("x".into(), b"1".to_vec())],
+                key: k.clone(),
+            },
         ] {
             roundtrip_op(op);
         }
@@ -1412,6 +1460,7 @@ mod tests {
             }),
             Ok(Reply::MoveReplica { step: "promote".into(), epoch: 9 }),
             Ok(Reply::Internal { payload: vec![3, 2, 1] }),
+            Ok(Reply::Script { json: "{\"value\": \"v\", \"revision\": 3}".into() }),
             Ok(Reply::Txn {
                 succeeded: true,
                 results: vec![

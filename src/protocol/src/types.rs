@@ -258,6 +258,13 @@ pub enum Op {
         /// Served as a read (see the schema).
         read: bool,
     },
+    /// A script, run server-side in one partition (see the schema's `Script`).
+    Script {
+        source: String,
+        params: Vec<(String, Vec<u8>)>,
+        /// The first key the script names (filled in by the serving node; routes it).
+        key: Vec<u8>,
+    },
 }
 
 /// One condition of a [`Op::Txn`]: `target(key) op value|number`.
@@ -341,7 +348,7 @@ impl Op {
             | Op::LockGet { resource, .. } => resource,
             Op::SeqNext { name, .. } => name,
             Op::Backup { key, .. } | Op::Split { key, .. } | Op::MoveReplica { key, .. } => key,
-            Op::Internal { key, .. } => key,
+            Op::Internal { key, .. } | Op::Script { key, .. } => key,
             Op::ClusterStatus { .. } => &[],
             Op::Membership { .. } => MEMBERS_PREFIX,
             Op::Txn { compare, then, otherwise } => match compare.first() {
@@ -382,7 +389,8 @@ impl Op {
             | Op::Membership { .. }
             | Op::MoveReplica { .. }
             | Op::Txn { .. }
-            | Op::Internal { .. } => Durability::Persistent,
+            | Op::Internal { .. }
+            | Op::Script { .. } => Durability::Persistent,
         }
     }
 
@@ -423,6 +431,7 @@ impl Op {
             Op::MoveReplica { .. } => "move replica",
             Op::Txn { .. } => "txn",
             Op::Internal { .. } => "internal",
+            Op::Script { .. } => "script",
         }
     }
 }
@@ -510,6 +519,10 @@ pub enum Reply {
     /// The answer to an [`Op::Internal`] step.
     Internal {
         payload: Vec<u8>,
+    },
+    /// What a script returned, as JSON.
+    Script {
+        json: String,
     },
 }
 

@@ -13,6 +13,7 @@
 pub mod intents;
 mod kv;
 mod locks;
+pub mod script;
 
 pub use kv::expired_before;
 mod sequences;
@@ -128,6 +129,11 @@ pub fn apply<T: Txn>(txn: &mut T, op: &WriteOp, ctx: &ApplyCtx) -> Result<Reply,
         WriteOp::Txn { compare, then, otherwise } => {
             intents::check_txn(txn, compare, then, otherwise)?
         }
+        WriteOp::Script { source, params, keys } => {
+            let names: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+            intents::check_free(txn, &names)?;
+            return script::run(txn, source, params, keys, ctx);
+        }
         other => intents::check_free(txn, &other.keys())?,
     }
     match op {
@@ -156,6 +162,7 @@ pub fn apply<T: Txn>(txn: &mut T, op: &WriteOp, ctx: &ApplyCtx) -> Result<Reply,
             Ok(Reply::MoveReplica { step: "lead".to_string(), epoch: epoch + 1 })
         }
         WriteOp::KvCollect { .. }
+        | WriteOp::Script { .. }
         | WriteOp::TxnPrepare { .. }
         | WriteOp::TxnDecide { .. }
         | WriteOp::TxnResolve { .. } => unreachable!("applied above"),

@@ -748,10 +748,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for StatusScope {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 19;
+pub const ENUM_MAX_OP: u8 = 20;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 20] = [
+pub const ENUM_VALUES_OP: [Op; 21] = [
   Op::NONE,
   Op::KvSet,
   Op::KvGet,
@@ -772,6 +772,7 @@ pub const ENUM_VALUES_OP: [Op; 20] = [
   Op::MoveReplica,
   Op::Txn,
   Op::Internal,
+  Op::Script,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -799,9 +800,10 @@ impl Op {
   pub const MoveReplica: Self = Self(17);
   pub const Txn: Self = Self(18);
   pub const Internal: Self = Self(19);
+  pub const Script: Self = Self(20);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 19;
+  pub const ENUM_MAX: u8 = 20;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::KvSet,
@@ -823,6 +825,7 @@ impl Op {
     Self::MoveReplica,
     Self::Txn,
     Self::Internal,
+    Self::Script,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -847,6 +850,7 @@ impl Op {
       Self::MoveReplica => Some("MoveReplica"),
       Self::Txn => Some("Txn"),
       Self::Internal => Some("Internal"),
+      Self::Script => Some("Script"),
       _ => None,
     }
   }
@@ -1003,10 +1007,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ReplicaRole {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 17;
+pub const ENUM_MAX_REPLY: u8 = 18;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 18] = [
+pub const ENUM_VALUES_REPLY: [Reply; 19] = [
   Reply::NONE,
   Reply::KvSetResult,
   Reply::KvGetResult,
@@ -1025,6 +1029,7 @@ pub const ENUM_VALUES_REPLY: [Reply; 18] = [
   Reply::MoveReplicaResult,
   Reply::TxnResult,
   Reply::InternalResult,
+  Reply::ScriptResult,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -1050,9 +1055,10 @@ impl Reply {
   pub const MoveReplicaResult: Self = Self(15);
   pub const TxnResult: Self = Self(16);
   pub const InternalResult: Self = Self(17);
+  pub const ScriptResult: Self = Self(18);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 17;
+  pub const ENUM_MAX: u8 = 18;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::KvSetResult,
@@ -1072,6 +1078,7 @@ impl Reply {
     Self::MoveReplicaResult,
     Self::TxnResult,
     Self::InternalResult,
+    Self::ScriptResult,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -1094,6 +1101,7 @@ impl Reply {
       Self::MoveReplicaResult => Some("MoveReplicaResult"),
       Self::TxnResult => Some("TxnResult"),
       Self::InternalResult => Some("InternalResult"),
+      Self::ScriptResult => Some("ScriptResult"),
       _ => None,
     }
   }
@@ -4070,6 +4078,253 @@ impl ::core::fmt::Debug for Internal<'_> {
       ds.finish()
   }
 }
+pub enum ParamOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A named parameter of a script (`@name`), as a string.
+pub struct Param<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Param<'a> {
+  type Inner = Param<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Param<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Param { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ParamArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Param<'bldr>> {
+    let mut builder = ParamBuilder::new(_fbb);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Param::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Param::VT_VALUE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Param<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ParamArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ParamArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ParamArgs {
+      name: None,
+      value: None,
+    }
+  }
+}
+
+pub struct ParamBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ParamBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Param::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Param::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ParamBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ParamBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Param<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Param<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Param");
+      ds.field("name", &self.name());
+      ds.field("value", &self.value());
+      ds.finish()
+  }
+}
+pub enum ScriptOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A script in Kahuna's language, run server-side as one serializable step of one partition
+/// (see the README's "Scripts"). `key` is empty from a client: the serving node fills in the
+/// script's first key, which routes it.
+pub struct Script<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Script<'a> {
+  type Inner = Script<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Script<'a> {
+  pub const VT_SOURCE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PARAMS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Script { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ScriptArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Script<'bldr>> {
+    let mut builder = ScriptBuilder::new(_fbb);
+    if let Some(x) = args.key { builder.add_key(x); }
+    if let Some(x) = args.params { builder.add_params(x); }
+    if let Some(x) = args.source { builder.add_source(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn source(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Script::VT_SOURCE, None)}
+  }
+  #[inline]
+  pub fn params(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Param<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Param>>>>(Script::VT_PARAMS, None)}
+  }
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Script::VT_KEY, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Script<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("source", Self::VT_SOURCE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Param>>>>("params", Self::VT_PARAMS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ScriptArgs<'a> {
+    pub source: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub params: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Param<'a>>>>>,
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ScriptArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ScriptArgs {
+      source: None,
+      params: None,
+      key: None,
+    }
+  }
+}
+
+pub struct ScriptBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScriptBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_source(&mut self, source: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Script::VT_SOURCE, source);
+  }
+  #[inline]
+  pub fn add_params(&mut self, params: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Param<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Script::VT_PARAMS, params);
+  }
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Script::VT_KEY, key);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ScriptBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ScriptBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Script<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Script<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Script");
+      ds.field("source", &self.source());
+      ds.field("params", &self.params());
+      ds.field("key", &self.key());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4423,6 +4678,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_script(&self) -> Option<Script<'a>> {
+    if self.op_type() == Op::Script {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Script::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -4454,6 +4724,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Op::MoveReplica => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MoveReplica>>("Op::MoveReplica", pos),
           Op::Txn => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Txn>>("Op::Txn", pos),
           Op::Internal => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Internal>>("Op::Internal", pos),
+          Op::Script => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Script>>("Op::Script", pos),
           _ => Ok(()),
         }
      })?
@@ -4650,6 +4921,13 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Op::Internal => {
           if let Some(x) = self.op_as_internal() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Script => {
+          if let Some(x) = self.op_as_script() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -8116,6 +8394,104 @@ impl ::core::fmt::Debug for InternalResult<'_> {
       ds.finish()
   }
 }
+pub enum ScriptResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// What a script returned, as JSON (null, a boolean, an integer, a string, or
+/// {"value": ..., "revision": N} for a GET's answer).
+pub struct ScriptResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ScriptResult<'a> {
+  type Inner = ScriptResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ScriptResult<'a> {
+  pub const VT_JSON: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ScriptResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ScriptResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ScriptResult<'bldr>> {
+    let mut builder = ScriptResultBuilder::new(_fbb);
+    if let Some(x) = args.json { builder.add_json(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn json(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ScriptResult::VT_JSON, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ScriptResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("json", Self::VT_JSON, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ScriptResultArgs<'a> {
+    pub json: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for ScriptResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ScriptResultArgs {
+      json: None,
+    }
+  }
+}
+
+pub struct ScriptResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScriptResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_json(&mut self, json: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ScriptResult::VT_JSON, json);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ScriptResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ScriptResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ScriptResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ScriptResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ScriptResult");
+      ds.field("json", &self.json());
+      ds.finish()
+  }
+}
 pub enum ResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -8449,6 +8825,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_script_result(&self) -> Option<ScriptResult<'a>> {
+    if self.result_type() == Reply::ScriptResult {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ScriptResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -8478,6 +8869,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           Reply::MoveReplicaResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MoveReplicaResult>>("Reply::MoveReplicaResult", pos),
           Reply::TxnResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TxnResult>>("Reply::TxnResult", pos),
           Reply::InternalResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InternalResult>>("Reply::InternalResult", pos),
+          Reply::ScriptResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ScriptResult>>("Reply::ScriptResult", pos),
           _ => Ok(()),
         }
      })?
@@ -8667,6 +9059,13 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         Reply::InternalResult => {
           if let Some(x) = self.result_as_internal_result() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::ScriptResult => {
+          if let Some(x) = self.result_as_script_result() {
             ds.field("result", &x)
           } else {
             ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -109,12 +109,47 @@ impl Shard {
             }
             _ => {}
         }
+        // A script is routed by its first key, which the serving node finds (never the
+        // client's word).
+        let op = match op {
+            Op::Script { source, params, .. } => match self.script_route(&source, &params) {
+                Ok(key) => Op::Script { source, params, key },
+                Err(e) => return (Err(e), 0),
+            },
+            other => other,
+        };
         let (id, shard) = {
             let map = self.map.borrow();
             let part = map.locate(op.position_key());
             (part.id, part.shard)
         };
         self.execute_on(id, shard, op, deadline).await
+    }
+
+    /// Where a script runs: the partition of its first key, which must hold all of them
+    /// (scripts across partitions are not built).
+    fn script_route(
+        &self,
+        source: &str,
+        params: &[(String, Vec<u8>)],
+    ) -> Result<Vec<u8>, WireError> {
+        let keys = kahuna_core::command::script_keys(source, params)
+            .map_err(|e| WireError::new(ErrorCode::Invalid, e))?;
+        let map = self.map.borrow();
+        let first = map.locate(&keys[0]);
+        if let Some(k) = keys.iter().find(|k| map.locate(k).id != first.id) {
+            return Err(WireError::new(
+                ErrorCode::Invalid,
+                format!(
+                    "a script runs in one partition, and {:?} lies outside the one of {:?}: keep \
+                     a script's keys under one prefix, or use a transaction (which spans \
+                     partitions)",
+                    String::from_utf8_lossy(k),
+                    String::from_utf8_lossy(&keys[0])
+                ),
+            ));
+        }
+        Ok(keys[0].clone())
     }
 
     async fn execute_on(
