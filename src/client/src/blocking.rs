@@ -97,6 +97,11 @@ impl Client {
         self.rt.block_on(self.inner.txn(compare, then, otherwise))
     }
 
+    /// Begins an interactive transaction (see [`crate::Transaction`]).
+    pub fn begin(&self, timeout: std::time::Duration) -> Transaction<'_> {
+        Transaction { rt: &self.rt, inner: self.inner.begin(timeout) }
+    }
+
     pub fn script(&self, source: &str, params: Vec<(String, Vec<u8>)>) -> Result<String, Error> {
         self.rt.block_on(self.inner.script(source, params))
     }
@@ -115,5 +120,33 @@ impl Client {
 
     pub fn seq_next(&self, name: &[u8], count: u64) -> Result<(u64, u64), Error> {
         self.rt.block_on(self.inner.seq_next(name, count))
+    }
+}
+
+/// An interactive transaction of a blocking client (see [`crate::Transaction`]).
+pub struct Transaction<'a> {
+    rt: &'a Runtime,
+    inner: crate::Transaction,
+}
+
+impl Transaction<'_> {
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<crate::KvItem>, Error> {
+        self.rt.block_on(self.inner.get(key))
+    }
+
+    pub fn set(&mut self, key: &[u8], value: &[u8], ttl_ms: u64) -> Result<(), Error> {
+        self.inner.set(key, value, ttl_ms)
+    }
+
+    pub fn delete(&mut self, key: &[u8]) -> Result<(), Error> {
+        self.inner.delete(key)
+    }
+
+    pub fn commit(self) -> Result<(), Error> {
+        self.rt.block_on(self.inner.commit())
+    }
+
+    pub fn rollback(self) {
+        self.inner.rollback()
     }
 }

@@ -34,7 +34,10 @@
 
 pub mod blocking;
 mod conn;
+pub mod interactive;
 mod routes;
+
+pub use interactive::Transaction;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
