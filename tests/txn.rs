@@ -182,6 +182,13 @@ fn a_coordinator_killed_mid_transaction_blocks_nothing_past_the_deadline() {
         println!("{point}: read after {waited:?}: {got:?}");
         c.node_mut(1).restart();
     }
+    // The record the dead coordinator left is finished and forgotten by its partition's leader.
+    let left = "finishing a transaction its coordinator left";
+    let t = Instant::now();
+    while !(1..=3).any(|n| c.node(n).log_text().contains(left)) {
+        assert!(t.elapsed() < Duration::from_secs(20), "no leader finished the left record");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_replicas_equal(c.node(1), 3);
 }
 #[test]

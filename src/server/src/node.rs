@@ -588,6 +588,7 @@ async fn run_shard(start: ShardStart) -> Result<(), NodeError> {
     if shard == 0 {
         glommio::spawn_local(crate::cluster::membership::keep(shard_ctx.clone())).detach();
     }
+    glommio::spawn_local(crate::shard::txn::recover(shard_ctx.clone())).detach();
     transport::client::serve(shard_ctx, listener).await;
     Ok(())
 }

@@ -181,6 +181,33 @@ pub fn held_in_range<S: Scan + ?Sized>(
     }
 }
 
+/// The records under primary keys in the user range `[lo, hi)`, at most `max` of them: what a
+/// partition's leader looks at to finish transactions whose coordinator did not.
+pub fn records_in_range<S: Scan + ?Sized>(
+    store: &S,
+    lo: &[u8],
+    hi: Option<&[u8]>,
+    max: usize,
+) -> Result<Vec<(Vec<u8>, TxnRecord)>, WireError> {
+    let (l, h) = keys::kind_range(keys::TXN_RECORD, lo, hi.unwrap_or_default());
+    let mut out = Vec::new();
+    let mut bad = None;
+    store.scan(&l, &h, &mut |k, v| {
+        match decode_txn_records(v) {
+            Ok(recs) => out.extend(recs.into_iter().map(|r| (k[1..].to_vec(), r))),
+            Err(e) => {
+                bad = Some(corrupt(e));
+                return false;
+            }
+        }
+        out.len() < max
+    });
+    match bad {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
 fn records<G: Get + ?Sized>(store: &G, primary: &[u8]) -> Result<Vec<TxnRecord>, WireError> {
     match store.get(&data_key(keys::TXN_RECORD, primary)) {
         None => Ok(Vec::new()),

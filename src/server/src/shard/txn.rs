@@ -527,6 +527,63 @@ impl Shard {
     }
 }
 
+/// How often each shard looks for records their coordinator left behind, and how many it
+/// finishes per look.
+const RECOVER_EVERY: Duration = Duration::from_secs(2);
+const RECOVER_BATCH: usize = 16;
+
+/// Finishes the transactions whose coordinator died (or gave up resolving) in the partitions
+/// this shard leads: a record still there past its deadline is settled (a pending one aborted),
+/// every name it lists resolved, and then it is forgotten. Without this, intents on keys nobody
+/// touches again would stay, and records would pile up under their first key.
+pub async fn recover(shard: Rc<Shard>) {
+    loop {
+        glommio::timer::sleep(RECOVER_EVERY).await;
+        let now_ms = shard.now_ms();
+        let mut found = Vec::new();
+        {
+            let parts = shard.parts.borrow();
+            for p in parts.values().filter(|p| p.is_leader()) {
+                let hi = (!p.info.end.is_empty()).then_some(p.info.end.as_slice());
+                match intents::records_in_range(&shard.db, &p.info.start, hi, RECOVER_BATCH) {
+                    Ok(recs) => {
+                        found.extend(recs.into_iter().filter(|(_, r)| now_ms >= r.deadline_ms))
+                    }
+                    Err(e) => tracing::error!("partition {}: {e}", p.info.id),
+                }
+                if found.len() >= RECOVER_BATCH {
+                    break;
+                }
+            }
+        }
+        for (primary, rec) in found {
+            let until = Instant::now() + ATTEMPT * 4;
+            let status = WriteOp::TxnDecide {
+                txn: rec.txn.clone(),
+                primary: primary.clone(),
+                deadline_ms: rec.deadline_ms,
+                action: intents::DECIDE_STATUS,
+            };
+            let Ok(r) = shard.internal_until(&primary, &status, until).await else { continue };
+            let Some(state) = state_of(&r).filter(|s| *s != TXN_PENDING) else { continue };
+            tracing::info!(
+                "finishing a transaction its coordinator left (first key {:?}, {} keys, state {state})",
+                String::from_utf8_lossy(&primary),
+                rec.names.len()
+            );
+            if shard.resolve_names(&rec.txn, &rec.names, state, until).await {
+                let forget = WriteOp::TxnDecide {
+                    txn: rec.txn,
+                    primary: primary.clone(),
+                    deadline_ms: rec.deadline_ms,
+                    action: DECIDE_FORGET,
+                };
+                let _ = shard.internal_until(&primary, &forget, until).await;
+            }
+        }
+    }
+}
+
 /// A transaction that was aborted applied nothing: an error that left its outcome unknown
 /// (a prepare that did not answer) becomes a retryable one.
 fn not_applied(e: WireError) -> WireError {
