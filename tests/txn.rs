@@ -342,7 +342,13 @@ fn interactive_transactions_see_one_snapshot_and_commit_only_what_still_holds() 
     t.set(&a, (va - 5).to_string().as_bytes(), 0).unwrap();
     t.set(&b, (vb + 5).to_string().as_bytes(), 0).unwrap();
     assert_eq!(value(t.get(&a).unwrap()), 5);
+    assert_eq!(value(t.get(&b).unwrap()), 25);
     t.commit().unwrap();
+    // A key read twice reads the same.
+    let mut t = c.begin(Duration::from_secs(5));
+    assert_eq!(value(t.get(&a).unwrap()), 5);
+    assert_eq!(value(t.get(&a).unwrap()), 5);
+    t.rollback();
     assert_eq!(kahuna_tests::bank::read_pair(&c, &a, &b), (5, 25));
     // Two read the same key and write it: the second commit is refused, nothing of it applied.
     let mut t1 = c.begin(Duration::from_secs(5));

@@ -83,7 +83,9 @@ impl Transaction {
             }));
         }
         let mut keys: Vec<Vec<u8>> = self.reads.keys().cloned().collect();
-        keys.push(key.to_vec());
+        if !self.reads.contains_key(key) {
+            keys.push(key.to_vec());
+        }
         let (_, results) =
             self.client.txn(vec![], keys.iter().map(|k| get(k)).collect(), vec![]).await?;
         let mut item = None;
@@ -96,18 +98,17 @@ impl Transaction {
                     return Err(WireError::new(ErrorCode::Internal, format!("{other:?}")));
                 }
             };
-            match self.reads.get(k) {
-                Some(seen) if *seen != revision => {
+            if let Some(seen) = self.reads.get(k) {
+                if *seen != revision {
                     return Err(conflict(&format!(
                         "{:?} changed since this transaction read it",
                         String::from_utf8_lossy(k)
                     )));
                 }
-                Some(_) => {}
-                None => {
-                    self.reads.insert(k.clone(), revision);
-                    item = found;
-                }
+            }
+            self.reads.insert(k.clone(), revision);
+            if k.as_slice() == key {
+                item = found;
             }
         }
         Ok(item)

@@ -95,8 +95,16 @@ impl Limits {
                 self.key("key", key, true)?;
                 let op = crate::command::WriteOp::decode_internal(payload)
                     .map_err(|e| invalid(e.to_string()))?;
-                if *read && !matches!(op, crate::command::WriteOp::TxnPrepare { .. }) {
-                    return Err(invalid("only a transaction's part is read"));
+                use crate::command::WriteOp::{TxnDecide, TxnPrepare};
+                let readable = match &op {
+                    TxnPrepare { .. } => true,
+                    TxnDecide { action, .. } => {
+                        *action == crate::state_machine::intents::DECIDE_STATUS
+                    }
+                    _ => false,
+                };
+                if *read && !readable {
+                    return Err(invalid("only a transaction's part or status is read"));
                 }
                 self.internal(&op, *read)
             }

@@ -53,6 +53,15 @@ pub const DECIDE_ABORT: u8 = 3;
 /// Every intent is resolved: drop the decided record.
 pub const DECIDE_FORGET: u8 = 4;
 
+/// How long after its prepare a transaction may still commit: past it, anyone who meets its
+/// intents may abort it. Also the longest a crashed coordinator's transaction blocks its keys.
+pub const TXN_DEADLINE_MS: u64 = 5_000;
+
+/// How long a decided record is kept past its deadline before a partition's leader may forget
+/// it (when its coordinator did not): longer than any coordinator retries its commit, so a
+/// retry always finds the record it committed.
+pub const RECORD_KEEP_MS: u64 = 120_000;
+
 /// Readers sharing one name, at most: past it a reading prepare is refused (LOCKED).
 pub const MAX_READERS: usize = 64;
 
@@ -181,20 +190,24 @@ pub fn held_in_range<S: Scan + ?Sized>(
     }
 }
 
-/// The records under primary keys in the user range `[lo, hi)`, at most `max` of them: what a
-/// partition's leader looks at to finish transactions whose coordinator did not.
+/// The records under primary keys in the user range `[lo, hi)` that `want` picks, at most
+/// `max` of them: what a partition's leader looks at to finish transactions whose coordinator
+/// did not.
 pub fn records_in_range<S: Scan + ?Sized>(
     store: &S,
     lo: &[u8],
     hi: Option<&[u8]>,
     max: usize,
+    want: &dyn Fn(&TxnRecord) -> bool,
 ) -> Result<Vec<(Vec<u8>, TxnRecord)>, WireError> {
     let (l, h) = keys::kind_range(keys::TXN_RECORD, lo, hi.unwrap_or_default());
     let mut out = Vec::new();
     let mut bad = None;
     store.scan(&l, &h, &mut |k, v| {
         match decode_txn_records(v) {
-            Ok(recs) => out.extend(recs.into_iter().map(|r| (k[1..].to_vec(), r))),
+            Ok(recs) => {
+                out.extend(recs.into_iter().filter(|r| want(r)).map(|r| (k[1..].to_vec(), r)))
+            }
             Err(e) => {
                 bad = Some(corrupt(e));
                 return false;
@@ -253,6 +266,13 @@ pub(super) fn prepare<T: Txn>(
             "the transaction's deadline passed before this part was prepared; nothing was applied",
         ));
     }
+    // A deadline far ahead would hold names that nobody could free: a peer's word is bounded.
+    if deadline_ms > ctx.now_ms + TXN_DEADLINE_MS + ctx.settings.max_clock_offset_ms {
+        return Err(WireError::new(
+            ErrorCode::Invalid,
+            "a transaction's deadline is too far ahead",
+        ));
+    }
     let mut names: Vec<&[u8]> = compare
         .iter()
         .map(|c| c.key.as_slice())
@@ -280,7 +300,11 @@ pub(super) fn prepare<T: Txn>(
     if !record_names.is_empty() {
         recs = records(txn, primary)?;
         if recs.iter().any(|r| r.txn == id) {
-            return Err(WireError::new(ErrorCode::Internal, "a transaction prepared twice"));
+            // Prepared twice, or aborted (and marked) before this prepare came: never again.
+            return Err(WireError::new(
+                ErrorCode::Conflict,
+                "the transaction was already decided; nothing was applied",
+            ));
         }
         if recs.len() >= MAX_RECORDS_PER_KEY {
             return Err(WireError::new(
@@ -334,6 +358,13 @@ pub(super) fn prepare<T: Txn>(
     Ok(Reply::Txn { succeeded: held, results })
 }
 
+/// Where a transaction's record stands, read (not logged): its state, pending when there is
+/// none yet. Final only when committed or aborted; a pending answer at or past the deadline
+/// must be settled by a logged [`DECIDE_STATUS`] (the abort is a write).
+pub fn status<G: Get + ?Sized>(store: &G, primary: &[u8], id: &[u8]) -> Result<Reply, WireError> {
+    Ok(state_reply(record(store, primary, id)?.map(|r| r.state).unwrap_or(TXN_PENDING)))
+}
+
 /// A part of a transaction that writes nothing, evaluated without holding anything: whether
 /// its compares hold, both branches' results (as a prepare answers), and last a fingerprint of
 /// every name's state (`Reply::Internal`). The coordinator evaluates every part twice and
@@ -384,9 +415,10 @@ fn fingerprint<G: Get + ?Sized>(
             Some(b) => {
                 let r = crate::records::decode_kv(&b).map_err(corrupt)?;
                 out.extend_from_slice(&r.revision.to_le_bytes());
+                out.extend_from_slice(&r.expires_at_ms.to_le_bytes());
                 out.push(r.deleted as u8 | (r.is_live(now_ms) as u8) << 1);
             }
-            None => out.extend_from_slice(&[0xff; 9]),
+            None => out.extend_from_slice(&[0xff; 17]),
         }
         match store.get(&data_key(keys::LOCK, n)) {
             Some(b) => {
@@ -437,14 +469,31 @@ pub(super) fn decide<T: Txn>(
         None => (None, deadline_ms),
     };
     let after = decided(before, deadline, action, ctx.now_ms);
-    if let Some(i) = pos {
-        if action == DECIDE_FORGET && after != TXN_PENDING {
+    match pos {
+        Some(i) if action == DECIDE_FORGET && after != TXN_PENDING => {
             recs.remove(i);
             put_records(txn, primary, &recs);
-        } else if before != Some(after) {
+        }
+        Some(i) if before != Some(after) => {
             recs[i].state = after;
             put_records(txn, primary, &recs);
         }
+        Some(_) => {}
+        // No record, and aborted: mark it so. The first key's prepare may still be in flight,
+        // proposed by a leader whose clock stamps it before the deadline; the mark refuses it.
+        None if after == TXN_ABORTED
+            && action != DECIDE_FORGET
+            && recs.len() < MAX_RECORDS_PER_KEY * 2 =>
+        {
+            recs.push(TxnRecord {
+                txn: id.to_vec(),
+                state: TXN_ABORTED,
+                deadline_ms: deadline,
+                names: Vec::new(),
+            });
+            put_records(txn, primary, &recs);
+        }
+        None => {}
     }
     Ok(state_reply(after))
 }

@@ -193,11 +193,24 @@ pub fn read<S: Scan>(
         Op::KvHistory { key, limit, .. } => kv::history(store, key, *limit, limits),
         Op::LockGet { resource, .. } => locks::get(store, resource, now_ms),
         Op::Internal { payload, read: true, .. } => {
-            match crate::command::WriteOp::decode_internal(payload) {
-                Ok(WriteOp::TxnPrepare { compare, then, otherwise, .. }) => {
+            let op = crate::command::WriteOp::decode_internal(payload)
+                .map_err(|e| WireError::new(ErrorCode::Invalid, e.to_string()))?;
+            // Every key must be this partition's (a map behind a split sends a part here).
+            let inside = |k: &[u8]| k >= bounds.start && (bounds.end.is_empty() || k < bounds.end);
+            if let Some(k) = op.keys().into_iter().find(|k| !inside(k)) {
+                return Err(WireError::new(
+                    ErrorCode::Moved,
+                    format!("{:?} is not in this partition; retry", String::from_utf8_lossy(k)),
+                ));
+            }
+            match op {
+                WriteOp::TxnPrepare { compare, then, otherwise, .. } => {
                     intents::evaluate(store, &compare, &then, &otherwise, now_ms)
                 }
-                _ => Err(WireError::new(ErrorCode::Invalid, "not a transaction's part")),
+                WriteOp::TxnDecide { txn, primary, action: intents::DECIDE_STATUS, .. } => {
+                    intents::status(store, &primary, &txn)
+                }
+                _ => Err(WireError::new(ErrorCode::Invalid, "not a read of a transaction")),
             }
         }
         other => {

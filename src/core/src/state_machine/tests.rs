@@ -708,6 +708,26 @@ mod across {
         assert_eq!(set(&mut s, "b", "x", 0, Cond::None, 104), Ok(1));
         // A prepare after the deadline writes nothing.
         assert_eq!(prepare(&mut s, "t3", &["a"], put_b(), 100), Err(ErrorCode::Conflict));
+        // Asked about past its deadline with no record yet, a transaction is marked aborted:
+        // its first key's prepare, stamped earlier by a leader whose clock ran behind, is
+        // refused when it comes.
+        assert_eq!(decide(&mut s, "t5", DECIDE_STATUS, 100), TXN_ABORTED);
+        assert_eq!(prepare(&mut s, "t5", &["a"], put_b(), 50), Err(ErrorCode::Conflict));
+        assert_eq!(decide(&mut s, "t5", DECIDE_COMMIT_THEN, 60), TXN_ABORTED);
+        // A deadline too far ahead (a peer's word) is refused.
+        let far = WriteOp::TxnPrepare {
+            txn: b"t6".to_vec(),
+            primary: b"a".to_vec(),
+            deadline_ms: 1 << 40,
+            record: vec![],
+            compare: vec![],
+            then: put_b(),
+            otherwise: vec![],
+        };
+        assert_eq!(
+            apply(&mut s, &far, &ctx(90)).map_err(|e| e.code).err(),
+            Some(ErrorCode::Invalid)
+        );
         assert_eq!(get(&s, "a", 0, 105), Ok(("1".into(), 1)));
     }
 

@@ -739,7 +739,10 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
                                 | WriteOp::KvDelete { .. }
                         ) || matches!(&cmd.op, WriteOp::Txn { then, otherwise, .. }
                             if txn_ttl(then) || txn_ttl(otherwise))
-                            || matches!(&cmd.op, WriteOp::Script { .. })
+                            || matches!(
+                                &cmd.op,
+                                WriteOp::Script { .. } | WriteOp::TxnResolve { .. }
+                            )
                         {
                             p.ttl_keys = true; // something for the collector, soon
                         }

@@ -19,7 +19,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use kahuna_core::command::TxnStep;
+use kahuna_core::command::{TxnCompare, TxnStep};
 use kahuna_core::records::{Holder, TXN_ABORTED, TXN_PENDING};
 use kahuna_core::state_machine::intents::{self, state_of, DECIDE_ABORT, DECIDE_FORGET};
 use kahuna_core::txn_plan::{self, Verdict};
@@ -29,9 +29,8 @@ use kahuna_protocol::{Durability, ErrorCode, Op, Reply, WireError};
 use super::{Answer, Shard};
 use crate::clock::Clock;
 
-/// How long after its prepare a transaction may still commit; past it, anyone who meets its
-/// intents aborts it. Also the longest a crashed coordinator's transaction blocks its keys.
-pub const TXN_DEADLINE_MS: u64 = 5_000;
+use kahuna_core::state_machine::intents::RECORD_KEEP_MS;
+pub use kahuna_core::state_machine::intents::TXN_DEADLINE_MS;
 /// How long a prepare waits for another transaction's intent on its names before it gives up
 /// (the coordinator then aborts, and the client retries with backoff): short, so two
 /// transactions that each hold what the other wants do not wait for each other's deadline.
@@ -82,13 +81,20 @@ impl Shard {
     /// `intents::evaluate`); evaluated again otherwise, until the deadline. Holds nothing.
     async fn read_across(
         self: &Rc<Self>,
-        parts: &[txn_plan::Part],
-        then_len: usize,
-        otherwise_len: usize,
+        compare: &[TxnCompare],
+        then: &[TxnStep],
+        otherwise: &[TxnStep],
         deadline: Instant,
     ) -> Answer {
+        let (then_len, otherwise_len) = (then.len(), otherwise.len());
         let mut pause = Duration::from_millis(1);
         loop {
+            // Planned again each round: a part refused as MOVED went by a map behind a split.
+            let parts = {
+                let map = self.map();
+                txn_plan::plan(compare, then, otherwise, &|k| map.locate(k).id)
+            };
+            let parts = &parts;
             let checked = match self.evaluate_parts(parts, deadline).await {
                 Ok(first) => {
                     self.evaluate_parts(parts, deadline).await.map(|second| (first, second))
@@ -222,7 +228,7 @@ impl Shard {
         let names = txn_plan::names(&compare, &then, &otherwise);
         if intents::written_names(&then, &otherwise).is_empty() {
             // Writing nothing, it needs no record, no intents and no log entry.
-            return self.read_across(&parts, then.len(), otherwise.len(), deadline).await;
+            return self.read_across(&compare, &then, &otherwise, deadline).await;
         }
         let deadline_ms = self.now_ms() + TXN_DEADLINE_MS;
 
@@ -265,7 +271,7 @@ impl Shard {
         };
         let (succeeded, results) = match verdict {
             Verdict::Abort(e) => {
-                self.finish(&id, &primary, deadline_ms, &names, TXN_ABORTED, deadline).await;
+                self.finish_later(id, primary, deadline_ms, names, TXN_ABORTED);
                 return (Err(not_applied(e)), 0);
             }
             Verdict::Commit { succeeded, results } => (succeeded, results),
@@ -292,12 +298,13 @@ impl Shard {
                 if crate::faults::fired("txn_crash_after_commit").is_some() {
                     std::process::abort(); // committed, nothing resolved
                 }
-                // 4. Resolve, answer; the record goes once every name is resolved.
-                self.finish(&id, &primary, deadline_ms, &names, s, deadline).await;
+                // 4. Answer; resolve (a request meeting an intent before that asks the
+                // record, which says committed); the record goes once every name is resolved.
+                self.finish_later(id, primary, deadline_ms, names, s);
                 (Ok(Reply::Txn { succeeded, results }), 0)
             }
             Some(TXN_ABORTED) => {
-                self.finish(&id, &primary, deadline_ms, &names, TXN_ABORTED, deadline).await;
+                self.finish_later(id, primary, deadline_ms, names, TXN_ABORTED);
                 let e = WireError::new(
                     ErrorCode::Unavailable,
                     format!(
@@ -312,6 +319,24 @@ impl Shard {
                 (Err(e), 0)
             }
         }
+    }
+
+    /// [`Shard::finish`] in the background, with a time of its own (not the caller's, which
+    /// a prepare that timed out has used up).
+    fn finish_later(
+        self: &Rc<Self>,
+        id: Vec<u8>,
+        primary: Vec<u8>,
+        deadline_ms: u64,
+        names: Vec<Vec<u8>>,
+        outcome: u8,
+    ) {
+        let me = self.clone();
+        let until = Instant::now() + Duration::from_millis(TXN_DEADLINE_MS);
+        glommio::spawn_local(async move {
+            me.finish(&id, &primary, deadline_ms, &names, outcome, until).await;
+        })
+        .detach();
     }
 
     /// Resolves every name as `outcome` (an abort marks the record first), then forgets the
@@ -331,10 +356,11 @@ impl Shard {
             deadline_ms,
             action,
         };
-        if outcome == TXN_ABORTED
-            && self.internal_until(primary, &record(DECIDE_ABORT), deadline).await.is_err()
-        {
-            return; // still pending: readers abort it after its deadline
+        if outcome == TXN_ABORTED {
+            // Marks it aborted (a mark if the first key's prepare has not come: it never will
+            // now). Resolving the names as aborted is safe even if this fails: only this
+            // coordinator ever commits.
+            let _ = self.internal_until(primary, &record(DECIDE_ABORT), deadline).await;
         }
         if self.resolve_names(id, names, outcome, deadline).await {
             let (me, primary, forget) = (self.clone(), primary.to_vec(), record(DECIDE_FORGET));
@@ -441,6 +467,10 @@ impl Shard {
                     .take(MAX_HELD)
                     .collect());
             }
+            Op::Script { source, params, .. } => {
+                let keys = kahuna_core::command::script_keys(source, params).unwrap_or_default();
+                keys.into_iter().map(|k| (k, true)).collect()
+            }
             other => vec![(other.routing_key().to_vec(), !other.is_read())],
         };
         let mut out = Vec::new();
@@ -519,8 +549,21 @@ impl Shard {
             deadline_ms: holder.deadline_ms,
             action: intents::DECIDE_STATUS,
         };
-        let Ok(r) = self.internal(holder.primary, status, attempt).await else { return };
-        let Some(state) = state_of(&r).filter(|s| *s != TXN_PENDING) else { return };
+        // A read first (no log entry): only a pending record past its deadline needs the
+        // logged decide that aborts it.
+        let payload = status.encode_internal();
+        let read = Op::Internal { key: holder.primary.clone(), payload, read: true };
+        let mut state = match Box::pin(self.execute_checked(read, attempt)).await.0 {
+            Ok(r) => state_of(&r),
+            Err(_) => None,
+        };
+        if state == Some(TXN_PENDING) && self.now_ms() >= holder.deadline_ms {
+            state = match self.internal(holder.primary, status, attempt).await {
+                Ok(r) => state_of(&r),
+                Err(_) => None,
+            };
+        }
+        let Some(state) = state.filter(|s| *s != TXN_PENDING) else { return };
         let step =
             WriteOp::TxnResolve { txn: holder.txn, names: vec![name.clone()], outcome: state };
         let _ = self.internal(name, step, attempt).await;
@@ -537,18 +580,23 @@ const RECOVER_BATCH: usize = 16;
 /// every name it lists resolved, and then it is forgotten. Without this, intents on keys nobody
 /// touches again would stay, and records would pile up under their first key.
 pub async fn recover(shard: Rc<Shard>) {
+    // Records this shard already resolved every name of (they wait to be forgotten).
+    let mut resolved: std::collections::BTreeSet<Vec<u8>> = Default::default();
     loop {
         glommio::timer::sleep(RECOVER_EVERY).await;
         let now_ms = shard.now_ms();
         let mut found = Vec::new();
         {
+            let due = |r: &kahuna_core::records::TxnRecord| {
+                now_ms >= r.deadline_ms.saturating_add(RECORD_KEEP_MS)
+                    || (now_ms >= r.deadline_ms && !resolved.contains(&r.txn))
+            };
             let parts = shard.parts.borrow();
             for p in parts.values().filter(|p| p.is_leader()) {
                 let hi = (!p.info.end.is_empty()).then_some(p.info.end.as_slice());
-                match intents::records_in_range(&shard.db, &p.info.start, hi, RECOVER_BATCH) {
-                    Ok(recs) => {
-                        found.extend(recs.into_iter().filter(|(_, r)| now_ms >= r.deadline_ms))
-                    }
+                let left = RECOVER_BATCH - found.len();
+                match intents::records_in_range(&shard.db, &p.info.start, hi, left, &due) {
+                    Ok(recs) => found.extend(recs),
                     Err(e) => tracing::error!("partition {}: {e}", p.info.id),
                 }
                 if found.len() >= RECOVER_BATCH {
@@ -556,29 +604,37 @@ pub async fn recover(shard: Rc<Shard>) {
                 }
             }
         }
+        if resolved.len() > 64 * RECOVER_BATCH {
+            resolved.clear(); // bounded: at worst some are resolved again
+        }
         for (primary, rec) in found {
             let until = Instant::now() + ATTEMPT * 4;
-            let status = WriteOp::TxnDecide {
+            let decide = |action| WriteOp::TxnDecide {
                 txn: rec.txn.clone(),
                 primary: primary.clone(),
                 deadline_ms: rec.deadline_ms,
-                action: intents::DECIDE_STATUS,
+                action,
             };
+            if resolved.contains(&rec.txn) {
+                // Kept past any retry of its coordinator's commit: now it may go.
+                if shard.internal_until(&primary, &decide(DECIDE_FORGET), until).await.is_ok() {
+                    resolved.remove(&rec.txn);
+                }
+                continue;
+            }
+            let status = decide(intents::DECIDE_STATUS);
             let Ok(r) = shard.internal_until(&primary, &status, until).await else { continue };
             let Some(state) = state_of(&r).filter(|s| *s != TXN_PENDING) else { continue };
-            tracing::info!(
-                "finishing a transaction its coordinator left (first key {:?}, {} keys, state {state})",
-                String::from_utf8_lossy(&primary),
-                rec.names.len()
-            );
+            if !rec.names.is_empty() {
+                tracing::info!(
+                    "finishing a transaction its coordinator left (first key {:?}, {} keys, \
+                     state {state})",
+                    String::from_utf8_lossy(&primary),
+                    rec.names.len()
+                );
+            }
             if shard.resolve_names(&rec.txn, &rec.names, state, until).await {
-                let forget = WriteOp::TxnDecide {
-                    txn: rec.txn,
-                    primary: primary.clone(),
-                    deadline_ms: rec.deadline_ms,
-                    action: DECIDE_FORGET,
-                };
-                let _ = shard.internal_until(&primary, &forget, until).await;
+                resolved.insert(rec.txn.clone());
             }
         }
     }
