@@ -164,23 +164,26 @@ pub fn check_range_readable<S: Scan + ?Sized>(
     }
 }
 
-/// The intents on names in the user range `[lo, hi)` (`hi` None: to the end), at most `max`.
-pub fn held_in_range<S: Scan + ?Sized>(
+/// Turns one stored record (user key, value) into items (see [`scan_kind`]).
+type Collect<'a, T> =
+    dyn FnMut(&[u8], &[u8], &mut Vec<T>) -> Result<(), crate::records::CorruptRecord> + 'a;
+
+/// What `each` makes of the records of one `kind` under user keys in `[lo, hi)` (`hi` None: to
+/// the end), until `max` items; a record that does not decode is an error.
+fn scan_kind<S: Scan + ?Sized, T>(
     store: &S,
-    lo: &[u8],
-    hi: Option<&[u8]>,
+    kind: u8,
+    (lo, hi): (&[u8], Option<&[u8]>),
     max: usize,
-) -> Result<Vec<(Vec<u8>, IntentRecord)>, WireError> {
-    let (l, h) = keys::kind_range(keys::INTENT, lo, hi.unwrap_or_default());
+    each: &mut Collect<'_, T>,
+) -> Result<Vec<T>, WireError> {
+    let (l, h) = keys::kind_range(kind, lo, hi.unwrap_or_default());
     let mut out = Vec::new();
     let mut bad = None;
     store.scan(&l, &h, &mut |k, v| {
-        match decode_intent(v) {
-            Ok(i) => out.push((k[1..].to_vec(), i)),
-            Err(e) => {
-                bad = Some(corrupt(e));
-                return false;
-            }
+        if let Err(e) = each(&k[1..], v, &mut out) {
+            bad = Some(corrupt(e));
+            return false;
         }
         out.len() < max
     });
@@ -188,6 +191,19 @@ pub fn held_in_range<S: Scan + ?Sized>(
         Some(e) => Err(e),
         None => Ok(out),
     }
+}
+
+/// The intents on names in the user range `[lo, hi)` (`hi` None: to the end), at most `max`.
+pub fn held_in_range<S: Scan + ?Sized>(
+    store: &S,
+    lo: &[u8],
+    hi: Option<&[u8]>,
+    max: usize,
+) -> Result<Vec<(Vec<u8>, IntentRecord)>, WireError> {
+    scan_kind(store, keys::INTENT, (lo, hi), max, &mut |name, v, out| {
+        out.push((name.to_vec(), decode_intent(v)?));
+        Ok(())
+    })
 }
 
 /// The records under primary keys in the user range `[lo, hi)` that `want` picks, at most
@@ -200,25 +216,11 @@ pub fn records_in_range<S: Scan + ?Sized>(
     max: usize,
     want: &dyn Fn(&TxnRecord) -> bool,
 ) -> Result<Vec<(Vec<u8>, TxnRecord)>, WireError> {
-    let (l, h) = keys::kind_range(keys::TXN_RECORD, lo, hi.unwrap_or_default());
-    let mut out = Vec::new();
-    let mut bad = None;
-    store.scan(&l, &h, &mut |k, v| {
-        match decode_txn_records(v) {
-            Ok(recs) => {
-                out.extend(recs.into_iter().filter(|r| want(r)).map(|r| (k[1..].to_vec(), r)))
-            }
-            Err(e) => {
-                bad = Some(corrupt(e));
-                return false;
-            }
-        }
-        out.len() < max
-    });
-    match bad {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
+    scan_kind(store, keys::TXN_RECORD, (lo, hi), max, &mut |primary, v, out| {
+        let recs = decode_txn_records(v)?;
+        out.extend(recs.into_iter().filter(|r| want(r)).map(|r| (primary.to_vec(), r)));
+        Ok(())
+    })
 }
 
 fn records<G: Get + ?Sized>(store: &G, primary: &[u8]) -> Result<Vec<TxnRecord>, WireError> {

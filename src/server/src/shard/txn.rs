@@ -53,27 +53,26 @@ fn again(code: ErrorCode) -> bool {
 
 impl Shard {
     /// A step of a transaction across partitions, sent like any request to the partition that
-    /// holds `key`.
+    /// holds `key`: logged, or (`read`) served as a read there.
+    async fn step(
+        self: &Rc<Self>,
+        key: Vec<u8>,
+        op: &WriteOp,
+        read: bool,
+        deadline: Instant,
+    ) -> Result<Reply, WireError> {
+        let payload = op.encode_internal();
+        Box::pin(self.execute_checked(Op::Internal { key, payload, read }, deadline)).await.0
+    }
+
+    /// A logged step (see [`Shard::step`]).
     async fn internal(
         self: &Rc<Self>,
         key: Vec<u8>,
         op: WriteOp,
         deadline: Instant,
     ) -> Result<Reply, WireError> {
-        let payload = op.encode_internal();
-        Box::pin(self.execute_checked(Op::Internal { key, payload, read: false }, deadline)).await.0
-    }
-
-    /// A part of a transaction that writes nothing, evaluated as a read where it lives (see
-    /// `intents::evaluate`).
-    async fn evaluate(
-        self: &Rc<Self>,
-        key: Vec<u8>,
-        part: WriteOp,
-        deadline: Instant,
-    ) -> Result<Reply, WireError> {
-        let payload = part.encode_internal();
-        Box::pin(self.execute_checked(Op::Internal { key, payload, read: true }, deadline)).await.0
+        self.step(key, &op, false, deadline).await
     }
 
     /// A transaction across partitions that writes nothing: every part evaluated twice, in
@@ -151,7 +150,7 @@ impl Shard {
                     otherwise: p.otherwise.clone(),
                 };
                 let (me, key) = (self.clone(), p.first_key().to_vec());
-                glommio::spawn_local(async move { me.evaluate(key, step, deadline).await })
+                glommio::spawn_local(async move { me.step(key, &step, true, deadline).await })
             })
             .collect();
         let mut out = Vec::with_capacity(tasks.len());
@@ -551,9 +550,7 @@ impl Shard {
         };
         // A read first (no log entry): only a pending record past its deadline needs the
         // logged decide that aborts it.
-        let payload = status.encode_internal();
-        let read = Op::Internal { key: holder.primary.clone(), payload, read: true };
-        let mut state = match Box::pin(self.execute_checked(read, attempt)).await.0 {
+        let mut state = match self.step(holder.primary.clone(), &status, true, attempt).await {
             Ok(r) => state_of(&r),
             Err(_) => None,
         };
