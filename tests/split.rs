@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use kahuna_client::{ClusterStatus, GetOptions, ScanOptions, SetOptions};
 use kahuna_tests::workload::{Workload, WorkloadOpts};
-use kahuna_tests::{client_via, start_cluster_with, status, watchdog, ClusterOpts, Durability};
+use kahuna_tests::{
+    client_via, split_at, start_cluster_with, status, watchdog, ClusterOpts, Durability,
+};
 
 /// The partitions, as the replicas report them, cover the key space exactly once.
 fn assert_covers(st: &ClusterStatus) {
@@ -43,18 +45,6 @@ fn scan_all(c: &kahuna_client::blocking::Client, prefix: &[u8]) -> Vec<Vec<u8>> 
             None => return keys,
         }
     }
-}
-
-/// Splits the partition holding `key` at `key`, through node `via`; true if it split.
-fn split_at(c: &kahuna_tests::Cluster, via: u64, key: &str) -> bool {
-    let st = status(c.node(via), false);
-    let Some(p) = st.locate(key.as_bytes()) else { return false };
-    if p.start == key.as_bytes() {
-        return false;
-    }
-    let id = p.id.to_string();
-    let out = c.node(via).cli(&["--timeout-ms", "10000", "cluster", "split", &id, key]);
-    out.status.success()
 }
 
 #[test]

@@ -587,6 +587,18 @@ pub fn client_via(s: &Server, timeout_ms: u64) -> Client {
     Client::connect(&[s.endpoint()], opts).unwrap()
 }
 
+/// Splits the partition holding `key` at `key`, through node `via`; true if it split.
+pub fn split_at(c: &Cluster, via: u64, key: &str) -> bool {
+    let st = status(c.node(via), false);
+    let Some(p) = st.locate(key.as_bytes()) else { return false };
+    if p.start == key.as_bytes() {
+        return false;
+    }
+    let id = p.id.to_string();
+    let out = c.node(via).cli(&["--timeout-ms", "10000", "cluster", "split", &id, key]);
+    out.status.success()
+}
+
 pub fn status(s: &Server, checksums: bool) -> ClusterStatus {
     client_via(s, 10_000).cluster_status(checksums).unwrap()
 }
