@@ -281,13 +281,35 @@ fn write_skew_is_refused_in_one_partition_and_across_and_the_cli_works() {
     assert_eq!(v["succeeded"], false, "{v}");
     assert_eq!(v["results"][0]["revision"], 1, "{v}");
     let _ = std::fs::remove_file(&file);
+    // Ephemeral: every step on the leader's memory, atomically, in one partition.
+    let eph = |key: &[u8], v: &str| Op::KvSet {
+        key: key.to_vec(),
+        value: v.as_bytes().to_vec(),
+        durability: Durability::Ephemeral,
+        ttl_ms: 0,
+        condition: SetCondition::None,
+    };
+    let eget = |key: &[u8]| Op::KvGet {
+        key: key.to_vec(),
+        durability: Durability::Ephemeral,
+        revision: 0,
+    };
+    let (ok, _) = c.txn(vec![], vec![eph(b"eph/a", "1"), eph(b"eph/b", "2")], vec![]).unwrap();
+    assert!(ok);
+    let (_, r) = c.txn(vec![], vec![eget(b"eph/a"), eget(b"eph/b")], vec![]).unwrap();
+    assert!(matches!(&r[1], Ok(Reply::KvGet(it)) if it.value == b"2"), "{r:?}");
+    // Persistent and ephemeral steps together, or an ephemeral one across partitions: refused.
+    let mixed = c.txn(vec![], vec![eph(b"eph/a", "3"), set(b"eph/c".to_vec(), 1)], vec![]);
+    assert_eq!(mixed.unwrap_err().code, ErrorCode::Invalid);
+    let across = c.txn(vec![], vec![eph(b"1eph", "3"), eph(b"zeph", "3")], vec![]);
+    assert_eq!(across.unwrap_err().code, ErrorCode::Invalid);
     // A step a transaction cannot run: refused before anything is proposed.
     let bad = Op::KvSet {
         key: b"cli/k".to_vec(),
         value: vec![],
-        durability: Durability::Ephemeral,
+        durability: Durability::Persistent,
         ttl_ms: 0,
-        condition: SetCondition::None,
+        condition: SetCondition::IfExists,
     };
     assert_eq!(c.txn(vec![], vec![bad], vec![]).unwrap_err().code, ErrorCode::Invalid);
 }
@@ -405,4 +427,27 @@ fn interactive_transactions_see_one_snapshot_and_commit_only_what_still_holds() 
     t.set(&a, b"9", 0).unwrap();
     t.rollback();
     assert_eq!(kahuna_tests::bank::read_pair(&c, &a, &b), (1, 1));
+    // The helper retries a conflict with a fresh transaction: four threads add 1 to `a` ten
+    // times each, every read-modify-write racing the others; none is lost.
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let ep = s.endpoint();
+            let a = a.clone();
+            std::thread::spawn(move || {
+                let cl = Client::connect(&[ep], Default::default()).unwrap();
+                for _ in 0..10 {
+                    cl.transact(Duration::from_secs(5), 50, |t| {
+                        let n: u64 =
+                            String::from_utf8(t.get(&a)?.unwrap().value).unwrap().parse().unwrap();
+                        t.set(&a, (n + 1).to_string().as_bytes(), 0)
+                    })
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(kahuna_tests::bank::read_pair(&c, &a, &b), (41, 1));
 }

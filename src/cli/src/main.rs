@@ -64,6 +64,8 @@ enum Cmd {
     /// "v", "ttl_ms": 0}}`, `{"delete": "k"}`, `{"lock": {"resource": "r", "owner": "o",
     /// "lease_ms": 5000}}`, `{"unlock": {"resource": "r", "owner": "o"}}`, `{"seq_next":
     /// {"name": "s", "count": 1}}`. Keys in any partitions; atomic and serializable.
+    /// `"durability": "ephemeral"` runs every step on the leader's memory (one partition; no
+    /// `seq_next`).
     Txn { file: String },
     /// Scripts in Kahuna's language, run server-side as one atomic step (README "Scripts").
     #[command(subcommand)]
@@ -330,7 +332,7 @@ type TxnParts = (Vec<kahuna_client::Compare>, Vec<kahuna_client::Op>, Vec<kahuna
 
 /// Reads a transaction's JSON (see `kahuna-cli txn --help`).
 fn txn_from_json(text: &str) -> Result<TxnParts, Error> {
-    use kahuna_client::{Compare, CompareOp, CompareTarget, Durability::Persistent, Op};
+    use kahuna_client::{Compare, CompareOp, CompareTarget, Durability, Op};
     let bad = |m: String| Error::new(kahuna_client::ErrorCode::Invalid, m);
     let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
     let s = |v: &Value, what: &str| -> Result<Vec<u8>, Error> {
@@ -340,6 +342,12 @@ fn txn_from_json(text: &str) -> Result<TxnParts, Error> {
     };
     let n = |v: &Value, what: &str| -> Result<u64, Error> {
         v.as_u64().ok_or_else(|| bad(format!("{what} must be a number")))
+    };
+    // `"durability": "ephemeral"`: every step on the leader's memory (one partition).
+    let durability = match v["durability"].as_str() {
+        None | Some("persistent") => Durability::Persistent,
+        Some("ephemeral") => Durability::Ephemeral,
+        Some(other) => return Err(bad(format!("unknown durability {other:?}"))),
     };
     let mut compare = Vec::new();
     for c in v["compare"].as_array().map(|a| a.as_slice()).unwrap_or(&[]) {
@@ -374,18 +382,14 @@ fn txn_from_json(text: &str) -> Result<TxnParts, Error> {
                 return Err(bad(format!("a step is an object with one field, not {st}")));
             };
             ops.push(match kind.as_str() {
-                "get" => Op::KvGet { key: s(a, "get")?, durability: Persistent, revision: 0 },
-                "exists" => Op::KvExists { key: s(a, "exists")?, durability: Persistent },
-                "lock_get" => Op::LockGet { resource: s(a, "lock_get")?, durability: Persistent },
-                "delete" => Op::KvDelete {
-                    key: s(a, "delete")?,
-                    durability: Persistent,
-                    expected_revision: 0,
-                },
+                "get" => Op::KvGet { key: s(a, "get")?, durability, revision: 0 },
+                "exists" => Op::KvExists { key: s(a, "exists")?, durability },
+                "lock_get" => Op::LockGet { resource: s(a, "lock_get")?, durability },
+                "delete" => Op::KvDelete { key: s(a, "delete")?, durability, expected_revision: 0 },
                 "set" => Op::KvSet {
                     key: s(&a["key"], "set.key")?,
                     value: s(&a["value"], "set.value")?,
-                    durability: Persistent,
+                    durability,
                     ttl_ms: a["ttl_ms"].as_u64().unwrap_or(0),
                     condition: kahuna_client::SetCondition::None,
                 },
@@ -393,12 +397,12 @@ fn txn_from_json(text: &str) -> Result<TxnParts, Error> {
                     resource: s(&a["resource"], "lock.resource")?,
                     owner: s(&a["owner"], "lock.owner")?,
                     lease_ms: n(&a["lease_ms"], "lock.lease_ms")?,
-                    durability: Persistent,
+                    durability,
                 },
                 "unlock" => Op::LockRelease {
                     resource: s(&a["resource"], "unlock.resource")?,
                     owner: s(&a["owner"], "unlock.owner")?,
-                    durability: Persistent,
+                    durability,
                     fencing_token: 0,
                 },
                 "seq_next" => Op::SeqNext {

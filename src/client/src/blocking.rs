@@ -97,6 +97,32 @@ impl Client {
         self.rt.block_on(self.inner.txn(compare, then, otherwise))
     }
 
+    /// Runs `body` in an interactive transaction and commits it, again (with a fresh
+    /// transaction, after a backoff from 10 ms doubling to 500 ms) while it meets CONFLICT, up to
+    /// `attempts` times. Any other error ends it; a TIMEOUT of the commit (outcome unknown) is
+    /// answered, never retried.
+    pub fn transact<T>(
+        &self,
+        timeout: std::time::Duration,
+        attempts: u32,
+        mut body: impl FnMut(&mut Transaction<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut pause = std::time::Duration::from_millis(10);
+        let mut tried = 0;
+        loop {
+            tried += 1;
+            let mut t = self.begin(timeout);
+            let r = body(&mut t).and_then(|v| t.commit().map(|()| v));
+            match r {
+                Err(e) if e.code == crate::ErrorCode::Conflict && tried < attempts => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Begins an interactive transaction (see [`crate::Transaction`]).
     pub fn begin(&self, timeout: std::time::Duration) -> Transaction<'_> {
         Transaction { rt: &self.rt, inner: self.inner.begin(timeout) }

@@ -70,36 +70,24 @@ impl TxnStep {
         !matches!(self, TxnStep::Get { .. } | TxnStep::Exists { .. } | TxnStep::LockGet { .. })
     }
 
-    /// The step a request names, if a transaction may run it: persistent reads of one key and
-    /// unconditional persistent writes.
+    /// The step a request names, if a transaction may run it: reads of one key (latest) and
+    /// unconditional writes. (The transaction's durability is its steps', all alike: see
+    /// `Op::durability`.)
     pub fn from_op(op: &Op) -> Option<TxnStep> {
-        use kahuna_protocol::Durability::Persistent;
         Some(match op {
-            Op::KvGet { key, durability: Persistent, revision: 0 } => {
-                TxnStep::Get { key: key.clone() }
+            Op::KvGet { key, revision: 0, .. } => TxnStep::Get { key: key.clone() },
+            Op::KvExists { key, .. } => TxnStep::Exists { key: key.clone() },
+            Op::LockGet { resource, .. } => TxnStep::LockGet { resource: resource.clone() },
+            Op::KvSet { key, value, ttl_ms, condition: SetCondition::None, .. } => {
+                TxnStep::Set { key: key.clone(), value: value.clone(), ttl_ms: *ttl_ms }
             }
-            Op::KvExists { key, durability: Persistent } => TxnStep::Exists { key: key.clone() },
-            Op::LockGet { resource, durability: Persistent } => {
-                TxnStep::LockGet { resource: resource.clone() }
-            }
-            Op::KvSet {
-                key,
-                value,
-                durability: Persistent,
-                ttl_ms,
-                condition: SetCondition::None,
-            } => TxnStep::Set { key: key.clone(), value: value.clone(), ttl_ms: *ttl_ms },
-            Op::KvDelete { key, durability: Persistent, expected_revision: 0 } => {
-                TxnStep::Delete { key: key.clone() }
-            }
-            Op::LockAcquire { resource, owner, lease_ms, durability: Persistent } => {
-                TxnStep::LockAcquire {
-                    resource: resource.clone(),
-                    owner: owner.clone(),
-                    lease_ms: *lease_ms,
-                }
-            }
-            Op::LockRelease { resource, owner, durability: Persistent, fencing_token: 0 } => {
+            Op::KvDelete { key, expected_revision: 0, .. } => TxnStep::Delete { key: key.clone() },
+            Op::LockAcquire { resource, owner, lease_ms, .. } => TxnStep::LockAcquire {
+                resource: resource.clone(),
+                owner: owner.clone(),
+                lease_ms: *lease_ms,
+            },
+            Op::LockRelease { resource, owner, fencing_token: 0, .. } => {
                 TxnStep::LockRelease { resource: resource.clone(), owner: owner.clone() }
             }
             Op::SeqNext { name, count } => TxnStep::SeqNext { name: name.clone(), count: *count },

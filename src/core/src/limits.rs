@@ -323,13 +323,25 @@ impl Limits {
                 for op in then.iter().chain(otherwise) {
                     if crate::command::TxnStep::from_op(op).is_none() {
                         return Err(invalid(format!(
-                            "a transaction step is a persistent get (latest), exists, lock get, \
-                             set (no condition: use a compare), delete (no expected revision), \
-                             lock acquire, lock release (no token) or sequence next, not {}",
+                            "a transaction step is a get (latest), exists, lock get, set (no \
+                             condition: use a compare), delete (no expected revision), lock \
+                             acquire, lock release (no token) or sequence next, not {}",
                             op.name()
                         )));
                     }
                     self.validate(op)?;
+                }
+                // One durability for the whole: a persistent transaction is replicated, an
+                // ephemeral one lives in its leader's memory; one atomic step cannot be both.
+                let mut steps = then.iter().chain(otherwise);
+                if let Some(first) = steps.clone().next() {
+                    if steps.any(|s| s.durability() != first.durability()) {
+                        return Err(invalid(
+                            "a transaction's steps are all persistent or all ephemeral (sequences \
+                             are persistent)"
+                                .to_string(),
+                        ));
+                    }
                 }
                 Ok(())
             }

@@ -382,6 +382,17 @@ impl Op {
             | Op::LockExtend { durability, .. }
             | Op::LockRelease { durability, .. }
             | Op::LockGet { durability, .. } => *durability,
+            // A transaction is ephemeral when every step is (see `Limits::validate`: they are
+            // all alike), and runs on its partition leader's memory.
+            Op::Txn { then, otherwise, .. }
+                if then.iter().chain(otherwise).next().is_some()
+                    && then
+                        .iter()
+                        .chain(otherwise)
+                        .all(|s| s.durability() == Durability::Ephemeral) =>
+            {
+                Durability::Ephemeral
+            }
             Op::SeqNext { .. }
             | Op::ClusterStatus { .. }
             | Op::Backup { .. }

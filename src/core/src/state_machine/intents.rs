@@ -65,7 +65,10 @@ pub const RECORD_KEEP_MS: u64 = 120_000;
 /// Readers sharing one name, at most: past it a reading prepare is refused (LOCKED).
 pub const MAX_READERS: usize = 64;
 
-/// Records of transactions sharing one first key, at most: past it a prepare is refused
+/// Records, decided ones included, under one first key, at most.
+pub const MAX_RECORDS_KEPT_PER_KEY: usize = 512;
+
+/// Pending records of transactions sharing one first key, at most: past it a prepare is refused
 /// (CONFLICT) until some are forgotten.
 pub const MAX_RECORDS_PER_KEY: usize = 64;
 
@@ -270,9 +273,10 @@ pub(super) fn prepare<T: Txn>(
     }
     // A deadline far ahead would hold names that nobody could free: a peer's word is bounded.
     if deadline_ms > ctx.now_ms + TXN_DEADLINE_MS + ctx.settings.max_clock_offset_ms {
+        // Retryable: the coordinator's clock may run ahead of this leader's for a while.
         return Err(WireError::new(
-            ErrorCode::Invalid,
-            "a transaction's deadline is too far ahead",
+            ErrorCode::Unavailable,
+            "a transaction's deadline is too far ahead of this partition's clock; retry",
         ));
     }
     let mut names: Vec<&[u8]> = compare
@@ -308,7 +312,10 @@ pub(super) fn prepare<T: Txn>(
                 "the transaction was already decided; nothing was applied",
             ));
         }
-        if recs.len() >= MAX_RECORDS_PER_KEY {
+        // Pending ones bound the work in flight; decided ones (kept a while, see
+        // RECORD_KEEP_MS) are bounded apart, so a few left behind do not stop a hot first key.
+        let pending = recs.iter().filter(|r| r.state == TXN_PENDING).count();
+        if pending >= MAX_RECORDS_PER_KEY || recs.len() >= MAX_RECORDS_KEPT_PER_KEY {
             return Err(WireError::new(
                 ErrorCode::Conflict,
                 format!(
@@ -483,10 +490,14 @@ pub(super) fn decide<T: Txn>(
         Some(_) => {}
         // No record, and aborted: mark it so. The first key's prepare may still be in flight,
         // proposed by a leader whose clock stamps it before the deadline; the mark refuses it.
-        None if after == TXN_ABORTED
-            && action != DECIDE_FORGET
-            && recs.len() < MAX_RECORDS_PER_KEY * 2 =>
-        {
+        None if after == TXN_ABORTED && action != DECIDE_FORGET => {
+            if recs.len() >= MAX_RECORDS_KEPT_PER_KEY {
+                // No room for the mark: no answer rather than an abort the mark cannot hold.
+                return Err(WireError::new(
+                    ErrorCode::Unavailable,
+                    "too many transaction records under this key; retry",
+                ));
+            }
             recs.push(TxnRecord {
                 txn: id.to_vec(),
                 state: TXN_ABORTED,

@@ -714,7 +714,7 @@ mod across {
         assert_eq!(decide(&mut s, "t5", DECIDE_STATUS, 100), TXN_ABORTED);
         assert_eq!(prepare(&mut s, "t5", &["a"], put_b(), 50), Err(ErrorCode::Conflict));
         assert_eq!(decide(&mut s, "t5", DECIDE_COMMIT_THEN, 60), TXN_ABORTED);
-        // A deadline too far ahead (a peer's word) is refused.
+        // A deadline too far ahead (a peer's word, or a clock ahead) is refused, retryably.
         let far = WriteOp::TxnPrepare {
             txn: b"t6".to_vec(),
             primary: b"a".to_vec(),
@@ -726,7 +726,7 @@ mod across {
         };
         assert_eq!(
             apply(&mut s, &far, &ctx(90)).map_err(|e| e.code).err(),
-            Some(ErrorCode::Invalid)
+            Some(ErrorCode::Unavailable)
         );
         assert_eq!(get(&s, "a", 0, 105), Ok(("1".into(), 1)));
     }

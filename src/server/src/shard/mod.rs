@@ -326,8 +326,10 @@ impl Shard {
     }
 
     pub fn deadline(&self, timeout_ms: u32) -> std::time::Instant {
+        // At most a minute either way (a transaction's record outlives its coordinator's
+        // retries only if they end by then: see `intents::RECORD_KEEP_MS`).
         let ms = if timeout_ms == 0 {
-            self.cfg.default_timeout_ms
+            self.cfg.default_timeout_ms.min(60_000)
         } else {
             (timeout_ms as u64).min(60_000)
         };
@@ -462,9 +464,16 @@ impl Shard {
             }
             // Above every token an earlier leader of this partition could have granted.
             let floor = (p.term() << 40) | (p.ephemeral_grants & ((1 << 40) - 1));
-            if matches!(wop, WriteOp::LockAcquire { .. }) {
-                p.ephemeral_grants += 1;
-            }
+            // Each grant (a transaction may make several) moves the floor on.
+            p.ephemeral_grants += match &wop {
+                WriteOp::LockAcquire { .. } => 1,
+                WriteOp::Txn { then, otherwise, .. } => then
+                    .iter()
+                    .chain(otherwise)
+                    .filter(|s| matches!(s, kahuna_core::command::TxnStep::LockAcquire { .. }))
+                    .count() as u64,
+                _ => 0,
+            };
             let ctx = ApplyCtx {
                 now_ms,
                 term: p.term(),

@@ -105,6 +105,14 @@ impl Shard {
                 return (answer, self.node_id);
             }
             Op::Txn { .. } if self.spans_partitions(&op) => {
+                if op.durability() == Durability::Ephemeral {
+                    let e = WireError::new(
+                        ErrorCode::Invalid,
+                        "an ephemeral transaction runs in one partition (its leader's memory): \
+                         keep its keys under one prefix",
+                    );
+                    return (Err(e), 0);
+                }
                 return Box::pin(self.txn_across(op, deadline)).await;
             }
             _ => {}

@@ -43,6 +43,14 @@ const FIRST_ASK: Duration = Duration::from_millis(50);
 /// One attempt of an idempotent step (decide, resolve): a leader that died costs this, not the
 /// caller's whole deadline.
 const ATTEMPT: Duration = Duration::from_millis(1_000);
+/// Coordinators' resolutions running in the background on one shard, at most.
+const MAX_FINISHING: usize = 4096;
+
+thread_local! {
+    /// Background resolutions running on this shard's thread (one executor per thread).
+    static FINISHING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Intents one blocked request looks at per round.
 const MAX_HELD: usize = 16;
 
@@ -332,8 +340,14 @@ impl Shard {
     ) {
         let me = self.clone();
         let until = Instant::now() + Duration::from_millis(TXN_DEADLINE_MS);
+        if FINISHING.get() >= MAX_FINISHING {
+            // Bounded: past it, whoever meets the intents (or recovery) finishes them.
+            return;
+        }
+        FINISHING.set(FINISHING.get() + 1);
         glommio::spawn_local(async move {
             me.finish(&id, &primary, deadline_ms, &names, outcome, until).await;
+            FINISHING.set(FINISHING.get() - 1);
         })
         .detach();
     }
@@ -356,9 +370,10 @@ impl Shard {
             action,
         };
         if outcome == TXN_ABORTED {
-            // Marks it aborted (a mark if the first key's prepare has not come: it never will
-            // now). Resolving the names as aborted is safe even if this fails: only this
-            // coordinator ever commits.
+            // Marks it aborted (a mark if the first key's prepare has not come). Resolving the
+            // names as aborted is safe even if this fails: only this coordinator ever commits
+            // (a first-key prepare that comes after the forget leaves a pending record that
+            // readers or recovery abort after its deadline).
             let _ = self.internal_until(primary, &record(DECIDE_ABORT), deadline).await;
         }
         if self.resolve_names(id, names, outcome, deadline).await {
