@@ -96,6 +96,19 @@ impl TxnStep {
     }
 }
 
+/// What a [`WriteOp::TxnDecide`] does (see `state_machine::intents`).
+/// Asks where the record stands, aborting it if its deadline has passed (what a reader blocked
+/// by an intent sends).
+pub const DECIDE_STATUS: u8 = 0;
+/// The coordinator commits the `then` branch (all prepares succeeded and the compares held).
+pub const DECIDE_COMMIT_THEN: u8 = 1;
+/// The coordinator commits the `else` branch.
+pub const DECIDE_COMMIT_ELSE: u8 = 2;
+/// The coordinator gives up (a prepare failed).
+pub const DECIDE_ABORT: u8 = 3;
+/// Every intent is resolved: drop the decided record.
+pub const DECIDE_FORGET: u8 = 4;
+
 /// A state change. Reads never become one.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum WriteOp {

@@ -91,6 +91,19 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// The user keys under `prefix` inside the partition `[start, end)` (`end` empty: unbounded):
+/// `[lo, hi)`, `hi` None when nothing bounds it.
+pub fn prefix_range(prefix: &[u8], start: &[u8], end: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+    let lo = prefix.max(start).to_vec();
+    let hi = match (prefix_end(prefix), end.is_empty()) {
+        (Some(p), false) => Some(p.min(end.to_vec())),
+        (Some(p), true) => Some(p),
+        (None, false) => Some(end.to_vec()),
+        (None, true) => None,
+    };
+    (lo, hi)
+}
+
 /// The storage range `[lo, hi)` of one kind for the user range `[start, end)` (`end` empty = to
 /// the end of the key space).
 pub fn kind_range(kind: u8, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {

@@ -98,9 +98,7 @@ impl Limits {
                 use crate::command::WriteOp::{TxnDecide, TxnPrepare};
                 let readable = match &op {
                     TxnPrepare { .. } => true,
-                    TxnDecide { action, .. } => {
-                        *action == crate::state_machine::intents::DECIDE_STATUS
-                    }
+                    TxnDecide { action, .. } => *action == crate::command::DECIDE_STATUS,
                     _ => false,
                 };
                 if *read && !readable {
@@ -169,7 +167,7 @@ impl Limits {
             WriteOp::TxnDecide { txn, primary, action, .. } => {
                 self.key("transaction id", txn, false)?;
                 self.key("primary key", primary, true)?;
-                if *action > crate::state_machine::intents::DECIDE_FORGET {
+                if *action > crate::command::DECIDE_FORGET {
                     return Err(invalid("unknown decide action"));
                 }
                 Ok(())

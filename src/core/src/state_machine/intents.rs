@@ -41,17 +41,9 @@ use crate::records::{
 };
 use crate::store::{Get, Scan, Txn};
 
-/// Ask where the record stands, aborting it if its deadline has passed (what a reader blocked
-/// by an intent sends).
-pub const DECIDE_STATUS: u8 = 0;
-/// The coordinator commits the `then` branch (all prepares succeeded and the compares held).
-pub const DECIDE_COMMIT_THEN: u8 = 1;
-/// The coordinator commits the `else` branch.
-pub const DECIDE_COMMIT_ELSE: u8 = 2;
-/// The coordinator gives up (a prepare failed).
-pub const DECIDE_ABORT: u8 = 3;
-/// Every intent is resolved: drop the decided record.
-pub const DECIDE_FORGET: u8 = 4;
+pub use crate::command::{
+    DECIDE_ABORT, DECIDE_COMMIT_ELSE, DECIDE_COMMIT_THEN, DECIDE_FORGET, DECIDE_STATUS,
+};
 
 /// How long after its prepare a transaction may still commit: past it, anyone who meets its
 /// intents may abort it. Also the longest a crashed coordinator's transaction blocks its keys.

@@ -4,7 +4,7 @@ use kahuna_protocol::{KvItem, Reply, WireError};
 
 use super::{conflict, corrupt, deadline, not_found, ApplyCtx, Bounds};
 use crate::command::Cond;
-use crate::keys::{self, data_key, history_key, history_prefix, history_revision, prefix_end};
+use crate::keys::{self, data_key, history_key, history_prefix, history_revision};
 use crate::limits::Limits;
 use crate::records::{decode_kv, encode_kv, peek_kv, KvRecord};
 use crate::store::{Get, Scan, Txn};
@@ -255,23 +255,13 @@ pub(super) fn scan<S: Scan>(
     let limit =
         if limit == 0 { limits.default_scan_limit } else { limit.min(limits.max_scan_limit) }
             as usize;
-    // Lower end: the largest of the prefix, the key just after the cursor, the partition start.
-    let mut lo = prefix.to_vec();
+    // The prefix inside the partition, from the key just after the cursor.
+    let (mut lo, hi) = keys::prefix_range(prefix, bounds.start, bounds.end);
     if let Some(after) = start_after {
         let mut next = after.to_vec();
         next.push(0);
         lo = lo.max(next);
     }
-    lo = lo.max(bounds.start.to_vec());
-    // Upper end: the smaller of the prefix's end and the partition's end.
-    let hi = match (prefix_end(prefix), bounds.end.is_empty()) {
-        (Some(p), false) => Some(p.min(bounds.end.to_vec())),
-        (Some(p), true) => Some(p),
-        (None, false) => Some(bounds.end.to_vec()),
-        (None, true) => None,
-    };
-    // A key a transaction across partitions writes may be about to change: the page waits.
-    super::intents::check_range_readable(store, &lo, hi.as_deref())?;
     let lo_key = data_key(keys::KV, &lo);
     let hi_key = match &hi {
         Some(h) => data_key(keys::KV, h),

@@ -182,6 +182,13 @@ pub fn read<S: Scan>(
         | Op::KvExists { key, .. }
         | Op::KvHistory { key, .. }
         | Op::LockGet { resource: key, .. } => intents::check_readable(store, &[key.as_slice()])?,
+        Op::KvScan { prefix, .. } => {
+            // A key a transaction across partitions writes may be about to change: the page
+            // waits (for any such key under the prefix in this partition, before its cursor
+            // too).
+            let (lo, hi) = crate::keys::prefix_range(prefix, bounds.start, bounds.end);
+            intents::check_range_readable(store, &lo, hi.as_deref())?
+        }
         _ => {}
     }
     match op {

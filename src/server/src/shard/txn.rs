@@ -467,13 +467,7 @@ impl Shard {
             Op::KvScan { prefix, .. } => {
                 let parts = self.parts.borrow();
                 let Some(p) = parts.get(&partition) else { return Ok(Vec::new()) };
-                let lo = prefix.clone().max(p.info.start.clone());
-                let hi = match (kahuna_core::keys::prefix_end(prefix), p.info.end.is_empty()) {
-                    (Some(e), false) => Some(e.min(p.info.end.clone())),
-                    (Some(e), true) => Some(e),
-                    (None, false) => Some(p.info.end.clone()),
-                    (None, true) => None,
-                };
+                let (lo, hi) = kahuna_core::keys::prefix_range(prefix, &p.info.start, &p.info.end);
                 let held = intents::held_in_range(&self.db, &lo, hi.as_deref(), usize::MAX)?;
                 return Ok(held
                     .into_iter()
