@@ -83,6 +83,8 @@ pub struct Metrics {
     snapshots_sent: Family<ShardLabel, Counter>,
     snapshots_installed: Family<ShardLabel, Counter>,
     splits: Family<ShardLabel, Counter>,
+    txn_across: Family<ShardLabel, Counter>,
+    txn_recovered: Family<ShardLabel, Counter>,
     expired_keys_collected: Family<ShardLabel, Counter>,
     ephemeral_bytes: Family<ShardLabel, Gauge>,
     quiesced: Family<ShardLabel, Gauge>,
@@ -120,6 +122,8 @@ impl Metrics {
             snapshots_sent: Family::default(),
             snapshots_installed: Family::default(),
             splits: Family::default(),
+            txn_across: Family::default(),
+            txn_recovered: Family::default(),
             expired_keys_collected: Family::default(),
             ephemeral_bytes: Family::default(),
             quiesced: Family::default(),
@@ -173,6 +177,16 @@ impl Metrics {
             "kahuna_partition_splits",
             "Partition splits applied by this shard's replicas",
             m.splits.clone(),
+        );
+        r.register(
+            "kahuna_transactions_across_partitions",
+            "Transactions across partitions this shard coordinated",
+            m.txn_across.clone(),
+        );
+        r.register(
+            "kahuna_transactions_recovered",
+            "Transactions whose coordinator left them, finished by this shard's leaders",
+            m.txn_recovered.clone(),
         );
         r.register(
             "kahuna_expired_keys_collected",
@@ -273,6 +287,8 @@ impl Metrics {
             snapshots_sent: self.snapshots_sent.get_or_create_owned(&l),
             snapshots_installed: self.snapshots_installed.get_or_create_owned(&l),
             splits: self.splits.get_or_create_owned(&l),
+            txn_across: self.txn_across.get_or_create_owned(&l),
+            txn_recovered: self.txn_recovered.get_or_create_owned(&l),
             expired_keys_collected: self.expired_keys_collected.get_or_create_owned(&l),
             ephemeral_bytes: self.ephemeral_bytes.get_or_create_owned(&l),
             quiesced: self.quiesced.get_or_create_owned(&l),
@@ -298,6 +314,10 @@ pub struct ShardMetrics {
     pub snapshots_sent: Counter,
     pub snapshots_installed: Counter,
     pub splits: Counter,
+    /// Transactions across partitions this shard coordinated (read-only ones included).
+    pub txn_across: Counter,
+    /// Transactions a coordinator left that this shard's leaders finished.
+    pub txn_recovered: Counter,
     pub expired_keys_collected: Counter,
     pub ephemeral_bytes: Gauge,
     pub quiesced: Gauge,

@@ -230,6 +230,7 @@ impl Shard {
             let map = self.map();
             txn_plan::plan(&compare, &then, &otherwise, &|k| map.locate(k).id)
         };
+        self.metrics.txn_across.inc();
         let id = self.txn_id();
         let primary = txn_plan::primary(&compare, &then, &otherwise).to_vec();
         let names = txn_plan::names(&compare, &then, &otherwise);
@@ -642,6 +643,9 @@ pub async fn recover(shard: Rc<Shard>) {
                 );
             }
             if shard.resolve_names(&rec.txn, &rec.names, state, until).await {
+                if !rec.names.is_empty() {
+                    shard.metrics.txn_recovered.inc();
+                }
                 resolved.insert(rec.txn.clone());
             }
         }
