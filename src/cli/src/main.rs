@@ -919,7 +919,7 @@ fn run(c: &Client, cmd: Cmd, wait_for: Duration, json_out: bool) -> Result<(Valu
                 pos = end;
             }
             let manifest = json!({
-                "format": 1,
+                "format": 2,
                 "created_at_ms": started,
                 "partitions": parts,
             });

@@ -396,6 +396,12 @@ impl Client {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left <= backoff {
+                if err.code == ErrorCode::NotLeader {
+                    // Out of time while no leader was found (a lost quorum, an election): say
+                    // so; nothing was applied.
+                    let msg = format!("no leader answered before the deadline ({})", err.message);
+                    return Err(WireError::new(ErrorCode::Unavailable, msg));
+                }
                 return Err(err);
             }
             tokio::time::sleep(backoff).await;

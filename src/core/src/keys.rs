@@ -6,7 +6,12 @@
 //!
 //! ```text
 //!  b'k' key                 current record of a key (or its tombstone)
-//!  b'h' key !revision(be)   an older revision; inverted so a forward scan is newest first
+//!  b'h' esc(key) 00 01 !revision(be)
+//!                           an older revision; inverted so a forward scan is newest first.
+//!                           The key is escaped (00 → 00 ff) and ended by 00 01, so every key's
+//!                           revisions sort between its own bounds and no other key's: a split
+//!                           at `s` puts all revisions of `k` on the side of `k` even when `k` is
+//!                           a proper prefix of `s` (`user1` and `user10`)
 //!  b'l' resource            lock record
 //!  b's' name                sequence: the last value handed out
 //!  b'r' partition start     the partition's revision floor: new keys start above it, so a key
@@ -40,11 +45,14 @@ pub const DATA_KINDS: [u8; 7] = [KV, HISTORY, LOCK, REVISION_FLOOR, SEQ, INTENT,
 
 /// The user key (or lock or sequence name) a state machine's storage key belongs to: a
 /// transaction step's writes are staged per name this way.
-pub fn name_of(storage_key: &[u8]) -> &[u8] {
+pub fn name_of(storage_key: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     match storage_key.first() {
-        Some(&HISTORY) if storage_key.len() >= 9 => &storage_key[1..storage_key.len() - 8],
-        Some(_) => &storage_key[1..],
-        None => storage_key,
+        Some(&HISTORY) if storage_key.len() >= 11 => {
+            let escaped = &storage_key[1..storage_key.len() - 10];
+            std::borrow::Cow::Owned(unescape(escaped).unwrap_or_else(|| escaped.to_vec()))
+        }
+        Some(_) => std::borrow::Cow::Borrowed(&storage_key[1..]),
+        None => std::borrow::Cow::Borrowed(storage_key),
     }
 }
 
@@ -61,20 +69,47 @@ pub fn history_key(key: &[u8], revision: u64) -> Vec<u8> {
     k
 }
 
+/// Every stored revision of `key` starts with this, and no other key's does.
 pub fn history_prefix(key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + key.len() + 8);
+    let mut k = Vec::with_capacity(1 + key.len() + 2 + 8);
     k.push(HISTORY);
-    k.extend_from_slice(key);
+    escape_into(key, &mut k);
+    k.extend_from_slice(&[0, 1]);
     k
 }
 
-/// The revision of a history key written for a user key of `key_len` bytes, if it is one.
-pub fn history_revision(storage_key: &[u8], key_len: usize) -> Option<u64> {
-    if storage_key.len() != 1 + key_len + 8 {
-        return None;
+/// The order-keeping escape of history keys: 00 → 00 ff.
+fn escape_into(key: &[u8], out: &mut Vec<u8>) {
+    for &b in key {
+        out.push(b);
+        if b == 0 {
+            out.push(0xff);
+        }
     }
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&storage_key[1 + key_len..]);
+}
+
+/// The user key of a history key's escaped part (`None` if it is not one).
+fn unescape(escaped: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(escaped.len());
+    let mut i = 0;
+    while i < escaped.len() {
+        out.push(escaped[i]);
+        if escaped[i] == 0 {
+            if escaped.get(i + 1) != Some(&0xff) {
+                return None;
+            }
+            i += 1;
+        }
+        i += 1;
+    }
+    Some(out)
+}
+
+/// The revision of a history key, if it is one of the key whose prefix is `prefix` (see
+/// [`history_prefix`]).
+pub fn history_revision(storage_key: &[u8], prefix: &[u8]) -> Option<u64> {
+    let rest = storage_key.strip_prefix(prefix)?;
+    let b: [u8; 8] = rest.try_into().ok()?;
     Some(!u64::from_be_bytes(b))
 }
 
@@ -107,9 +142,26 @@ pub fn prefix_range(prefix: &[u8], start: &[u8], end: &[u8]) -> (Vec<u8>, Option
 /// The storage range `[lo, hi)` of one kind for the user range `[start, end)` (`end` empty = to
 /// the end of the key space).
 pub fn kind_range(kind: u8, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let lo = data_key(kind, start);
-    let hi = if end.is_empty() { vec![kind + 1] } else { data_key(kind, end) };
+    let bound = |k: &[u8]| {
+        if kind == HISTORY {
+            // Escaped, without the end mark: below every revision of `k` and of keys after it.
+            let mut b = vec![HISTORY];
+            escape_into(k, &mut b);
+            b
+        } else {
+            data_key(kind, k)
+        }
+    };
+    let lo = bound(start);
+    let hi = if end.is_empty() { vec![kind + 1] } else { bound(end) };
     (lo, hi)
+}
+
+/// Whether the storage key `k` belongs to the user range `[start, end)`.
+pub fn in_range(k: &[u8], start: &[u8], end: &[u8]) -> bool {
+    let Some(&kind) = k.first() else { return false };
+    let (lo, hi) = kind_range(kind, start, end);
+    k >= lo.as_slice() && k < hi.as_slice()
 }
 
 #[cfg(test)]
@@ -129,8 +181,8 @@ mod tests {
         let a = history_key(b"x", 1);
         let b = history_key(b"x", 2);
         assert!(b < a);
-        assert_eq!(history_revision(&b, 1), Some(2));
-        assert_eq!(history_revision(&b, 2), None);
+        assert_eq!(history_revision(&b, &history_prefix(b"x")), Some(2));
+        assert_eq!(history_revision(&b, &history_prefix(b"xy")), None);
     }
 
     #[test]
@@ -139,11 +191,36 @@ mod tests {
             (data_key(KV, b"ab"), &b"ab"[..]),
             (history_key(b"ab", 7), b"ab"),
             (history_key(b"", 7), b""),
+            (history_key(b"a\0b\0", 7), b"a\0b\0"),
             (data_key(LOCK, b"l"), b"l"),
             (data_key(SEQ, b"s"), b"s"),
         ] {
-            assert_eq!(name_of(&k), name, "{k:?}");
+            assert_eq!(&*name_of(&k), name, "{k:?}");
         }
+        let h = history_key(b"a\0", 9);
+        assert_eq!(history_revision(&h, &history_prefix(b"a\0")), Some(9));
+        assert_eq!(history_revision(&h, &history_prefix(b"a")), None);
+    }
+
+    #[test]
+    fn a_keys_revisions_stay_on_its_side_of_any_split() {
+        // (key, split at): the key's revisions are in [at, ..) exactly when the key is.
+        let keys: [&[u8]; 9] =
+            [b"", b"a", b"user1", b"user10", b"user1\0", b"user1\0\0", b"user1\xff", b"b", b"\0"];
+        for k in keys {
+            for at in keys {
+                for rev in [1u64, 1 << 40, u64::MAX - 1] {
+                    let h = history_key(k, rev);
+                    assert_eq!(in_range(&h, at, b""), k >= at, "{k:?} at {at:?}");
+                    assert_eq!(in_range(&h, b"", at), at.is_empty() || k < at, "{k:?} to {at:?}");
+                    assert_eq!(in_range(&data_key(KV, k), at, b""), k >= at);
+                }
+            }
+        }
+        // Revisions of one key sort newest first, and apart from every other key's.
+        assert!(history_key(b"user1", 2) < history_key(b"user1", 1));
+        assert!(history_key(b"user1", 1) < history_key(b"user10", u64::MAX - 1));
+        assert!(history_key(b"user1", 1) < history_key(b"user1\0", u64::MAX - 1));
     }
 
     #[test]

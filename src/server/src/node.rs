@@ -124,8 +124,10 @@ struct Layout {
 }
 
 /// The data format this build writes and reads. 2: log entries carry their apply settings,
-/// lock records the term of their lease. 3: partition descriptors name their learners.
-const FORMAT: u32 = 3;
+/// lock records the term of their lease. 3: partition descriptors name their learners. 4: a
+/// key's older revisions are stored under its escaped key (`keys::history_key`), so splits
+/// keep them with the key.
+const FORMAT: u32 = 4;
 
 fn format_one() -> u32 {
     1

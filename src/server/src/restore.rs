@@ -88,8 +88,10 @@ pub fn read(
         .map_err(|e| at(&format!("manifest.json: {e}")))?;
     let m: Manifest =
         serde_json::from_str(&text).map_err(|e| at(&format!("manifest.json is damaged: {e}")))?;
-    if m.format != 1 {
-        return Err(at(&format!("manifest format {} (this build reads 1)", m.format)));
+    // 2: revisions stored under escaped keys (data format 4); a format 1 backup's would be
+    // misread.
+    if m.format != 2 {
+        return Err(at(&format!("manifest format {} (this build reads 2)", m.format)));
     }
     let mut backup = Backup::new();
     let mut ranges = Vec::new();

@@ -325,7 +325,7 @@ pub(super) fn prepare<T: Txn>(
         b.failed.is_none().then(|| {
             b.writes
                 .iter()
-                .filter(|(k, _)| keys::name_of(k) == name)
+                .filter(|(k, _)| keys::name_of(k).as_ref() == name)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect::<Vec<_>>()
         })

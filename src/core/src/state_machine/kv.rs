@@ -326,8 +326,8 @@ pub(super) fn history<S: Scan>(
         if items.len() >= limit {
             return false;
         }
-        if history_revision(k, key.len()).is_none() {
-            return true; // a longer key that shares this prefix
+        if history_revision(k, &lo).is_none() {
+            return true; // not a revision record (none should be here)
         }
         match decode_kv(v) {
             Ok(r) => items.push(item(key, r)),

@@ -440,7 +440,7 @@ impl StateDb {
         }
         while let Some((k, v)) = next {
             if k.first().is_none_or(|b| *b < kahuna_core::keys::KIND_MIN)
-                || !in_range(&k, start, end)
+                || !kahuna_core::keys::in_range(&k, start, end)
             {
                 return Err(StorageError::Snapshot("a key outside the partition".into()));
             }
@@ -521,11 +521,6 @@ impl Scan for StateDb {
 }
 
 /// Whether storage key `k` (kind byte, then user key) lies in the user range `[start, end)`.
-fn in_range(k: &[u8], start: &[u8], end: &[u8]) -> bool {
-    let user = &k[1..];
-    user >= start && (end.is_empty() || user < end)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
