@@ -349,6 +349,12 @@ fn txn_from_json(text: &str) -> Result<TxnParts, Error> {
         Some("ephemeral") => Durability::Ephemeral,
         Some(other) => return Err(bad(format!("unknown durability {other:?}"))),
     };
+    let has_steps =
+        ["then", "else"].iter().any(|b| v[*b].as_array().is_some_and(|a| !a.is_empty()));
+    if durability == Durability::Ephemeral && !has_steps {
+        // Compares alone carry no durability: they would read persistent state.
+        return Err(bad("an ephemeral transaction needs at least one step".into()));
+    }
     let mut compare = Vec::new();
     for c in v["compare"].as_array().map(|a| a.as_slice()).unwrap_or(&[]) {
         let target = match c["target"].as_str() {

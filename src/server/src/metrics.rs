@@ -185,7 +185,7 @@ impl Metrics {
         );
         r.register(
             "kahuna_transactions_recovered",
-            "Transactions whose coordinator left them, finished by this shard's leaders",
+            "Resolutions of transactions a coordinator left, run by this shard's leaders (a record may be counted again after a leader change)",
             m.txn_recovered.clone(),
         );
         r.register(

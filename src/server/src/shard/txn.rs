@@ -581,6 +581,7 @@ impl Shard {
 /// finishes per look.
 const RECOVER_EVERY: Duration = Duration::from_secs(2);
 const RECOVER_BATCH: usize = 16;
+const QUIESCED_EVERY: u64 = 15;
 
 /// Finishes the transactions whose coordinator died (or gave up resolving) in the partitions
 /// this shard leads: a record still there past its deadline is settled (a pending one aborted),
@@ -589,8 +590,14 @@ const RECOVER_BATCH: usize = 16;
 pub async fn recover(shard: Rc<Shard>) {
     // Records this shard already resolved every name of (they wait to be forgotten).
     let mut resolved: std::collections::BTreeSet<Vec<u8>> = Default::default();
+    let mut round = 0u64;
     loop {
         glommio::timer::sleep(RECOVER_EVERY).await;
+        round += 1;
+        // Quiesced partitions are looked at once in QUIESCED_EVERY rounds: reading their
+        // records does not wake them (only finishing a due one does), and a partition
+        // quiesces long before a dead coordinator's record is due.
+        let quiesced_too = round.is_multiple_of(QUIESCED_EVERY);
         let now_ms = shard.now_ms();
         let mut found = Vec::new();
         {
@@ -599,9 +606,7 @@ pub async fn recover(shard: Rc<Shard>) {
                     || (now_ms >= r.deadline_ms && !resolved.contains(&r.txn))
             };
             let parts = shard.parts.borrow();
-            // Quiesced partitions are skipped (idle ones cost nothing): a request that meets a
-            // left intent asks its record, which wakes it.
-            for p in parts.values().filter(|p| p.is_leader() && !p.quiesced) {
+            for p in parts.values().filter(|p| p.is_leader() && (quiesced_too || !p.quiesced)) {
                 let hi = (!p.info.end.is_empty()).then_some(p.info.end.as_slice());
                 let left = RECOVER_BATCH - found.len();
                 match intents::records_in_range(&shard.db, &p.info.start, hi, left, &due) {
