@@ -157,8 +157,12 @@ impl Server {
                 vec!["--metrics-listen", "off"]
             })
             // Lock decisions at debug: a failed lock check can be traced to the apply that
-            // granted each token.
-            .env("RUST_LOG", "info,raft=warn,kahuna::locks=debug")
+            // granted each token. KAHUNA_TEST_LOG replaces it to trace a flaky run.
+            .env(
+                "RUST_LOG",
+                std::env::var("KAHUNA_TEST_LOG")
+                    .unwrap_or_else(|_| "info,raft=warn,kahuna::locks=debug".into()),
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
@@ -345,7 +349,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
         let _ = std::fs::remove_dir_all(&self.data_dir);
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && std::env::var_os("KAHUNA_TEST_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_file(&self.log);
         } else {
             eprintln!("server log kept at {}", self.log.display());

@@ -15,6 +15,21 @@ use crate::types::{
 };
 use crate::wire;
 
+/// Byte vectors copied in one go. flatbuffers' `create_vector` writes a `[u8]` element by
+/// element: in a debug build a forwarded 512 KiB value held the shard loop for tens of
+/// milliseconds.
+trait CreateBytes<'a> {
+    fn create_bytes(&mut self, bytes: &[u8]) -> WIPOffset<Vector<'a, u8>>;
+}
+
+impl<'a> CreateBytes<'a> for FlatBufferBuilder<'a> {
+    fn create_bytes(&mut self, bytes: &[u8]) -> WIPOffset<Vector<'a, u8>> {
+        // A byte string is laid out as a `[ubyte]` vector (length, then the bytes, aligned the
+        // same), with a 0 after its end that the vector's length leaves out.
+        WIPOffset::new(self.create_byte_string(bytes).value())
+    }
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("invalid flatbuffer: {0}")]
@@ -350,7 +365,7 @@ fn nested_vector<'a>(
     let offs: Vec<_> = frames
         .iter()
         .map(|f| {
-            let frame = fbb.create_vector(f);
+            let frame = fbb.create_bytes(f);
             wire::Nested::create(fbb, &wire::NestedArgs { frame: Some(frame) })
         })
         .collect();
@@ -382,7 +397,7 @@ pub fn encode_request(
             let compares: Vec<_> = compare
                 .iter()
                 .map(|c| {
-                    let (key, value) = (fbb.create_vector(&c.key), fbb.create_vector(&c.value));
+                    let (key, value) = (fbb.create_bytes(&c.key), fbb.create_bytes(&c.value));
                     let args = wire::CompareArgs {
                         key: Some(key),
                         target: match c.target {
@@ -415,15 +430,15 @@ pub fn encode_request(
             (wire::Op::Txn, wire::Txn::create(fbb, &args).as_union_value())
         }
         Op::KvSet { key, value, durability, ttl_ms, condition } => {
-            let key = fbb.create_vector(key);
-            let value = fbb.create_vector(value);
+            let key = fbb.create_bytes(key);
+            let value = fbb.create_bytes(value);
             let (cond, expected_revision, expected_value) = match condition {
                 SetCondition::None => (wire::SetCondition::None, 0, None),
                 SetCondition::IfExists => (wire::SetCondition::IfExists, 0, None),
                 SetCondition::IfNotExists => (wire::SetCondition::IfNotExists, 0, None),
                 SetCondition::IfRevision(r) => (wire::SetCondition::IfRevision, *r, None),
                 SetCondition::IfValue(v) => {
-                    (wire::SetCondition::IfValue, 0, Some(fbb.create_vector(v)))
+                    (wire::SetCondition::IfValue, 0, Some(fbb.create_bytes(v)))
                 }
             };
             let o = wire::KvSet::create(
@@ -441,7 +456,7 @@ pub fn encode_request(
             (wire::Op::KvSet, o.as_union_value())
         }
         Op::KvGet { key, durability, revision } => {
-            let key = fbb.create_vector(key);
+            let key = fbb.create_bytes(key);
             let o = wire::KvGet::create(
                 fbb,
                 &wire::KvGetArgs {
@@ -453,7 +468,7 @@ pub fn encode_request(
             (wire::Op::KvGet, o.as_union_value())
         }
         Op::KvDelete { key, durability, expected_revision } => {
-            let key = fbb.create_vector(key);
+            let key = fbb.create_bytes(key);
             let o = wire::KvDelete::create(
                 fbb,
                 &wire::KvDeleteArgs {
@@ -465,7 +480,7 @@ pub fn encode_request(
             (wire::Op::KvDelete, o.as_union_value())
         }
         Op::KvExists { key, durability } => {
-            let key = fbb.create_vector(key);
+            let key = fbb.create_bytes(key);
             let o = wire::KvExists::create(
                 fbb,
                 &wire::KvExistsArgs { key: Some(key), durability: durability_to(*durability) },
@@ -473,7 +488,7 @@ pub fn encode_request(
             (wire::Op::KvExists, o.as_union_value())
         }
         Op::KvExtend { key, durability, ttl_ms } => {
-            let key = fbb.create_vector(key);
+            let key = fbb.create_bytes(key);
             let o = wire::KvExtend::create(
                 fbb,
                 &wire::KvExtendArgs {
@@ -485,8 +500,8 @@ pub fn encode_request(
             (wire::Op::KvExtend, o.as_union_value())
         }
         Op::KvScan { prefix, durability, start_after, limit } => {
-            let prefix = fbb.create_vector(prefix);
-            let start_after = start_after.as_ref().map(|s| fbb.create_vector(s));
+            let prefix = fbb.create_bytes(prefix);
+            let start_after = start_after.as_ref().map(|s| fbb.create_bytes(s));
             let o = wire::KvScan::create(
                 fbb,
                 &wire::KvScanArgs {
@@ -499,7 +514,7 @@ pub fn encode_request(
             (wire::Op::KvScan, o.as_union_value())
         }
         Op::KvHistory { key, durability, limit } => {
-            let key = fbb.create_vector(key);
+            let key = fbb.create_bytes(key);
             let o = wire::KvHistory::create(
                 fbb,
                 &wire::KvHistoryArgs {
@@ -511,8 +526,8 @@ pub fn encode_request(
             (wire::Op::KvHistory, o.as_union_value())
         }
         Op::LockAcquire { resource, owner, lease_ms, durability } => {
-            let resource = fbb.create_vector(resource);
-            let owner = fbb.create_vector(owner);
+            let resource = fbb.create_bytes(resource);
+            let owner = fbb.create_bytes(owner);
             let o = wire::LockAcquire::create(
                 fbb,
                 &wire::LockAcquireArgs {
@@ -525,8 +540,8 @@ pub fn encode_request(
             (wire::Op::LockAcquire, o.as_union_value())
         }
         Op::LockExtend { resource, owner, lease_ms, durability, fencing_token } => {
-            let resource = fbb.create_vector(resource);
-            let owner = fbb.create_vector(owner);
+            let resource = fbb.create_bytes(resource);
+            let owner = fbb.create_bytes(owner);
             let o = wire::LockExtend::create(
                 fbb,
                 &wire::LockExtendArgs {
@@ -540,8 +555,8 @@ pub fn encode_request(
             (wire::Op::LockExtend, o.as_union_value())
         }
         Op::LockRelease { resource, owner, durability, fencing_token } => {
-            let resource = fbb.create_vector(resource);
-            let owner = fbb.create_vector(owner);
+            let resource = fbb.create_bytes(resource);
+            let owner = fbb.create_bytes(owner);
             let o = wire::LockRelease::create(
                 fbb,
                 &wire::LockReleaseArgs {
@@ -554,7 +569,7 @@ pub fn encode_request(
             (wire::Op::LockRelease, o.as_union_value())
         }
         Op::LockGet { resource, durability } => {
-            let resource = fbb.create_vector(resource);
+            let resource = fbb.create_bytes(resource);
             let o = wire::LockGet::create(
                 fbb,
                 &wire::LockGetArgs {
@@ -565,13 +580,13 @@ pub fn encode_request(
             (wire::Op::LockGet, o.as_union_value())
         }
         Op::SeqNext { name, count } => {
-            let name = fbb.create_vector(name);
+            let name = fbb.create_bytes(name);
             let o =
                 wire::SeqNext::create(fbb, &wire::SeqNextArgs { name: Some(name), count: *count });
             (wire::Op::SeqNext, o.as_union_value())
         }
         Op::Backup { key, offset, index } => {
-            let key = fbb.create_vector(key);
+            let key = fbb.create_bytes(key);
             let o = wire::Backup::create(
                 fbb,
                 &wire::BackupArgs { key: Some(key), offset: *offset, index: *index },
@@ -582,7 +597,7 @@ pub fn encode_request(
             let params: Vec<_> = params
                 .iter()
                 .map(|(n, v)| {
-                    let (name, value) = (fbb.create_string(n), fbb.create_vector(v));
+                    let (name, value) = (fbb.create_string(n), fbb.create_bytes(v));
                     wire::Param::create(
                         fbb,
                         &wire::ParamArgs { name: Some(name), value: Some(value) },
@@ -590,18 +605,18 @@ pub fn encode_request(
                 })
                 .collect();
             let params = fbb.create_vector(&params);
-            let (source, key) = (fbb.create_string(source), fbb.create_vector(key));
+            let (source, key) = (fbb.create_string(source), fbb.create_bytes(key));
             let args =
                 wire::ScriptArgs { source: Some(source), params: Some(params), key: Some(key) };
             (wire::Op::Script, wire::Script::create(fbb, &args).as_union_value())
         }
         Op::Internal { key, payload, read } => {
-            let (key, payload) = (fbb.create_vector(key), fbb.create_vector(payload));
+            let (key, payload) = (fbb.create_bytes(key), fbb.create_bytes(payload));
             let args = wire::InternalArgs { key: Some(key), payload: Some(payload), read: *read };
             (wire::Op::Internal, wire::Internal::create(fbb, &args).as_union_value())
         }
         Op::Split { key, at } => {
-            let (key, at) = (fbb.create_vector(key), fbb.create_vector(at));
+            let (key, at) = (fbb.create_bytes(key), fbb.create_bytes(at));
             let o = wire::Split::create(fbb, &wire::SplitArgs { key: Some(key), at: Some(at) });
             (wire::Op::Split, o.as_union_value())
         }
@@ -626,7 +641,7 @@ pub fn encode_request(
             (wire::Op::Membership, wire::Membership::create(fbb, &args).as_union_value())
         }
         Op::MoveReplica { key, partition, epoch, add, remove, lead } => {
-            let key = fbb.create_vector(key);
+            let key = fbb.create_bytes(key);
             let args = wire::MoveReplicaArgs {
                 key: Some(key),
                 partition: *partition,
@@ -659,8 +674,8 @@ pub fn encode_request(
 }
 
 fn item<'a>(fbb: &mut FlatBufferBuilder<'a>, it: &KvItem) -> WIPOffset<wire::KvItem<'a>> {
-    let key = fbb.create_vector(&it.key);
-    let value = fbb.create_vector(&it.value);
+    let key = fbb.create_bytes(&it.key);
+    let value = fbb.create_bytes(&it.value);
     wire::KvItem::create(
         fbb,
         &wire::KvItemArgs {
@@ -758,8 +773,8 @@ fn cluster_status<'a>(
                 })
                 .collect();
             let status = fbb.create_vector(&status);
-            let start = fbb.create_vector(&p.start);
-            let end = fbb.create_vector(&p.end);
+            let start = fbb.create_bytes(&p.start);
+            let end = fbb.create_bytes(&p.end);
             let replicas = fbb.create_vector(&p.replicas);
             wire::PartitionStatus::create(
                 fbb,
@@ -925,8 +940,8 @@ pub fn encode_response(
                 ),
                 Reply::KvScan { items: its, next, covered_to } => {
                     let its = items(fbb, its);
-                    let next = next.as_ref().map(|n| fbb.create_vector(n));
-                    let covered_to = covered_to.as_ref().map(|n| fbb.create_vector(n));
+                    let next = next.as_ref().map(|n| fbb.create_bytes(n));
+                    let covered_to = covered_to.as_ref().map(|n| fbb.create_bytes(n));
                     (
                         wire::Reply::KvScanResult,
                         wire::KvScanResult::create(
@@ -948,7 +963,7 @@ pub fn encode_response(
                     )
                 }
                 Reply::Lock(st) => {
-                    let owner = st.owner.as_ref().map(|o| fbb.create_vector(o));
+                    let owner = st.owner.as_ref().map(|o| fbb.create_bytes(o));
                     (
                         wire::Reply::LockState,
                         wire::LockState::create(
@@ -986,9 +1001,9 @@ pub fn encode_response(
                     (wire::Reply::ClusterStatusResult, cluster_status(fbb, st).as_union_value())
                 }
                 Reply::BackupChunk(c) => {
-                    let start = fbb.create_vector(&c.start);
-                    let end = fbb.create_vector(&c.end);
-                    let data = fbb.create_vector(&c.data);
+                    let start = fbb.create_bytes(&c.start);
+                    let end = fbb.create_bytes(&c.end);
+                    let data = fbb.create_bytes(&c.data);
                     let args = wire::BackupChunkResultArgs {
                         partition: c.partition,
                         start: Some(start),
@@ -1021,7 +1036,7 @@ pub fn encode_response(
                         })
                         .collect();
                     let members = fbb.create_vector(&list);
-                    let map = fbb.create_vector(map);
+                    let map = fbb.create_bytes(map);
                     let args = wire::MembershipResultArgs {
                         members: Some(members),
                         balance: *balance,
@@ -1048,7 +1063,7 @@ pub fn encode_response(
                     )
                 }
                 Reply::Internal { payload } => {
-                    let payload = fbb.create_vector(payload);
+                    let payload = fbb.create_bytes(payload);
                     let args = wire::InternalResultArgs { payload: Some(payload) };
                     (
                         wire::Reply::InternalResult,
@@ -1064,7 +1079,7 @@ pub fn encode_response(
                     )
                 }
                 Reply::Split { left, right, at, epoch } => {
-                    let at = fbb.create_vector(at);
+                    let at = fbb.create_bytes(at);
                     let args = wire::SplitResultArgs {
                         left: *left,
                         right: *right,

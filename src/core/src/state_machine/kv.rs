@@ -148,12 +148,11 @@ pub(super) fn collect<T: Txn>(
     Ok(Reply::KvDelete { deleted: removed > 0, revision: removed })
 }
 
-/// Whether the stored current record (a value of kind `k`) expired, or was deleted, at least
-/// `grace_ms` before `now_ms`: what the collector proposes for removal.
-pub fn expired_before(value: &[u8], now_ms: u64, grace_ms: u64) -> bool {
-    // Read in place: the collector looks at hundreds of records a second on the shard loop.
-    crate::records::peek_kv_expiry(value)
-        .is_ok_and(|at| at != 0 && at.saturating_add(grace_ms) <= now_ms)
+/// Whether a stored current record whose expiry is `expires_at_ms` (0: none; see
+/// `records::peek_kv_expiry`) expired, or was deleted, at least `grace_ms` before `now_ms`:
+/// what the collector proposes for removal.
+pub fn expired_before(expires_at_ms: u64, now_ms: u64, grace_ms: u64) -> bool {
+    expires_at_ms != 0 && expires_at_ms.saturating_add(grace_ms) <= now_ms
 }
 
 pub(super) fn delete<T: Txn>(

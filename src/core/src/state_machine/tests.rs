@@ -362,7 +362,8 @@ fn collecting_expired_keys_frees_them_without_reusing_a_revision() {
     // State without a partition (ephemeral) has no floor and collects nothing.
     let op = WriteOp::KvCollect { keys: vec![b"kept".to_vec()], grace_ms: 0 };
     assert!(apply(&mut s, &op, &ctx(9_999)).is_err());
-    assert!(!expired_before(&s.get(b"ksession").unwrap(), 9_999, 0));
+    let at = crate::records::peek_kv_expiry(&s.get(b"ksession").unwrap()).unwrap();
+    assert!(!expired_before(at, 9_999, 0));
 }
 
 #[test]

@@ -84,6 +84,9 @@ fn fatal(what: &str, err: impl std::fmt::Display) -> ! {
     crate::fatal::storage(what, err)
 }
 
+/// A tick this many tick periods late is logged.
+const LATE_TICKS_LOGGED: u32 = 3;
+
 pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
     let tick = Duration::from_millis(shard.cfg.raft_tick_ms);
     let mut next_tick = Instant::now() + tick;
@@ -102,6 +105,16 @@ pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
             .await;
         }
         if Instant::now() >= next_tick {
+            let late = Instant::now() - next_tick;
+            if late >= tick * LATE_TICKS_LOGGED {
+                // Followers elect another leader after 10 ticks without a heartbeat: a loop this
+                // late (a busy core, something blocking it) is the first thing to look for.
+                tracing::warn!(
+                    "shard {}: the loop ticked {} ms late (something blocked it, or its core is busy)",
+                    shard.id,
+                    late.as_millis()
+                );
+            }
             next_tick = Instant::now() + tick;
             on_tick(&shard);
             if shard.ticks.get().is_multiple_of(COLLECT_EVERY_TICKS) {
@@ -240,6 +253,12 @@ fn on_tick(shard: &Shard) {
     shard.ticks.set(ticks + 1);
     for (pid, p) in shard.parts.borrow_mut().iter_mut() {
         let mut collected = false;
+        // Partitions with no key to expire are looked at once a minute, spread over it.
+        let due = collect
+            && p.is_leader()
+            && (p.ttl_keys
+                || (ticks / COLLECT_EVERY_TICKS + pid)
+                    .is_multiple_of(IDLE_COLLECT_TICKS / COLLECT_EVERY_TICKS));
         if p.quiesced {
             if !p.is_leader() && !heard_from(p.leader_hint()) {
                 // The leader's node fell silent: tick again, and elect another if need be.
@@ -248,16 +267,7 @@ fn on_tick(shard: &Shard) {
                 // A leader that must hand over (its clock is off, its disk full) wakes to do so.
                 p.wake();
             } else {
-                // Partitions with no key to expire are looked at once a minute, spread over it.
-                let due = match p.ttl_keys {
-                    true => collect,
-                    false => {
-                        collect
-                            && (ticks / COLLECT_EVERY_TICKS + pid)
-                                .is_multiple_of(QUIESCED_COLLECT_TICKS / COLLECT_EVERY_TICKS)
-                    }
-                };
-                if due && p.is_leader() {
+                if due {
                     collect_expired(shard, p, now_ms); // a removal to propose wakes the group
                     collected = true;
                 }
@@ -270,7 +280,7 @@ fn on_tick(shard: &Shard) {
         p.idle_ticks += 1;
         split_half_upkeep(p, ticks, &mut freed);
         p.retry_reads(now);
-        if collect && p.is_leader() && !collected {
+        if due && !collected {
             collect_expired(shard, p, now_ms);
         }
         if shard.peers.is_some() && !hold.is_zero() {
@@ -301,11 +311,17 @@ fn on_tick(shard: &Shard) {
     shard.ephemeral_bytes.set(shard.ephemeral_bytes.get().saturating_sub(freed));
 }
 
-/// A quiesced leader's partition that held no key with a TTL at the collector's last whole
-/// pass is looked at this seldom (every minute), not every second: a node holding thousands
-/// of idle partitions would otherwise read each one every second. A write with a TTL makes it
-/// looked at every second again.
-const QUIESCED_COLLECT_TICKS: u64 = 600;
+/// A led partition that held no key with a TTL at the collector's last whole pass is looked at
+/// this seldom (every minute), not every second: a node holding thousands of idle partitions
+/// would otherwise read each one every second, and a big partition's sweep would read all of
+/// it every few seconds on the shard loop (a 36 MB partition's stalled its loop for a second in
+/// a debug build, long enough for its other partitions' followers to elect another leader). A
+/// write with a TTL makes it looked at every second again.
+const IDLE_COLLECT_TICKS: u64 = 600;
+
+/// A collector's turn stops after this many bytes of records, whatever their count: a turn of
+/// [`COLLECT_BATCH`] big values would hold the loop for as long as reading them takes.
+const COLLECT_BYTES: usize = 1 << 20;
 
 /// Once a second: the metrics that describe state rather than count events.
 fn report_gauges(shard: &Shard) {
@@ -348,22 +364,24 @@ fn collect_expired(shard: &Shard, p: &mut crate::raft::partition::Partition, now
         None => lo,
     };
     let mut keys = Vec::new();
-    let mut seen = 0;
+    let (mut seen, mut bytes) = (0, 0);
     let mut last = None;
     let mut ttl = false;
     shard.db.scan(&from, &hi, &mut |k, v| {
         seen += 1;
-        if state_machine::expired_before(v, now_ms, grace_ms) {
+        bytes += k.len() + v.len();
+        let expires_at = kahuna_core::records::peek_kv_expiry(v).unwrap_or(0);
+        if state_machine::expired_before(expires_at, now_ms, grace_ms) {
             keys.push(k[1..].to_vec());
         }
-        ttl |= kahuna_core::records::peek_kv_expiry(v).is_ok_and(|e| e != 0);
+        ttl |= expires_at != 0;
         last = Some(k.to_vec());
-        seen < COLLECT_BATCH
+        seen < COLLECT_BATCH && bytes < COLLECT_BYTES
     });
     p.pass_saw_ttl |= ttl;
     // Go on after the last key looked at next time; wrap around at the end of the range.
     p.collect_cursor = match last {
-        Some(mut k) if seen >= COLLECT_BATCH => {
+        Some(mut k) if seen >= COLLECT_BATCH || bytes >= COLLECT_BYTES => {
             k.push(0);
             Some(k)
         }
@@ -744,7 +762,10 @@ fn apply(shard: &Shard, batches: Vec<(u64, Vec<Entry>)>) {
                                 WriteOp::Script { .. } | WriteOp::TxnResolve { .. }
                             )
                         {
-                            p.ttl_keys = true; // something for the collector, soon
+                            // Something for the collector, soon; and the pass under way
+                            // may have gone past this key already.
+                            p.ttl_keys = true;
+                            p.pass_saw_ttl = true;
                         }
                         let ctx = ApplyCtx::persistent(&cmd, e.term, &p.info.start);
                         let result = match &cmd.op {
