@@ -213,6 +213,26 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
+    /// Whether the write can only read or free state (deletes, releases, and transactions made
+    /// of nothing else): what a store that is full still accepts, since it is how room is made.
+    pub fn frees_only(&self) -> bool {
+        let step = |s: &TxnStep| {
+            matches!(
+                s,
+                TxnStep::Get { .. }
+                    | TxnStep::Exists { .. }
+                    | TxnStep::LockGet { .. }
+                    | TxnStep::Delete { .. }
+                    | TxnStep::LockRelease { .. }
+            )
+        };
+        match self {
+            WriteOp::KvDelete { .. } | WriteOp::LockRelease { .. } => true,
+            WriteOp::Txn { then, otherwise, .. } => then.iter().chain(otherwise).all(step),
+            _ => false,
+        }
+    }
+
     /// The user keys the write touches (none for a split, which changes the partition itself).
     pub fn keys(&self) -> Vec<&[u8]> {
         match self {
@@ -408,6 +428,31 @@ mod tests {
         };
         assert_eq!(LogCommand::decode(&c.encode()).unwrap(), c);
         assert!(LogCommand::decode(&[9, 9, 9]).is_err());
+    }
+
+    #[test]
+    fn only_deletes_releases_and_reads_count_as_freeing() {
+        let k = || b"k".to_vec();
+        let txn = |then: Vec<TxnStep>| WriteOp::Txn { compare: vec![], then, otherwise: vec![] };
+        let cases = [
+            (WriteOp::KvDelete { key: k(), expected_revision: 0 }, true),
+            (WriteOp::LockRelease { resource: k(), owner: k(), fencing_token: 0 }, true),
+            (WriteOp::SeqNext { name: k(), count: 1 }, false),
+            (txn(vec![TxnStep::Get { key: k() }, TxnStep::Delete { key: k() }]), true),
+            (txn(vec![TxnStep::LockRelease { resource: k(), owner: k() }]), true),
+            (
+                txn(vec![
+                    TxnStep::Delete { key: k() },
+                    TxnStep::Set { key: k(), value: k(), ttl_ms: 0 },
+                ]),
+                false,
+            ),
+            (txn(vec![TxnStep::LockAcquire { resource: k(), owner: k(), lease_ms: 1 }]), false),
+            (txn(vec![TxnStep::SeqNext { name: k(), count: 1 }]), false),
+        ];
+        for (op, frees) in cases {
+            assert_eq!(op.frees_only(), frees, "{op:?}");
+        }
     }
 
     #[test]

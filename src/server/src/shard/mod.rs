@@ -454,9 +454,9 @@ impl Shard {
                     ));
                 }
             }
-            if total >= budget
-                && !matches!(wop, WriteOp::KvDelete { .. } | WriteOp::LockRelease { .. })
-            {
+            // Full: deletes and releases (and transactions of nothing else) still go, to make
+            // room.
+            if total >= budget && !wop.frees_only() {
                 return Err(WireError::new(
                     ErrorCode::TooLarge,
                     format!("ephemeral memory of this shard is full ({total} of {budget} bytes)"),
