@@ -22,7 +22,14 @@ use thiserror::Error;
 
 pub const FILE_MAGIC: &[u8; 4] = b"KSNP";
 pub const DESC_MAGIC: &[u8; 4] = b"KSND";
-pub const VERSION: u32 = 1;
+/// The version this build writes. 1: the first, its pairs in whichever data format the node
+/// that wrote it had. 2: its pairs in data format 4's layout (a key's older revisions under its
+/// escaped key); a follower refuses a transferred file of any other version (see
+/// [`header_version`]), so nodes of different data formats never take each other's state.
+pub const VERSION: u32 = 2;
+/// The oldest version [`decode_header`] reads: backups (manifest format 2, written only by data
+/// format 4 builds, which vouches for the layout) may hold version 1 files.
+pub const OLDEST_VERSION: u32 = 1;
 pub const HEADER_BYTES: usize = 4 + 4 + 8 + 8 + 8;
 const END: u32 = u32::MAX;
 /// Largest chunk of a snapshot file in one peer frame.
@@ -99,17 +106,46 @@ pub fn encode_header(partition: u64, index: u64, term: u64) -> Vec<u8> {
     v
 }
 
-/// `(partition, index, term)` of a file header.
-pub fn decode_header(b: &[u8]) -> Result<Header, SnapshotFormatError> {
+/// The version a file header names.
+pub fn header_version(b: &[u8]) -> Result<u32, SnapshotFormatError> {
     if b.len() < HEADER_BYTES || &b[..4] != FILE_MAGIC {
         return Err(bad("not a snapshot file"));
     }
-    let version = u32::from_le_bytes(b[4..8].try_into().unwrap());
-    if version != VERSION {
-        return Err(bad(format!("snapshot format version {version}, expected {VERSION}")));
+    Ok(u32::from_le_bytes(b[4..8].try_into().unwrap()))
+}
+
+/// `(partition, index, term)` of a file header of a version this build reads.
+pub fn decode_header(b: &[u8]) -> Result<Header, SnapshotFormatError> {
+    let version = header_version(b)?;
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
+        return Err(bad(format!(
+            "snapshot format version {version}, this build reads {OLDEST_VERSION} to {VERSION}"
+        )));
     }
     let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
     Ok((word(8), word(16), word(24)))
+}
+
+/// What the header of a file a peer transferred must say: this build's [`VERSION`] (the
+/// layout of its pairs is the data format's: an older one, even if readable, is refused), and
+/// the partition, index and term the transfer announced.
+pub fn check_transferred(
+    header: &[u8],
+    partition: u64,
+    index: u64,
+    term: u64,
+) -> Result<(), SnapshotFormatError> {
+    let version = header_version(header)?;
+    if version != VERSION {
+        return Err(bad(format!(
+            "it is in snapshot format version {version}, this build's is {VERSION}"
+        )));
+    }
+    let named = decode_header(header)?;
+    if named != (partition, index, term) {
+        return Err(bad(format!("its file holds {named:?}, not ({partition}, {index}, {term})")));
+    }
+    Ok(())
 }
 
 pub fn encode_pair(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
@@ -254,6 +290,31 @@ impl Chunk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transferred_file_must_be_this_versions_and_the_announced_one() {
+        let v1 = {
+            let mut h = encode_header(3, 90, 2);
+            h[4..8].copy_from_slice(&1u32.to_le_bytes());
+            h
+        };
+        let cases: [(Vec<u8>, Header, bool); 6] = [
+            (encode_header(3, 90, 2), (3, 90, 2), true),
+            // Readable (a backup may hold one), but never taken from a peer.
+            (v1.clone(), (3, 90, 2), false),
+            (encode_header(3, 90, 2), (3, 91, 2), false),
+            (encode_header(3, 90, 2), (4, 90, 2), false),
+            (encode_header(3, 90, 2)[..HEADER_BYTES - 1].to_vec(), (3, 90, 2), false),
+            (b"KSNX-not-a-snapshot-file-at-all-".to_vec(), (3, 90, 2), false),
+        ];
+        for (header, (p, i, t), ok) in cases {
+            assert_eq!(check_transferred(&header, p, i, t).is_ok(), ok, "{header:?}");
+        }
+        assert_eq!(decode_header(&v1).unwrap(), (3, 90, 2));
+        let mut v9 = v1;
+        v9[4..8].copy_from_slice(&9u32.to_le_bytes());
+        assert!(decode_header(&v9).is_err());
+    }
 
     fn file(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
         let mut f = encode_header(3, 90, 2);

@@ -25,7 +25,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use glommio::channels::local_channel::{self, LocalSender};
-use kahuna_core::snapshot_format::{Chunk, Descriptor, CHUNK_BYTES};
+use kahuna_core::snapshot_format::{self, Chunk, Descriptor, CHUNK_BYTES};
 use raft::eraftpb::{Message, MessageType};
 
 use crate::shard::{with_deadline, Shard};
@@ -296,8 +296,12 @@ async fn receive(
         crate::fatal::storage("creating a snapshot file", path.display());
     };
     let mut crc = 0u32;
+    let mut header = Vec::new();
     while let Some(chunk) = chunks.recv().await {
         crc = crc32c::crc32c_append(crc, &chunk.data);
+        if chunk.offset == 0 {
+            header = chunk.data[..chunk.data.len().min(snapshot_format::HEADER_BYTES)].to_vec();
+        }
         let end = chunk.offset + chunk.data.len() as u64;
         let done = end == chunk.total;
         let written = glommio::executor()
@@ -318,6 +322,17 @@ async fn receive(
             peers.send(from, PeerFrame::SnapAck { partition: pid, transfer, upto: end });
         }
         if done {
+            if let Err(why) =
+                snapshot_format::check_transferred(&header, pid, chunk.index, chunk.term)
+            {
+                // Never staged: the leader's snapshot message finds no file and is dropped.
+                tracing::error!(
+                    "partition {pid}: refused the snapshot node {from} sent: {why} (every node \
+                     must run a build of the same data format)"
+                );
+                shard.snapshots.borrow_mut().receiving.remove(&pid);
+                break;
+            }
             let desc = Descriptor {
                 partition: pid,
                 index: chunk.index,
