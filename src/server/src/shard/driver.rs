@@ -87,12 +87,35 @@ fn fatal(what: &str, err: impl std::fmt::Display) -> ! {
 /// A tick this many tick periods late is logged.
 const LATE_TICKS_LOGGED: u32 = 3;
 
+/// Late ticks, reported at most once per [`LATE_REPORT_EVERY`] (a loop late at every tick
+/// would otherwise log three lines a second).
+#[derive(Default)]
+struct Lateness {
+    reported: Option<Instant>,
+    worst: Duration,
+    times: u64,
+}
+
+const LATE_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+impl Lateness {
+    fn late(&mut self, by: Duration, report: impl FnOnce(Duration, u64)) {
+        self.worst = self.worst.max(by);
+        self.times += 1;
+        if self.reported.is_none_or(|t| t.elapsed() >= LATE_REPORT_EVERY) {
+            report(self.worst, self.times);
+            (self.reported, self.worst, self.times) = (Some(Instant::now()), Duration::ZERO, 0);
+        }
+    }
+}
+
 pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
     let tick = Duration::from_millis(shard.cfg.raft_tick_ms);
     let mut next_tick = Instant::now() + tick;
     let flushed: Rc<std::cell::RefCell<Option<HashMap<u64, u64>>>> = Default::default();
     let mut flushing = false;
     let mut held = Held::default();
+    let mut lateness = Lateness::default();
     loop {
         let now = Instant::now();
         if now < next_tick {
@@ -109,11 +132,14 @@ pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
             if late >= tick * LATE_TICKS_LOGGED {
                 // Followers elect another leader after 10 ticks without a heartbeat: a loop this
                 // late (a busy core, something blocking it) is the first thing to look for.
-                tracing::warn!(
-                    "shard {}: the loop ticked {} ms late (something blocked it, or its core is busy)",
-                    shard.id,
-                    late.as_millis()
-                );
+                lateness.late(late, |worst, times| {
+                    tracing::warn!(
+                        "shard {}: the loop ticked up to {} ms late ({times} times since the \
+                         last report; something blocked it, or its core is busy)",
+                        shard.id,
+                        worst.as_millis()
+                    )
+                });
             }
             next_tick = Instant::now() + tick;
             on_tick(&shard);
