@@ -15,6 +15,7 @@
 //! | `clock_offset_ms` | the wall clock | reads `v` ms ahead (negative: behind): a clock jump |
 //! | `pause_before_apply` | before applying a batch | use `sleep(ms)`: the shard stalls, as in a long GC pause |
 //! | `defer_apply` | each loop turn | committed entries wait (unapplied) while it fires: a slow apply |
+//! | `txn_crash_before_primary_prepare` | a transaction's coordinator | prepares every part but the first key's, then the process aborts: intents left, no record |
 //! | `txn_crash_after_prepare` | a transaction's coordinator, every part prepared | the process aborts: intents left, record pending |
 //! | `txn_crash_after_commit` | a transaction's coordinator, record committed | the process aborts: intents left unresolved |
 //!

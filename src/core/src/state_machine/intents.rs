@@ -201,6 +201,39 @@ pub fn held_in_range<S: Scan + ?Sized>(
     })
 }
 
+/// How long past its deadline a holder of an intent must be before a partition's leader
+/// settles it itself: records' own recovery (every 2 s) finishes nearly all of them first; this
+/// is for those whose transaction left no record (its coordinator died before the first key's
+/// prepare applied), which only a walk over the intents finds.
+pub const ORPHAN_AFTER_MS: u64 = 10_000;
+
+/// What one step of the walk over a partition's intents found.
+pub struct WalkStep {
+    /// Each name and holder whose deadline passed [`ORPHAN_AFTER_MS`] ago.
+    pub overdue: Vec<(Vec<u8>, Holder)>,
+    /// Where the next step starts; `None`: the walk reached the end and starts over.
+    pub next: Option<Vec<u8>>,
+}
+
+/// One step of the walk over a partition's intents: `scanned` are the next intents from the
+/// walk's cursor, at most `max` of them.
+pub fn overdue_holders(scanned: &[(Vec<u8>, IntentRecord)], max: usize, now_ms: u64) -> WalkStep {
+    let overdue = scanned
+        .iter()
+        .flat_map(|(name, i)| i.holders(true).into_iter().map(move |h| (name.clone(), h)))
+        .filter(|(_, h)| h.deadline_ms.saturating_add(ORPHAN_AFTER_MS) <= now_ms)
+        .collect();
+    let next = match scanned.last() {
+        Some((name, _)) if scanned.len() >= max => {
+            let mut after = name.clone();
+            after.push(0);
+            Some(after)
+        }
+        _ => None,
+    };
+    WalkStep { overdue, next }
+}
+
 /// The records under primary keys in the user range `[lo, hi)` that `want` picks, at most
 /// `max` of them: what a partition's leader looks at to finish transactions whose coordinator
 /// did not.

@@ -582,8 +582,51 @@ mod transactions {
 mod across {
     use super::*;
     use crate::command::{TxnCompare, TxnStep};
-    use crate::records::{TXN_ABORTED, TXN_COMMITTED_ELSE, TXN_COMMITTED_THEN, TXN_PENDING};
+    use crate::records::{
+        Holder, TXN_ABORTED, TXN_COMMITTED_ELSE, TXN_COMMITTED_THEN, TXN_PENDING,
+    };
     use crate::state_machine::intents::*;
+
+    #[test]
+    fn the_walk_over_intents_picks_holders_long_past_their_deadline_and_moves_on() {
+        let holder = |txn: &str, deadline_ms| Holder {
+            txn: txn.into(),
+            primary: b"p".to_vec(),
+            deadline_ms,
+        };
+        let intent = |writer: Option<Holder>, readers: Vec<Holder>| {
+            let w = writer.unwrap_or_default();
+            crate::records::IntentRecord {
+                txn: w.txn,
+                primary: w.primary,
+                deadline_ms: w.deadline_ms,
+                then: None,
+                otherwise: None,
+                readers,
+            }
+        };
+        let scanned = vec![
+            (b"a".to_vec(), intent(Some(holder("w1", 1_000)), vec![holder("r1", 5_000)])),
+            (b"b".to_vec(), intent(None, vec![holder("r2", 1_000), holder("r3", 20_000)])),
+            (b"c".to_vec(), intent(Some(holder("w2", 30_000)), vec![])),
+        ];
+        let now = 1_000 + ORPHAN_AFTER_MS;
+        // (batch size, now, the overdue transactions, where the walk goes on)
+        type Case<'a> = (usize, u64, &'a [&'a str], Option<&'a [u8]>);
+        let cases: [Case; 4] = [
+            (3, now, &["w1", "r2"], Some(b"c\0")),
+            (4, now, &["w1", "r2"], None),
+            (3, now - 1, &[], Some(b"c\0")),
+            (4, 30_000 + ORPHAN_AFTER_MS, &["w1", "r1", "r2", "r3", "w2"], None),
+        ];
+        for (max, now_ms, want, next) in cases {
+            let WalkStep { overdue, next: at } = overdue_holders(&scanned, max, now_ms);
+            let txns: Vec<&[u8]> = overdue.iter().map(|(_, h)| h.txn.as_slice()).collect();
+            let want: Vec<&[u8]> = want.iter().map(|t| t.as_bytes()).collect();
+            assert_eq!((txns, at.as_deref()), (want, next), "max {max}, now {now_ms}");
+        }
+        assert!(overdue_holders(&[], 4, now).overdue.is_empty());
+    }
 
     fn prepare(
         s: &mut MemStore,

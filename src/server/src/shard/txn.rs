@@ -241,9 +241,11 @@ impl Shard {
         let deadline_ms = self.now_ms() + TXN_DEADLINE_MS;
 
         // 1. Prepare every part at once; the primary's part writes the record.
+        let orphan = crate::faults::fired("txn_crash_before_primary_prepare").is_some();
         let tasks: Vec<_> = parts
             .iter()
             .enumerate()
+            .filter(|(i, _)| !(orphan && *i == 0))
             .map(|(i, p)| {
                 let step = WriteOp::TxnPrepare {
                     txn: id.clone(),
@@ -271,6 +273,9 @@ impl Shard {
                     failed.get_or_insert(e);
                 }
             }
+        }
+        if orphan {
+            std::process::abort(); // the others' intents stay, and no record names them
         }
         // 2. Judge.
         let verdict = match failed {
@@ -590,6 +595,8 @@ const QUIESCED_EVERY: u64 = 15;
 pub async fn recover(shard: Rc<Shard>) {
     // Records this shard already resolved every name of (they wait to be forgotten).
     let mut resolved: std::collections::BTreeSet<Vec<u8>> = Default::default();
+    // Where the walk over each led partition's intents goes on.
+    let mut walks: std::collections::HashMap<u64, Vec<u8>> = Default::default();
     let mut round = 0u64;
     loop {
         glommio::timer::sleep(RECOVER_EVERY).await;
@@ -620,6 +627,15 @@ pub async fn recover(shard: Rc<Shard>) {
         }
         if resolved.len() > 64 * RECOVER_BATCH {
             resolved.clear(); // bounded: at worst some are resolved again
+        }
+        for (name, holder) in overdue_intents(&shard, &mut walks, quiesced_too, now_ms) {
+            tracing::info!(
+                "settling an intent on {:?} held past its deadline (first key {:?})",
+                String::from_utf8_lossy(&name),
+                String::from_utf8_lossy(&holder.primary)
+            );
+            shard.metrics.txn_recovered.inc();
+            shard.settle(name, holder, Instant::now() + ATTEMPT * 4).await;
         }
         for (primary, rec) in found {
             let until = Instant::now() + ATTEMPT * 4;
@@ -656,6 +672,48 @@ pub async fn recover(shard: Rc<Shard>) {
         }
     }
 }
+
+/// Intents held long past their deadline in the partitions this shard leads (at most
+/// [`RECOVER_BATCH`] holders a round, each partition walked [`INTENT_WALK`] intents a round from
+/// where the last round stopped). Records' recovery finishes nearly every transaction first;
+/// this finds the ones that left no record, whose intents nobody else would ever look at.
+fn overdue_intents(
+    shard: &Shard,
+    walks: &mut std::collections::HashMap<u64, Vec<u8>>,
+    quiesced_too: bool,
+    now_ms: u64,
+) -> Vec<(Vec<u8>, Holder)> {
+    let parts = shard.parts.borrow();
+    walks.retain(|pid, _| parts.get(pid).is_some_and(|p| p.is_leader()));
+    let mut found = Vec::new();
+    for p in parts.values().filter(|p| p.is_leader() && (quiesced_too || !p.quiesced)) {
+        let (start, end) = (&p.info.start, &p.info.end);
+        // A split since the last round may have left the cursor outside the range.
+        let from = walks
+            .remove(&p.info.id)
+            .filter(|c| c >= start && (end.is_empty() || c < end))
+            .unwrap_or_else(|| start.clone());
+        let hi = (!end.is_empty()).then_some(end.as_slice());
+        let scanned = match intents::held_in_range(&shard.db, &from, hi, INTENT_WALK) {
+            Ok(s) => s,
+            Err(e) => crate::fatal::storage("reading intents", e),
+        };
+        let intents::WalkStep { overdue, next } =
+            intents::overdue_holders(&scanned, INTENT_WALK, now_ms);
+        if let Some(next) = next {
+            walks.insert(p.info.id, next);
+        }
+        found.extend(overdue);
+        if found.len() >= RECOVER_BATCH {
+            found.truncate(RECOVER_BATCH);
+            break;
+        }
+    }
+    found
+}
+
+/// Intents a partition's walk reads per round.
+const INTENT_WALK: usize = 256;
 
 /// A transaction that was aborted applied nothing: an error that left its outcome unknown
 /// (a prepare that did not answer) becomes a retryable one.
