@@ -207,24 +207,69 @@ pub fn held_in_range<S: Scan + ?Sized>(
 /// prepare applied), which only a walk over the intents finds.
 pub const ORPHAN_AFTER_MS: u64 = 10_000;
 
+/// Names and the transactions holding each.
+pub type NamesHeld = Vec<(Vec<u8>, Vec<Holder>)>;
+
+/// The holders of the intents on names in the user range `[lo, hi)`, name by name, until
+/// `max` names or `max_bytes` of intents were read; and whether it stopped there (rather than
+/// at the range's end). What the walk over a partition's intents reads in one step.
+pub fn holders_in_range<S: Scan + ?Sized>(
+    store: &S,
+    (lo, hi): (&[u8], Option<&[u8]>),
+    max: usize,
+    max_bytes: usize,
+) -> Result<(NamesHeld, bool), WireError> {
+    let (l, h) = keys::kind_range(keys::INTENT, lo, hi.unwrap_or_default());
+    let (mut out, mut bytes, mut cut, mut bad) = (Vec::new(), 0, false, None);
+    store.scan(&l, &h, &mut |k, v| {
+        match decode_intent(v) {
+            Ok(i) => out.push((k[1..].to_vec(), i.holders(true))),
+            Err(e) => {
+                bad = Some(corrupt(e));
+                return false;
+            }
+        }
+        bytes += k.len() + v.len();
+        cut = out.len() >= max || bytes >= max_bytes;
+        !cut
+    });
+    match bad {
+        Some(e) => Err(e),
+        None => Ok((out, cut)),
+    }
+}
+
 /// What one step of the walk over a partition's intents found.
+#[derive(Debug, PartialEq, Eq)]
 pub struct WalkStep {
-    /// Each name and holder whose deadline passed [`ORPHAN_AFTER_MS`] ago.
+    /// Names and holders whose deadline passed [`ORPHAN_AFTER_MS`] ago, at most `room`.
     pub overdue: Vec<(Vec<u8>, Holder)>,
     /// Where the next step starts; `None`: the walk reached the end and starts over.
     pub next: Option<Vec<u8>>,
 }
 
 /// One step of the walk over a partition's intents: `scanned` are the next intents from the
-/// walk's cursor, at most `max` of them.
-pub fn overdue_holders(scanned: &[(Vec<u8>, IntentRecord)], max: usize, now_ms: u64) -> WalkStep {
-    let overdue = scanned
-        .iter()
-        .flat_map(|(name, i)| i.holders(true).into_iter().map(move |h| (name.clone(), h)))
-        .filter(|(_, h)| h.deadline_ms.saturating_add(ORPHAN_AFTER_MS) <= now_ms)
-        .collect();
+/// walk's cursor (`cut`: more may follow). Past `room` overdue holders, the next step starts
+/// at the name of the first one left (its holders already taken are taken again: settling
+/// twice is harmless, skipping is not).
+pub fn walk_step(
+    scanned: &[(Vec<u8>, Vec<Holder>)],
+    cut: bool,
+    now_ms: u64,
+    room: usize,
+) -> WalkStep {
+    let mut overdue = Vec::new();
+    for (name, holders) in scanned {
+        for h in holders.iter().filter(|h| h.deadline_ms.saturating_add(ORPHAN_AFTER_MS) <= now_ms)
+        {
+            if overdue.len() == room {
+                return WalkStep { overdue, next: Some(name.clone()) };
+            }
+            overdue.push((name.clone(), h.clone()));
+        }
+    }
     let next = match scanned.last() {
-        Some((name, _)) if scanned.len() >= max => {
+        Some((name, _)) if cut => {
             let mut after = name.clone();
             after.push(0);
             Some(after)

@@ -594,38 +594,60 @@ mod across {
             primary: b"p".to_vec(),
             deadline_ms,
         };
-        let intent = |writer: Option<Holder>, readers: Vec<Holder>| {
-            let w = writer.unwrap_or_default();
-            crate::records::IntentRecord {
-                txn: w.txn,
-                primary: w.primary,
-                deadline_ms: w.deadline_ms,
-                then: None,
-                otherwise: None,
-                readers,
-            }
-        };
         let scanned = vec![
-            (b"a".to_vec(), intent(Some(holder("w1", 1_000)), vec![holder("r1", 5_000)])),
-            (b"b".to_vec(), intent(None, vec![holder("r2", 1_000), holder("r3", 20_000)])),
-            (b"c".to_vec(), intent(Some(holder("w2", 30_000)), vec![])),
+            (b"a".to_vec(), vec![holder("w1", 1_000), holder("r1", 5_000)]),
+            (b"b".to_vec(), vec![holder("r2", 1_000), holder("r3", 20_000)]),
+            (b"c".to_vec(), vec![holder("w2", 30_000)]),
         ];
         let now = 1_000 + ORPHAN_AFTER_MS;
-        // (batch size, now, the overdue transactions, where the walk goes on)
-        type Case<'a> = (usize, u64, &'a [&'a str], Option<&'a [u8]>);
-        let cases: [Case; 4] = [
-            (3, now, &["w1", "r2"], Some(b"c\0")),
-            (4, now, &["w1", "r2"], None),
-            (3, now - 1, &[], Some(b"c\0")),
-            (4, 30_000 + ORPHAN_AFTER_MS, &["w1", "r1", "r2", "r3", "w2"], None),
+        let late = 30_000 + ORPHAN_AFTER_MS;
+        // (more may follow, now, room, the overdue transactions, where the walk goes on)
+        type Case<'a> = (bool, u64, usize, &'a [&'a str], Option<&'a [u8]>);
+        let cases: [Case; 6] = [
+            (true, now, 16, &["w1", "r2"], Some(b"c\0")),
+            (false, now, 16, &["w1", "r2"], None),
+            (true, now - 1, 16, &[], Some(b"c\0")),
+            (false, late, 16, &["w1", "r1", "r2", "r3", "w2"], None),
+            // Out of room: the next step starts at the name of the first holder left.
+            (false, late, 3, &["w1", "r1", "r2"], Some(b"b")),
+            (true, now, 1, &["w1"], Some(b"b")),
         ];
-        for (max, now_ms, want, next) in cases {
-            let WalkStep { overdue, next: at } = overdue_holders(&scanned, max, now_ms);
+        for (cut, now_ms, room, want, next) in cases {
+            let WalkStep { overdue, next: at } = walk_step(&scanned, cut, now_ms, room);
             let txns: Vec<&[u8]> = overdue.iter().map(|(_, h)| h.txn.as_slice()).collect();
             let want: Vec<&[u8]> = want.iter().map(|t| t.as_bytes()).collect();
-            assert_eq!((txns, at.as_deref()), (want, next), "max {max}, now {now_ms}");
+            assert_eq!((txns, at.as_deref()), (want, next), "cut {cut}, now {now_ms}, room {room}");
         }
-        assert!(overdue_holders(&[], 4, now).overdue.is_empty());
+        assert_eq!(walk_step(&[], false, now, 16), WalkStep { overdue: vec![], next: None });
+    }
+
+    #[test]
+    fn the_walk_reads_intents_in_bounded_steps() {
+        let mut s = MemStore::default();
+        for (id, key) in [("t1", "a"), ("t2", "b"), ("t3", "c")] {
+            let op = WriteOp::TxnPrepare {
+                txn: id.into(),
+                primary: key.into(),
+                deadline_ms: 100,
+                record: vec![],
+                compare: vec![],
+                then: vec![TxnStep::Set { key: key.into(), value: vec![7; 1000], ttl_ms: 0 }],
+                otherwise: vec![],
+            };
+            apply(&mut s, &op, &ctx(10)).unwrap();
+        }
+        let names =
+            |r: &(NamesHeld, bool)| (r.0.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), r.1);
+        let all = holders_in_range(&s, (b"", None), 10, 1 << 20).unwrap();
+        assert_eq!(names(&all), (vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()], false));
+        assert_eq!(all.0[1].1[0].txn, b"t2");
+        let two = holders_in_range(&s, (b"", None), 2, 1 << 20).unwrap();
+        assert_eq!(names(&two), (vec![b"a".to_vec(), b"b".to_vec()], true));
+        // Big intents: the byte budget stops the step after the first.
+        let one = holders_in_range(&s, (b"", None), 10, 500).unwrap();
+        assert_eq!(names(&one), (vec![b"a".to_vec()], true));
+        let rest = holders_in_range(&s, (b"b", Some(b"c")), 10, 1 << 20).unwrap();
+        assert_eq!(names(&rest), (vec![b"b".to_vec()], false));
     }
 
     fn prepare(

@@ -263,6 +263,11 @@ impl Partition {
     /// This replica just became leader: keep ephemeral state a split moved here only if no
     /// other node can have led the group before (see `inherited_ephemeral_term`).
     pub fn on_became_leader(&mut self) -> usize {
+        // What this replica last knew of TTL keys predates what it applied since as a
+        // follower (a snapshot, say): the collector starts a whole pass at full speed.
+        self.ttl_keys = true;
+        self.collect_cursor = None;
+        self.pass_saw_ttl = false;
         match self.inherited_ephemeral_term.take() {
             Some(t) if t == self.term() => 0,
             _ => {

@@ -296,14 +296,37 @@ async fn receive(
         crate::fatal::storage("creating a snapshot file", path.display());
     };
     let mut crc = 0u32;
-    let mut header = Vec::new();
-    while let Some(chunk) = chunks.recv().await {
-        crc = crc32c::crc32c_append(crc, &chunk.data);
-        if chunk.offset == 0 {
-            header = chunk.data[..chunk.data.len().min(snapshot_format::HEADER_BYTES)].to_vec();
+    // The file's header, checked as soon as it is all here (before the rest is written).
+    let (mut header, mut checked) = (Vec::new(), false);
+    // Only this transfer's own entry goes (a newer one may have replaced it).
+    let forget = |transfer: u64| {
+        let mut s = shard.snapshots.borrow_mut();
+        if s.receiving.get(&pid).is_some_and(|r| r.transfer == transfer) {
+            s.receiving.remove(&pid);
         }
+    };
+    while let Some(chunk) = chunks.recv().await {
         let end = chunk.offset + chunk.data.len() as u64;
         let done = end == chunk.total;
+        if !checked {
+            let want = snapshot_format::HEADER_BYTES - header.len();
+            header.extend_from_slice(&chunk.data[..chunk.data.len().min(want)]);
+            if header.len() == snapshot_format::HEADER_BYTES || done {
+                checked = true;
+                let ok = snapshot_format::check_transferred(&header, pid, chunk.index, chunk.term);
+                if let Err(why) = ok {
+                    // Never staged: the leader's transfer gets no more acknowledgements and
+                    // starts over later; its snapshot message finds no file and is dropped.
+                    tracing::error!(
+                        "partition {pid}: refused the snapshot node {from} sends: {why} (every \
+                         node must run a build of the same data format)"
+                    );
+                    forget(chunk.transfer);
+                    break;
+                }
+            }
+        }
+        crc = crc32c::crc32c_append(crc, &chunk.data);
         let written = glommio::executor()
             .spawn_blocking(move || {
                 file.write_all(&chunk.data)?;
@@ -322,17 +345,6 @@ async fn receive(
             peers.send(from, PeerFrame::SnapAck { partition: pid, transfer, upto: end });
         }
         if done {
-            if let Err(why) =
-                snapshot_format::check_transferred(&header, pid, chunk.index, chunk.term)
-            {
-                // Never staged: the leader's snapshot message finds no file and is dropped.
-                tracing::error!(
-                    "partition {pid}: refused the snapshot node {from} sent: {why} (every node \
-                     must run a build of the same data format)"
-                );
-                shard.snapshots.borrow_mut().receiving.remove(&pid);
-                break;
-            }
             let desc = Descriptor {
                 partition: pid,
                 index: chunk.index,
@@ -340,8 +352,8 @@ async fn receive(
                 bytes: chunk.total,
                 crc,
             };
+            forget(chunk.transfer);
             let mut s = shard.snapshots.borrow_mut();
-            s.receiving.remove(&pid);
             if let Some((_, old)) = s.staged.insert(pid, (desc, path.clone())) {
                 if old != path {
                     let _ = std::fs::remove_file(old);

@@ -99,10 +99,15 @@ struct Lateness {
 const LATE_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 impl Lateness {
-    fn late(&mut self, by: Duration, report: impl FnOnce(Duration, u64)) {
-        self.worst = self.worst.max(by);
-        self.times += 1;
-        if self.reported.is_none_or(|t| t.elapsed() >= LATE_REPORT_EVERY) {
+    /// A tick `by` late (counted if at least `floor`); reports what was counted when a report
+    /// is due, on a late tick or the next one on time.
+    fn tick(&mut self, by: Duration, floor: Duration, report: impl FnOnce(Duration, u64)) {
+        if by >= floor {
+            self.worst = self.worst.max(by);
+            self.times += 1;
+        }
+        let due = self.reported.is_none_or(|t| t.elapsed() >= LATE_REPORT_EVERY);
+        if self.times > 0 && due {
             report(self.worst, self.times);
             (self.reported, self.worst, self.times) = (Some(Instant::now()), Duration::ZERO, 0);
         }
@@ -129,18 +134,16 @@ pub async fn run(shard: Rc<Shard>, mut wal: Wal, kick: LocalReceiver<()>) {
         }
         if Instant::now() >= next_tick {
             let late = Instant::now() - next_tick;
-            if late >= tick * LATE_TICKS_LOGGED {
-                // Followers elect another leader after 10 ticks without a heartbeat: a loop this
-                // late (a busy core, something blocking it) is the first thing to look for.
-                lateness.late(late, |worst, times| {
-                    tracing::warn!(
-                        "shard {}: the loop ticked up to {} ms late ({times} times since the \
-                         last report; something blocked it, or its core is busy)",
-                        shard.id,
-                        worst.as_millis()
-                    )
-                });
-            }
+            // Followers elect another leader after 10 ticks without a heartbeat: a loop this
+            // late (a busy core, something blocking it) is the first thing to look for.
+            lateness.tick(late, tick * LATE_TICKS_LOGGED, |worst, times| {
+                tracing::warn!(
+                    "shard {}: the loop ticked up to {} ms late ({times} times since the last \
+                     report; something blocked it, or its core is busy)",
+                    shard.id,
+                    worst.as_millis()
+                )
+            });
             next_tick = Instant::now() + tick;
             on_tick(&shard);
             if shard.ticks.get().is_multiple_of(COLLECT_EVERY_TICKS) {
@@ -279,11 +282,13 @@ fn on_tick(shard: &Shard) {
     shard.ticks.set(ticks + 1);
     for (pid, p) in shard.parts.borrow_mut().iter_mut() {
         let mut collected = false;
-        // Partitions with no key to expire are looked at once a minute, spread over it.
-        let due = collect
+        // Each partition is swept once a second, at a tick of its own (so the shard's
+        // partitions do not all read at the same tick); those with no key to expire once a
+        // minute, spread over it.
+        let due = (ticks + pid).is_multiple_of(COLLECT_EVERY_TICKS)
             && p.is_leader()
             && (p.ttl_keys
-                || (ticks / COLLECT_EVERY_TICKS + pid)
+                || ((ticks + pid) / COLLECT_EVERY_TICKS + pid)
                     .is_multiple_of(IDLE_COLLECT_TICKS / COLLECT_EVERY_TICKS));
         if p.quiesced {
             if !p.is_leader() && !heard_from(p.leader_hint()) {
@@ -568,6 +573,8 @@ fn finish_installs(shard: &Shard, batch: &mut Batch) {
         }
         let inst = p.installing.take().expect("an install in flight");
         p.applied = inst.state;
+        p.ttl_keys = true; // the new state may hold keys with a TTL
+        p.pass_saw_ttl = true;
         if let Ok(Some(info)) = &result {
             if *info != p.info {
                 // The snapshot was taken after a split this replica had not applied: its range

@@ -479,7 +479,10 @@ impl Shard {
                 term: p.term(),
                 token_floor: floor + 1,
                 keep_released_locks: false,
-                settings,
+                // Ephemeral keys keep no older revisions: nothing would ever free those of a
+                // deleted key (the sweep frees dead keys, and no collector runs here), and a
+                // full store would stay full after its keys were deleted.
+                settings: ApplySettings { history_retention: 0, ..settings },
                 partition_start: None,
             };
             let before = p.ephemeral.bytes();

@@ -554,8 +554,8 @@ impl Shard {
     }
 
     /// Asks the record of a transaction holding `name` where it stands (aborting it if its
-    /// deadline passed) and, once decided, resolves the name.
-    async fn settle(self: &Rc<Self>, name: Vec<u8>, holder: Holder, until: Instant) {
+    /// deadline passed) and, once decided, resolves the name; true if it did.
+    async fn settle(self: &Rc<Self>, name: Vec<u8>, holder: Holder, until: Instant) -> bool {
         let attempt = until.min(Instant::now() + ATTEMPT);
         let status = WriteOp::TxnDecide {
             txn: holder.txn.clone(),
@@ -575,10 +575,10 @@ impl Shard {
                 Err(_) => None,
             };
         }
-        let Some(state) = state.filter(|s| *s != TXN_PENDING) else { return };
+        let Some(state) = state.filter(|s| *s != TXN_PENDING) else { return false };
         let step =
             WriteOp::TxnResolve { txn: holder.txn, names: vec![name.clone()], outcome: state };
-        let _ = self.internal(name, step, attempt).await;
+        self.internal(name, step, attempt).await.is_ok()
     }
 }
 
@@ -595,8 +595,7 @@ const QUIESCED_EVERY: u64 = 15;
 pub async fn recover(shard: Rc<Shard>) {
     // Records this shard already resolved every name of (they wait to be forgotten).
     let mut resolved: std::collections::BTreeSet<Vec<u8>> = Default::default();
-    // Where the walk over each led partition's intents goes on.
-    let mut walks: std::collections::HashMap<u64, Vec<u8>> = Default::default();
+    let mut walk = IntentWalk::default();
     let mut round = 0u64;
     loop {
         glommio::timer::sleep(RECOVER_EVERY).await;
@@ -618,7 +617,7 @@ pub async fn recover(shard: Rc<Shard>) {
                 let left = RECOVER_BATCH - found.len();
                 match intents::records_in_range(&shard.db, &p.info.start, hi, left, &due) {
                     Ok(recs) => found.extend(recs),
-                    Err(e) => tracing::error!("partition {}: {e}", p.info.id),
+                    Err(e) => crate::fatal::storage("reading transaction records", e),
                 }
                 if found.len() >= RECOVER_BATCH {
                     break;
@@ -628,14 +627,28 @@ pub async fn recover(shard: Rc<Shard>) {
         if resolved.len() > 64 * RECOVER_BATCH {
             resolved.clear(); // bounded: at worst some are resolved again
         }
-        for (name, holder) in overdue_intents(&shard, &mut walks, quiesced_too, now_ms) {
-            tracing::info!(
-                "settling an intent on {:?} held past its deadline (first key {:?})",
-                String::from_utf8_lossy(&name),
-                String::from_utf8_lossy(&holder.primary)
-            );
-            shard.metrics.txn_recovered.inc();
-            shard.settle(name, holder, Instant::now() + ATTEMPT * 4).await;
+        // Settled all at once: one that cannot be (its first key's partition is unavailable)
+        // holds up neither the others nor the records below.
+        let until = Instant::now() + ATTEMPT * 4;
+        let settling: Vec<_> = overdue_intents(&shard, &mut walk, quiesced_too, now_ms)
+            .into_iter()
+            .map(|(name, holder)| {
+                let me = shard.clone();
+                glommio::spawn_local(async move {
+                    let primary = holder.primary.clone();
+                    if me.settle(name.clone(), holder, until).await {
+                        me.metrics.txn_recovered.inc();
+                        tracing::info!(
+                            "settled an intent on {:?} held past its deadline (first key {:?})",
+                            String::from_utf8_lossy(&name),
+                            String::from_utf8_lossy(&primary)
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in settling {
+            t.await;
         }
         for (primary, rec) in found {
             let until = Instant::now() + ATTEMPT * 4;
@@ -673,47 +686,66 @@ pub async fn recover(shard: Rc<Shard>) {
     }
 }
 
-/// Intents held long past their deadline in the partitions this shard leads (at most
-/// [`RECOVER_BATCH`] holders a round, each partition walked [`INTENT_WALK`] intents a round from
-/// where the last round stopped). Records' recovery finishes nearly every transaction first;
-/// this finds the ones that left no record, whose intents nobody else would ever look at.
+/// The walk over the intents of the partitions a shard leads: where it goes on in each, and
+/// the partition it last took holders from (the next round starts after it, so one partition
+/// full of holders it cannot settle does not keep the others from being walked).
+#[derive(Default)]
+struct IntentWalk {
+    cursors: std::collections::HashMap<u64, Vec<u8>>,
+    last: u64,
+}
+
+/// Intents held long past their deadline in the partitions this shard leads, at most
+/// [`RECOVER_BATCH`] holders a round; each partition's walk reads [`INTENT_WALK`] intents or
+/// [`INTENT_WALK_BYTES`] a round, from where it stopped. Records' recovery finishes nearly every
+/// transaction first; this finds the ones that left no record, whose intents nobody else would
+/// ever look at.
 fn overdue_intents(
     shard: &Shard,
-    walks: &mut std::collections::HashMap<u64, Vec<u8>>,
+    walk: &mut IntentWalk,
     quiesced_too: bool,
     now_ms: u64,
 ) -> Vec<(Vec<u8>, Holder)> {
     let parts = shard.parts.borrow();
-    walks.retain(|pid, _| parts.get(pid).is_some_and(|p| p.is_leader()));
+    walk.cursors.retain(|pid, _| parts.get(pid).is_some_and(|p| p.is_leader()));
+    let led: Vec<&crate::raft::partition::Partition> =
+        parts.values().filter(|p| p.is_leader() && (quiesced_too || !p.quiesced)).collect();
+    // Partition ids ascend: start after the one that last gave holders, wrapping around.
+    let first = led.iter().position(|p| p.info.id > walk.last).unwrap_or(0);
     let mut found = Vec::new();
-    for p in parts.values().filter(|p| p.is_leader() && (quiesced_too || !p.quiesced)) {
+    for p in led[first..].iter().chain(&led[..first]) {
         let (start, end) = (&p.info.start, &p.info.end);
         // A split since the last round may have left the cursor outside the range.
-        let from = walks
+        let from = walk
+            .cursors
             .remove(&p.info.id)
             .filter(|c| c >= start && (end.is_empty() || c < end))
             .unwrap_or_else(|| start.clone());
         let hi = (!end.is_empty()).then_some(end.as_slice());
-        let scanned = match intents::held_in_range(&shard.db, &from, hi, INTENT_WALK) {
-            Ok(s) => s,
-            Err(e) => crate::fatal::storage("reading intents", e),
-        };
-        let intents::WalkStep { overdue, next } =
-            intents::overdue_holders(&scanned, INTENT_WALK, now_ms);
-        if let Some(next) = next {
-            walks.insert(p.info.id, next);
+        let (scanned, cut) =
+            match intents::holders_in_range(&shard.db, (&from, hi), INTENT_WALK, INTENT_WALK_BYTES)
+            {
+                Ok(s) => s,
+                Err(e) => crate::fatal::storage("reading intents", e),
+            };
+        let step = intents::walk_step(&scanned, cut, now_ms, RECOVER_BATCH - found.len());
+        if let Some(next) = step.next {
+            walk.cursors.insert(p.info.id, next);
         }
-        found.extend(overdue);
+        if !step.overdue.is_empty() {
+            walk.last = p.info.id;
+        }
+        found.extend(step.overdue);
         if found.len() >= RECOVER_BATCH {
-            found.truncate(RECOVER_BATCH);
             break;
         }
     }
     found
 }
 
-/// Intents a partition's walk reads per round.
+/// Intents a partition's walk reads per round, and bytes of them.
 const INTENT_WALK: usize = 256;
+const INTENT_WALK_BYTES: usize = 1 << 20;
 
 /// A transaction that was aborted applied nothing: an error that left its outcome unknown
 /// (a prepare that did not answer) becomes a retryable one.
