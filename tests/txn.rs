@@ -219,7 +219,7 @@ fn a_coordinator_killed_mid_transaction_blocks_nothing_past_the_deadline() {
     // A coordinator that dies before its first key's prepare applied leaves intents and no
     // record to list them. Nobody touches y again (only another key of its partition, which
     // keeps the partition awake): its leader's walk over the intents settles it.
-    let settled = "settled an intent on \"zcoord/y\" held past its deadline";
+    let settled = "settled intents on [\"zcoord/y\"] held past their deadline";
     let count = |c: &kahuna_tests::Cluster| {
         (1..=3).map(|n| c.node(n).log_text().matches(settled).count()).sum::<usize>()
     };

@@ -210,63 +210,79 @@ pub const ORPHAN_AFTER_MS: u64 = 10_000;
 /// Names and the transactions holding each.
 pub type NamesHeld = Vec<(Vec<u8>, Vec<Holder>)>;
 
+/// What one step of the walk over a partition's intents read.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct IntentScan {
+    /// Every name read, in order, with its holders (none for an intent that does not decode).
+    pub held: NamesHeld,
+    /// Names whose intent does not decode (for the log: the walk goes on past them).
+    pub bad: Vec<Vec<u8>>,
+    /// Whether it stopped at `max` names or `max_bytes` (more may follow), not at the end.
+    pub cut: bool,
+    /// Bytes of intents read.
+    pub bytes: usize,
+}
+
 /// The holders of the intents on names in the user range `[lo, hi)`, name by name, until
-/// `max` names or `max_bytes` of intents were read; and whether it stopped there (rather than
-/// at the range's end). What the walk over a partition's intents reads in one step.
+/// `max` names or `max_bytes` of intents were read. What the walk over a partition's intents
+/// reads in one step.
 pub fn holders_in_range<S: Scan + ?Sized>(
     store: &S,
     (lo, hi): (&[u8], Option<&[u8]>),
     max: usize,
     max_bytes: usize,
-) -> Result<(NamesHeld, bool), WireError> {
+) -> IntentScan {
     let (l, h) = keys::kind_range(keys::INTENT, lo, hi.unwrap_or_default());
-    let (mut out, mut bytes, mut cut, mut bad) = (Vec::new(), 0, false, None);
+    let mut out = IntentScan::default();
     store.scan(&l, &h, &mut |k, v| {
+        let name = k[1..].to_vec();
         match decode_intent(v) {
-            Ok(i) => out.push((k[1..].to_vec(), i.holders(true))),
-            Err(e) => {
-                bad = Some(corrupt(e));
-                return false;
+            Ok(i) => out.held.push((name, i.holders(true))),
+            Err(_) => {
+                out.bad.push(name.clone());
+                out.held.push((name, Vec::new()));
             }
         }
-        bytes += k.len() + v.len();
-        cut = out.len() >= max || bytes >= max_bytes;
-        !cut
+        out.bytes += k.len() + v.len();
+        out.cut = out.held.len() >= max || out.bytes >= max_bytes;
+        !out.cut
     });
-    match bad {
-        Some(e) => Err(e),
-        None => Ok((out, cut)),
-    }
+    out
 }
 
 /// What one step of the walk over a partition's intents found.
 #[derive(Debug, PartialEq, Eq)]
 pub struct WalkStep {
-    /// Names and holders whose deadline passed [`ORPHAN_AFTER_MS`] ago, at most `room`.
+    /// Names and holders whose deadline passed [`ORPHAN_AFTER_MS`] ago.
     pub overdue: Vec<(Vec<u8>, Holder)>,
     /// Where the next step starts; `None`: the walk reached the end and starts over.
     pub next: Option<Vec<u8>>,
 }
 
 /// One step of the walk over a partition's intents: `scanned` are the next intents from the
-/// walk's cursor (`cut`: more may follow). Past `room` overdue holders, the next step starts
-/// at the name of the first one left (its holders already taken are taken again: settling
-/// twice is harmless, skipping is not).
+/// walk's cursor (`cut`: more may follow). Names are taken whole: the first with an overdue
+/// holder always (so a name with more holders than `room` that cannot be settled never stops
+/// the walk there), the next ones while their holders fit in `room`; the next step starts at
+/// the first name left.
 pub fn walk_step(
     scanned: &[(Vec<u8>, Vec<Holder>)],
     cut: bool,
     now_ms: u64,
     room: usize,
 ) -> WalkStep {
-    let mut overdue = Vec::new();
+    let mut overdue: Vec<(Vec<u8>, Holder)> = Vec::new();
     for (name, holders) in scanned {
-        for h in holders.iter().filter(|h| h.deadline_ms.saturating_add(ORPHAN_AFTER_MS) <= now_ms)
-        {
-            if overdue.len() == room {
-                return WalkStep { overdue, next: Some(name.clone()) };
-            }
-            overdue.push((name.clone(), h.clone()));
+        let due: Vec<&Holder> = holders
+            .iter()
+            .filter(|h| h.deadline_ms.saturating_add(ORPHAN_AFTER_MS) <= now_ms)
+            .collect();
+        if due.is_empty() {
+            continue;
         }
+        if !overdue.is_empty() && overdue.len() + due.len() > room {
+            return WalkStep { overdue, next: Some(name.clone()) };
+        }
+        overdue.extend(due.into_iter().map(|h| (name.clone(), h.clone())));
     }
     let next = match scanned.last() {
         Some((name, _)) if cut => {

@@ -603,14 +603,16 @@ mod across {
         let late = 30_000 + ORPHAN_AFTER_MS;
         // (more may follow, now, room, the overdue transactions, where the walk goes on)
         type Case<'a> = (bool, u64, usize, &'a [&'a str], Option<&'a [u8]>);
-        let cases: [Case; 6] = [
+        let cases: [Case; 7] = [
             (true, now, 16, &["w1", "r2"], Some(b"c\0")),
             (false, now, 16, &["w1", "r2"], None),
             (true, now - 1, 16, &[], Some(b"c\0")),
             (false, late, 16, &["w1", "r1", "r2", "r3", "w2"], None),
-            // Out of room: the next step starts at the name of the first holder left.
-            (false, late, 3, &["w1", "r1", "r2"], Some(b"b")),
+            // Out of room: names are taken whole, and the next step starts at the first left.
+            (false, late, 3, &["w1", "r1"], Some(b"b")),
             (true, now, 1, &["w1"], Some(b"b")),
+            // The first name is taken whole even past the room: the walk never stops on it.
+            (false, late, 1, &["w1", "r1"], Some(b"b")),
         ];
         for (cut, now_ms, room, want, next) in cases {
             let WalkStep { overdue, next: at } = walk_step(&scanned, cut, now_ms, room);
@@ -637,17 +639,28 @@ mod across {
             apply(&mut s, &op, &ctx(10)).unwrap();
         }
         let names =
-            |r: &(NamesHeld, bool)| (r.0.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), r.1);
-        let all = holders_in_range(&s, (b"", None), 10, 1 << 20).unwrap();
+            |r: &IntentScan| (r.held.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), r.cut);
+        let all = holders_in_range(&s, (b"", None), 10, 1 << 20);
         assert_eq!(names(&all), (vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()], false));
-        assert_eq!(all.0[1].1[0].txn, b"t2");
-        let two = holders_in_range(&s, (b"", None), 2, 1 << 20).unwrap();
+        assert_eq!(all.held[1].1[0].txn, b"t2");
+        assert!(all.bytes > 3000 && all.bad.is_empty(), "{}", all.bytes);
+        let two = holders_in_range(&s, (b"", None), 2, 1 << 20);
         assert_eq!(names(&two), (vec![b"a".to_vec(), b"b".to_vec()], true));
+        // Exactly at the end: cut, and the next step finds nothing more.
+        let three = holders_in_range(&s, (b"", None), 3, 1 << 20);
+        assert_eq!(names(&three), (vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()], true));
+        assert_eq!(names(&holders_in_range(&s, (b"c\0", None), 3, 1 << 20)), (vec![], false));
         // Big intents: the byte budget stops the step after the first.
-        let one = holders_in_range(&s, (b"", None), 10, 500).unwrap();
+        let one = holders_in_range(&s, (b"", None), 10, 500);
         assert_eq!(names(&one), (vec![b"a".to_vec()], true));
-        let rest = holders_in_range(&s, (b"b", Some(b"c")), 10, 1 << 20).unwrap();
+        let rest = holders_in_range(&s, (b"b", Some(b"c")), 10, 1 << 20);
         assert_eq!(names(&rest), (vec![b"b".to_vec()], false));
+        // An intent that does not decode is named, and the walk goes on past it.
+        s.put(crate::keys::data_key(crate::keys::INTENT, b"bb"), vec![1, 2, 3]);
+        let damaged = holders_in_range(&s, (b"", None), 10, 1 << 20);
+        assert_eq!(damaged.bad, vec![b"bb".to_vec()]);
+        assert_eq!(damaged.held.len(), 4);
+        assert!(damaged.held[2].1.is_empty());
     }
 
     fn prepare(

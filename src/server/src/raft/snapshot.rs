@@ -301,7 +301,7 @@ async fn receive(
     // Only this transfer's own entry goes (a newer one may have replaced it).
     let forget = |transfer: u64| {
         let mut s = shard.snapshots.borrow_mut();
-        if s.receiving.get(&pid).is_some_and(|r| r.transfer == transfer) {
+        if s.receiving.get(&pid).is_some_and(|r| (r.from, r.transfer) == (from, transfer)) {
             s.receiving.remove(&pid);
         }
     };

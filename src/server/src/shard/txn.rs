@@ -556,6 +556,17 @@ impl Shard {
     /// Asks the record of a transaction holding `name` where it stands (aborting it if its
     /// deadline passed) and, once decided, resolves the name; true if it did.
     async fn settle(self: &Rc<Self>, name: Vec<u8>, holder: Holder, until: Instant) -> bool {
+        let Some(state) = self.outcome_of(&holder, until).await else { return false };
+        let attempt = until.min(Instant::now() + ATTEMPT);
+        let step =
+            WriteOp::TxnResolve { txn: holder.txn, names: vec![name.clone()], outcome: state };
+        self.internal(name, step, attempt).await.is_ok()
+    }
+
+    /// The outcome of the transaction `holder` names, once decided: asked of its record by a
+    /// read first (no log entry); only a pending record past its deadline needs the logged
+    /// decide that aborts it.
+    async fn outcome_of(self: &Rc<Self>, holder: &Holder, until: Instant) -> Option<u8> {
         let attempt = until.min(Instant::now() + ATTEMPT);
         let status = WriteOp::TxnDecide {
             txn: holder.txn.clone(),
@@ -563,22 +574,17 @@ impl Shard {
             deadline_ms: holder.deadline_ms,
             action: intents::DECIDE_STATUS,
         };
-        // A read first (no log entry): only a pending record past its deadline needs the
-        // logged decide that aborts it.
         let mut state = match self.step(holder.primary.clone(), &status, true, attempt).await {
             Ok(r) => state_of(&r),
             Err(_) => None,
         };
         if state == Some(TXN_PENDING) && self.now_ms() >= holder.deadline_ms {
-            state = match self.internal(holder.primary, status, attempt).await {
+            state = match self.internal(holder.primary.clone(), status, attempt).await {
                 Ok(r) => state_of(&r),
                 Err(_) => None,
             };
         }
-        let Some(state) = state.filter(|s| *s != TXN_PENDING) else { return false };
-        let step =
-            WriteOp::TxnResolve { txn: holder.txn, names: vec![name.clone()], outcome: state };
-        self.internal(name, step, attempt).await.is_ok()
+        state.filter(|s| *s != TXN_PENDING)
     }
 }
 
@@ -617,7 +623,7 @@ pub async fn recover(shard: Rc<Shard>) {
                 let left = RECOVER_BATCH - found.len();
                 match intents::records_in_range(&shard.db, &p.info.start, hi, left, &due) {
                     Ok(recs) => found.extend(recs),
-                    Err(e) => crate::fatal::storage("reading transaction records", e),
+                    Err(e) => tracing::error!("partition {}: {e}", p.info.id),
                 }
                 if found.len() >= RECOVER_BATCH {
                     break;
@@ -627,21 +633,29 @@ pub async fn recover(shard: Rc<Shard>) {
         if resolved.len() > 64 * RECOVER_BATCH {
             resolved.clear(); // bounded: at worst some are resolved again
         }
-        // Settled all at once: one that cannot be (its first key's partition is unavailable)
-        // holds up neither the others nor the records below.
+        // One settle per transaction (one status, one resolve for all its names), all at once:
+        // one that cannot be (its first key's partition is unavailable) holds up neither the
+        // others nor the records below.
         let until = Instant::now() + ATTEMPT * 4;
-        let settling: Vec<_> = overdue_intents(&shard, &mut walk, quiesced_too, now_ms)
-            .into_iter()
-            .map(|(name, holder)| {
+        let mut by_txn: std::collections::BTreeMap<Vec<u8>, (Holder, Vec<Vec<u8>>)> =
+            Default::default();
+        for (name, holder) in overdue_intents(&shard, &mut walk, quiesced_too, now_ms) {
+            by_txn.entry(holder.txn.clone()).or_insert_with(|| (holder, Vec::new())).1.push(name);
+        }
+        let settling: Vec<_> = by_txn
+            .into_values()
+            .map(|(holder, names)| {
                 let me = shard.clone();
                 glommio::spawn_local(async move {
-                    let primary = holder.primary.clone();
-                    if me.settle(name.clone(), holder, until).await {
+                    let Some(state) = me.outcome_of(&holder, until).await else { return };
+                    if me.resolve_names(&holder.txn, &names, state, until).await {
                         me.metrics.txn_recovered.inc();
+                        let names: Vec<_> =
+                            names.iter().map(|n| String::from_utf8_lossy(n)).collect();
                         tracing::info!(
-                            "settled an intent on {:?} held past its deadline (first key {:?})",
-                            String::from_utf8_lossy(&name),
-                            String::from_utf8_lossy(&primary)
+                            "settled intents on {names:?} held past their deadline (first key \
+                             {:?}, state {state})",
+                            String::from_utf8_lossy(&holder.primary)
                         );
                     }
                 })
@@ -687,19 +701,19 @@ pub async fn recover(shard: Rc<Shard>) {
 }
 
 /// The walk over the intents of the partitions a shard leads: where it goes on in each, and
-/// the partition it last took holders from (the next round starts after it, so one partition
-/// full of holders it cannot settle does not keep the others from being walked).
+/// the partition the last round stopped at (the next starts after it, so one partition full of
+/// holders it cannot settle, or of big intents, does not keep the others from being walked).
 #[derive(Default)]
 struct IntentWalk {
     cursors: std::collections::HashMap<u64, Vec<u8>>,
     last: u64,
 }
 
-/// Intents held long past their deadline in the partitions this shard leads, at most
+/// Intents held long past their deadline in the partitions this shard leads, about
 /// [`RECOVER_BATCH`] holders a round; each partition's walk reads [`INTENT_WALK`] intents or
-/// [`INTENT_WALK_BYTES`] a round, from where it stopped. Records' recovery finishes nearly every
-/// transaction first; this finds the ones that left no record, whose intents nobody else would
-/// ever look at.
+/// [`INTENT_WALK_BYTES`] a round from where it stopped, and a round reads at most
+/// [`INTENT_ROUND_BYTES`] in all. Records' recovery finishes nearly every transaction first;
+/// this finds the ones that left no record, whose intents nobody else would ever look at.
 fn overdue_intents(
     shard: &Shard,
     walk: &mut IntentWalk,
@@ -710,9 +724,9 @@ fn overdue_intents(
     walk.cursors.retain(|pid, _| parts.get(pid).is_some_and(|p| p.is_leader()));
     let led: Vec<&crate::raft::partition::Partition> =
         parts.values().filter(|p| p.is_leader() && (quiesced_too || !p.quiesced)).collect();
-    // Partition ids ascend: start after the one that last gave holders, wrapping around.
+    // Partition ids ascend: start after the one the last round stopped at, wrapping around.
     let first = led.iter().position(|p| p.info.id > walk.last).unwrap_or(0);
-    let mut found = Vec::new();
+    let (mut found, mut bytes) = (Vec::new(), 0);
     for p in led[first..].iter().chain(&led[..first]) {
         let (start, end) = (&p.info.start, &p.info.end);
         // A split since the last round may have left the cursor outside the range.
@@ -722,30 +736,34 @@ fn overdue_intents(
             .filter(|c| c >= start && (end.is_empty() || c < end))
             .unwrap_or_else(|| start.clone());
         let hi = (!end.is_empty()).then_some(end.as_slice());
-        let (scanned, cut) =
-            match intents::holders_in_range(&shard.db, (&from, hi), INTENT_WALK, INTENT_WALK_BYTES)
-            {
-                Ok(s) => s,
-                Err(e) => crate::fatal::storage("reading intents", e),
-            };
-        let step = intents::walk_step(&scanned, cut, now_ms, RECOVER_BATCH - found.len());
+        let scan =
+            intents::holders_in_range(&shard.db, (&from, hi), INTENT_WALK, INTENT_WALK_BYTES);
+        for name in &scan.bad {
+            tracing::error!(
+                "partition {}: the intent on {:?} does not decode; left as it is",
+                p.info.id,
+                String::from_utf8_lossy(name)
+            );
+        }
+        let room = RECOVER_BATCH.saturating_sub(found.len()).max(1);
+        let step = intents::walk_step(&scan.held, scan.cut, now_ms, room);
         if let Some(next) = step.next {
             walk.cursors.insert(p.info.id, next);
         }
-        if !step.overdue.is_empty() {
-            walk.last = p.info.id;
-        }
         found.extend(step.overdue);
-        if found.len() >= RECOVER_BATCH {
+        bytes += scan.bytes;
+        if found.len() >= RECOVER_BATCH || bytes >= INTENT_ROUND_BYTES {
+            walk.last = p.info.id;
             break;
         }
     }
     found
 }
 
-/// Intents a partition's walk reads per round, and bytes of them.
+/// Intents a partition's walk reads per round, and bytes of them; bytes a round reads in all.
 const INTENT_WALK: usize = 256;
 const INTENT_WALK_BYTES: usize = 1 << 20;
+const INTENT_ROUND_BYTES: usize = 4 << 20;
 
 /// A transaction that was aborted applied nothing: an error that left its outcome unknown
 /// (a prepare that did not answer) becomes a retryable one.
