@@ -479,7 +479,8 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart() {
     let t = Instant::now();
     let e = cl.kv_set(b"c", b"1", SetOptions::default()).unwrap_err();
     assert_eq!(e.code, ErrorCode::NoSpace, "{e}");
-    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+    // At once: well before the client's 2 s deadline (the margin is for a loaded machine).
+    assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
     let (ok, v) = s.cli_json(&["kv", "set", "d", "x"]);
     assert!(
         !ok && v["error"]["code"] == "NO_SPACE" && v["error"]["outcome"] == "not_applied",
