@@ -62,7 +62,9 @@ impl Transaction {
 
     fn room(&self, key: &[u8]) -> Result<(), Error> {
         let known = self.reads.contains_key(key) || self.writes.contains_key(key);
-        if !known && self.reads.len() + self.writes.len() >= MAX_KEYS {
+        let touched =
+            self.reads.len() + self.writes.keys().filter(|k| !self.reads.contains_key(*k)).count();
+        if !known && touched >= MAX_KEYS {
             let msg = format!("an interactive transaction touches at most {MAX_KEYS} keys");
             return Err(WireError::new(ErrorCode::Invalid, msg));
         }
@@ -88,6 +90,11 @@ impl Transaction {
         }
         let (_, results) =
             self.client.txn(vec![], keys.iter().map(|k| get(k)).collect(), vec![]).await?;
+        if results.len() != keys.len() {
+            // A key left unanswered would go unchecked at commit: a lost update.
+            let msg = format!("{} answers for {} reads", results.len(), keys.len());
+            return Err(WireError::new(ErrorCode::Internal, msg));
+        }
         let mut item = None;
         for (k, r) in keys.iter().zip(results) {
             let (revision, found) = match r {

@@ -153,13 +153,18 @@ pub fn kind_range(kind: u8, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
         }
     };
     let lo = bound(start);
-    let hi = if end.is_empty() { vec![kind + 1] } else { bound(end) };
+    // Every kind is below 0xff (see `DATA_KINDS`); saturating, a stray one never overflows.
+    let hi = if end.is_empty() { vec![kind.saturating_add(1)] } else { bound(end) };
     (lo, hi)
 }
 
-/// Whether the storage key `k` belongs to the user range `[start, end)`.
+/// Whether the storage key `k` is of a data kind and belongs to the user range `[start, end)`.
+/// Anything else (a snapshot or backup naming an unknown kind) is not.
 pub fn in_range(k: &[u8], start: &[u8], end: &[u8]) -> bool {
     let Some(&kind) = k.first() else { return false };
+    if !DATA_KINDS.contains(&kind) {
+        return false;
+    }
     let (lo, hi) = kind_range(kind, start, end);
     k >= lo.as_slice() && k < hi.as_slice()
 }
@@ -214,6 +219,9 @@ mod tests {
                     assert_eq!(in_range(&h, at, b""), k >= at, "{k:?} at {at:?}");
                     assert_eq!(in_range(&h, b"", at), at.is_empty() || k < at, "{k:?} to {at:?}");
                     assert_eq!(in_range(&data_key(KV, k), at, b""), k >= at);
+                    // Not a data kind (a damaged snapshot's pair): never in any range.
+                    assert!(!in_range(&data_key(b'z', k), b"", b""));
+                    assert!(!in_range(&data_key(0xff, k), b"", b""));
                 }
             }
         }

@@ -345,9 +345,9 @@ fn on_tick(shard: &Shard) {
 /// A led partition that held no key with a TTL at the collector's last whole pass is looked at
 /// this seldom (every minute), not every second: a node holding thousands of idle partitions
 /// would otherwise read each one every second, and a big partition's sweep would read all of
-/// it every few seconds on the shard loop (a 36 MB partition's stalled its loop for a second in
-/// a debug build, long enough for its other partitions' followers to elect another leader). A
-/// write with a TTL makes it looked at every second again.
+/// it every few seconds on the shard loop (a 36 MB partition's sweep stalled its loop for a
+/// second in a debug build, long enough for its other partitions' followers to elect another
+/// leader). A write with a TTL makes it looked at every second again.
 const IDLE_COLLECT_TICKS: u64 = 600;
 
 /// A collector's turn stops after this many bytes of records, whatever their count: a turn of

@@ -520,7 +520,6 @@ impl Scan for StateDb {
     }
 }
 
-/// Whether storage key `k` (kind byte, then user key) lies in the user range `[start, end)`.
 #[cfg(test)]
 mod tests {
     use super::*;
